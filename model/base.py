@@ -1,0 +1,521 @@
+"""Pure diffusion math: schedules, parametrisation conversions, q_sample, the loss, DDPM/DDIM steps, CFG, loops.
+
+No Lightning, no module state. Conventions (DESIGN.md section 2):
+
+- Discrete time t in {0, 1, ..., T}; t = 0 is data. `alpha_bar` has length T + 1, alpha_bar[0] = 1, strictly
+  decreasing, and betas[t-1] = 1 - alpha_bar[t] / alpha_bar[t-1].
+- Schedules are float64 on the CPU; coefficients are gathered and computed in float64 and cast to the data's
+  dtype and device at the edge (`coef`).
+- A network predicts eps, x0 or v; `to_x0_eps` turns any of them into the pair (x0, eps) and every sampler step
+  works from that pair.
+- Denoiser callables follow `denoiser(x_t, t, c) -> Tensor`, t int64 (B,), c int64 (B,) or None.
+
+Papers: Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule), Song et al. 2021 (DDIM),
+Salimans & Ho 2022 (v-parametrisation), Ho & Salimans 2022 (classifier-free guidance), Hang et al. 2023 (min-SNR-γ).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional, Union
+
+import torch
+from torch import Tensor
+
+from model.errors import UserError
+
+Parametrisation = Literal["eps", "x0", "v"]
+PARAMETRISATIONS = ("eps", "x0", "v")
+Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+Callback = Callable[[int, int, Tensor, Tensor], None]
+TimeLike = Union[int, Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Schedules
+# ----------------------------------------------------------------------------------------------------------------
+def _check_T(T: int) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
+        raise UserError(f"the number of diffusion steps T must be an integer > 0, got {T!r}; set denoiser.diffusion.T")
+
+
+def _alpha_bar_from_betas(betas: Tensor) -> Tensor:
+    """alpha_bar[0] = 1 and alpha_bar[t] = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, eq. 4), float64 (T+1,)."""
+    ones = torch.ones(1, dtype=torch.float64)
+    return torch.cat([ones, torch.cumprod(1.0 - betas.to(torch.float64), dim=0)])
+
+
+def _check_betas_range(beta_start: float, beta_end: float, name: str) -> None:
+    if not 0.0 < beta_start < beta_end < 1.0:
+        raise UserError(f"{name} schedule needs 0 < beta_start < beta_end < 1, got beta_start={beta_start}, "
+                        f"beta_end={beta_end}; pick values like 1e-4 and 0.02")
+
+
+def linear_alpha_bar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Linear schedule (Ho et al. 2020, Sec. 4): beta_t linearly spaced from beta_start (t=1) to beta_end (t=T).
+
+    The endpoints are not rescaled with T: for small T (e.g. 200) alpha_bar[T] stays far from 0 (about e^-2).
+    """
+    _check_T(T)
+    _check_betas_range(beta_start, beta_end, "linear")
+    return _alpha_bar_from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+
+
+def cosine_alpha_bar(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): alpha_bar_t = f(t) / f(0).
+
+    f(t) = cos^2((t/T + s) / (1 + s) · π/2). The betas 1 - alpha_bar_t / alpha_bar_{t-1} are clipped at max_beta
+    (their Sec. 3.2; only the last, singular step is hit) and alpha_bar is rebuilt as cumprod(1 - beta) so it agrees
+    with the clipped betas.
+    """
+    _check_T(T)
+    if s < 0.0:
+        raise UserError(f"cosine schedule offset s must be >= 0, got {s}; the paper uses 0.008")
+    if not 0.0 < max_beta < 1.0:
+        raise UserError(f"cosine schedule max_beta must be in (0, 1), got {max_beta}; the paper uses 0.999")
+    t = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((t / T + s) / (1.0 + s) * (math.pi / 2.0)) ** 2  # (T+1,)
+    ab = f / f[0]
+    betas = (1.0 - ab[1:] / ab[:-1]).clamp(max=max_beta)  # (T,)
+    return _alpha_bar_from_betas(betas)
+
+
+def sigmoid_alpha_bar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, s_limit: float = 6.0) -> Tensor:
+    """Sigmoid schedule (seed sheet 000, eq. 10), for t = 1..T:
+
+    beta_t = beta_start + σ(-s_limit + 2t/T · s_limit) · (beta_end - beta_start).
+    s_limit selects the part of the logistic σ that is used: σ(-s_limit) at t = 0 up to σ(s_limit) at t = T.
+    """
+    _check_T(T)
+    _check_betas_range(beta_start, beta_end, "sigmoid")
+    if s_limit <= 0.0:
+        raise UserError(f"sigmoid schedule s_limit must be > 0, got {s_limit}; the sheet uses 6")
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    betas = beta_start + torch.sigmoid(-s_limit + 2.0 * t / T * s_limit) * (beta_end - beta_start)  # (T,)
+    return _alpha_bar_from_betas(betas)
+
+
+SCHEDULES: dict[str, Callable[..., Tensor]] = {
+    "linear": linear_alpha_bar,
+    "cosine": cosine_alpha_bar,
+    "sigmoid": sigmoid_alpha_bar,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A noise schedule: `alpha_bar` (float64, CPU, length T+1, alpha_bar[0] = 1, strictly decreasing, > 0)."""
+
+    alpha_bar: Tensor
+
+    def __post_init__(self) -> None:
+        ab = torch.as_tensor(self.alpha_bar).detach().to(device="cpu", dtype=torch.float64)
+        if ab.ndim != 1 or ab.numel() < 2:
+            raise UserError(f"alpha_bar must be a 1-D tensor of length T+1 >= 2, got shape {tuple(ab.shape)}")
+        if ab[0].item() != 1.0 or not bool((ab[1:] < ab[:-1]).all()) or not ab[-1].item() > 0.0:
+            raise UserError("alpha_bar must start at 1, decrease strictly and stay > 0; build it with make_schedule")
+        object.__setattr__(self, "alpha_bar", ab)
+
+    @property
+    def T(self) -> int:
+        return self.alpha_bar.numel() - 1
+
+    @property
+    def betas(self) -> Tensor:
+        """beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} for t = 1..T, float64 (T,); betas[t-1] is beta_t."""
+        return 1.0 - self.alpha_bar[1:] / self.alpha_bar[:-1]
+
+    @property
+    def sqrt_alpha_bar(self) -> Tensor:
+        return self.alpha_bar.sqrt()
+
+    @property
+    def sqrt_one_minus_alpha_bar(self) -> Tensor:
+        return (1.0 - self.alpha_bar).sqrt()
+
+    @property
+    def log_snr(self) -> Tensor:
+        """log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)); +inf at t = 0."""
+        return self.alpha_bar.log() - (1.0 - self.alpha_bar).log()
+
+    def gather(self, table: Union[str, Tensor], t: TimeLike, like: Tensor) -> Tensor:
+        """`coef` on one of this schedule's tables, by name ("alpha_bar", "sqrt_alpha_bar", ...) or as a tensor."""
+        return coef(getattr(self, table) if isinstance(table, str) else table, t, like)
+
+
+def make_schedule(name: str, T: int, **kwargs) -> Schedule:
+    """The schedule registered under `name` in SCHEDULES with T steps; kwargs go to its alpha_bar function."""
+    if name not in SCHEDULES:
+        raise UserError(f"unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    _check_T(T)
+    return Schedule(SCHEDULES[name](T, **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gathering coefficients at t
+# ----------------------------------------------------------------------------------------------------------------
+def _time(t: TimeLike, like: Tensor, T: int) -> Tensor:
+    """t as an int64 CPU tensor (B,), checked to lie in [0, T]; an int is repeated for the whole batch."""
+    B = like.shape[0]
+    if isinstance(t, Tensor):
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise UserError(f"t must be an integer tensor, got dtype {t.dtype}")
+        t = t.detach().to("cpu", torch.int64).reshape(-1)
+        if t.numel() == 1 and B != 1:
+            t = t.expand(B)
+        if t.numel() != B:
+            raise UserError(f"t has {t.numel()} entries but the batch has {B}; pass one t per sample")
+    else:
+        t = torch.full((B,), int(t), dtype=torch.int64)
+    if B and (int(t.min()) < 0 or int(t.max()) > T):
+        raise UserError(f"t must lie in [0, T={T}], got values in [{int(t.min())}, {int(t.max())}]")
+    return t
+
+
+def _gather64(table: Tensor, t: TimeLike, like: Tensor) -> Tensor:
+    """table[t] in float64 on like's device, shaped (B, 1, ..., 1) to broadcast against like.
+
+    MPS has no float64, so there the values are float32 (the computation after the gather loses a little).
+    """
+    idx = _time(t, like, table.numel() - 1)
+    dtype = torch.float32 if like.device.type == "mps" else torch.float64
+    vals = table.to(torch.float64)[idx].to(device=like.device, dtype=dtype)  # (B,)
+    return vals.reshape(-1, *([1] * (like.ndim - 1)))  # (B, 1, ..., 1)
+
+
+def coef(table: Tensor, t: TimeLike, like: Tensor) -> Tensor:
+    """table[t] cast to like's dtype and device, shaped (B, 1, 1, 1) for images and (B, 1) for points.
+
+    table is a float64 tensor of length T+1 indexed by t (e.g. `schedule.alpha_bar`); t is an int or an int (B,).
+    """
+    return _gather64(table, t, like).to(like.dtype)
+
+
+def _roots(ab: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(sqrt(ab), sqrt(1 - ab)), computed in ab's dtype (float64 for precision near ab = 1), cast to like's."""
+    return ab.sqrt().to(like.dtype), (1.0 - ab).clamp_min(0.0).sqrt().to(like.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward process and conversions between parametrisations
+# ----------------------------------------------------------------------------------------------------------------
+def q_sample(x0: Tensor, t: TimeLike, eps: Tensor, schedule: Schedule) -> Tensor:
+    """Forward process q(x_t | x0) (Ho et al. 2020, eq. 4): x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps."""
+    sa, s1 = _roots(_gather64(schedule.alpha_bar, t, x0), x0)
+    return sa * x0 + s1 * eps
+
+
+def v_from_x0_eps(x0: Tensor, eps: Tensor, ab: Tensor) -> Tensor:
+    """v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho 2022, Sec. 4 / App. D)."""
+    sa, s1 = _roots(ab, x0)
+    return sa * eps - s1 * x0
+
+
+def x0_from_v(x_t: Tensor, v: Tensor, ab: Tensor) -> Tensor:
+    """x0 = sqrt(ab) x_t - sqrt(1 - ab) v (Salimans & Ho 2022)."""
+    sa, s1 = _roots(ab, x_t)
+    return sa * x_t - s1 * v
+
+
+def eps_from_v(x_t: Tensor, v: Tensor, ab: Tensor) -> Tensor:
+    """eps = sqrt(1 - ab) x_t + sqrt(ab) v (Salimans & Ho 2022)."""
+    sa, s1 = _roots(ab, x_t)
+    return s1 * x_t + sa * v
+
+
+def x0_from_eps(x_t: Tensor, eps: Tensor, ab: Tensor) -> Tensor:
+    """x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) (Ho et al. 2020, eq. 4 solved for x0).
+
+    Divides by sqrt(ab): finite for every t in [0, T] of our schedules (alpha_bar[T] > 0), but near t = T it
+    amplifies errors in eps by sqrt((1 - ab) / ab) (about 2e4 at t = T for the clipped cosine schedule, T = 1000).
+    """
+    sa, s1 = _roots(ab, x_t)
+    return (x_t - s1 * eps) / sa
+
+
+def eps_from_x0(x_t: Tensor, x0: Tensor, ab: Tensor) -> Tensor:
+    """eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab) (Ho et al. 2020, eq. 4 solved for eps); needs t >= 1 (ab < 1)."""
+    sa, s1 = _roots(ab, x_t)
+    return (x_t - sa * x0) / s1
+
+
+def _check_parametrisation(parametrisation: str) -> None:
+    if parametrisation not in PARAMETRISATIONS:
+        raise UserError(f"unknown parametrisation {parametrisation!r}; choose one of {', '.join(PARAMETRISATIONS)}")
+
+
+def to_x0_eps(pred: Tensor, x_t: Tensor, t: TimeLike, schedule: Schedule,
+              parametrisation: Parametrisation) -> tuple[Tensor, Tensor]:
+    """The pair (x0, eps) implied by a network output `pred` in `parametrisation` at (x_t, t); needs t >= 1."""
+    _check_parametrisation(parametrisation)
+    ab = _gather64(schedule.alpha_bar, t, x_t)
+    if parametrisation == "eps":
+        return x0_from_eps(x_t, pred, ab), pred
+    if parametrisation == "x0":
+        return pred, eps_from_x0(x_t, pred, ab)
+    return x0_from_v(x_t, pred, ab), eps_from_v(x_t, pred, ab)
+
+
+def training_target(x0: Tensor, eps: Tensor, t: TimeLike, schedule: Schedule,
+                    parametrisation: Parametrisation) -> Tensor:
+    """What a network in `parametrisation` should output for x_t = q_sample(x0, t, eps): eps, x0 or v."""
+    _check_parametrisation(parametrisation)
+    if parametrisation == "eps":
+        return eps
+    if parametrisation == "x0":
+        return x0
+    return v_from_x0_eps(x0, eps, _gather64(schedule.alpha_bar, t, x0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------------------
+def min_snr_weight(snr: Tensor, gamma: float, parametrisation: Parametrisation) -> Tensor:
+    """Min-SNR-γ weight (Hang et al. 2023, Sec. 3.4) on the loss of `parametrisation`'s target.
+
+    The weight on the x0-space loss ||x0_hat - x0||^2 is min(SNR_t, γ), SNR_t = ab_t / (1 - ab_t). With x_t fixed,
+    ||x0_hat - x0||^2 = ||eps_hat - eps||^2 / SNR = ||v_hat - v||^2 / (SNR + 1), hence the target-space weights
+    eps: min(SNR, γ) / SNR, x0: min(SNR, γ), v: min(SNR, γ) / (SNR + 1).
+    """
+    _check_parametrisation(parametrisation)
+    clipped = snr.clamp(max=gamma)
+    if parametrisation == "eps":
+        return clipped / snr
+    if parametrisation == "x0":
+        return clipped
+    return clipped / (snr + 1.0)
+
+
+def diffusion_loss(pred: Tensor, x0: Tensor, eps: Tensor, t: TimeLike, schedule: Schedule,
+                   parametrisation: Parametrisation = "v", kind: Literal["l2", "l1"] = "l2",
+                   min_snr_gamma: Optional[float] = None) -> Tensor:
+    """Per-sample loss (B,) between `pred` and the target (L_simple of Ho et al. 2020, eq. 14, for eps).
+
+    The error is averaged over all non-batch dims (squared for "l2", absolute for "l1"). With `min_snr_gamma`, each
+    sample is weighted by `min_snr_weight` (exact x0-space equivalence holds for l2; for l1 it is the same weight).
+    """
+    _check_parametrisation(parametrisation)
+    if kind not in ("l2", "l1"):
+        raise UserError(f"unknown loss kind {kind!r}; choose one of l2, l1")
+    if pred.shape != x0.shape:
+        raise UserError(f"prediction shape {tuple(pred.shape)} differs from the data shape {tuple(x0.shape)}")
+    err = pred - training_target(x0, eps, t, schedule, parametrisation)
+    err = err.square() if kind == "l2" else err.abs()
+    loss = err.flatten(1).mean(dim=1)  # (B,)
+    if min_snr_gamma is not None:
+        if not min_snr_gamma > 0:
+            raise UserError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}; Hang et al. use 5")
+        ab = _gather64(schedule.alpha_bar, t, loss)  # (B,)
+        loss = loss * min_snr_weight(ab / (1.0 - ab), min_snr_gamma, parametrisation).to(loss.dtype)
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Single steps
+# ----------------------------------------------------------------------------------------------------------------
+def sample_noise(shape: tuple[int, ...], generator: Optional[torch.Generator] = None,
+                 device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Standard normal noise drawn on the generator's device (so a CPU seed gives the same noise everywhere)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device=device)
+
+
+def _check_order(t: TimeLike, t_next: TimeLike, like: Tensor, T: int) -> tuple[Tensor, Tensor]:
+    t_, n_ = _time(t, like, T), _time(t_next, like, T)
+    if not bool((n_ < t_).all()):
+        raise UserError(f"a reverse step needs t_next < t, got t={t_.tolist()[:4]} and t_next={n_.tolist()[:4]}")
+    return t_, n_
+
+
+def ddpm_posterior(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, schedule: Schedule,
+                   variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> tuple[Tensor, Tensor]:
+    """Mean and variance (B, 1, ..) of q(x_{t_prev} | x_t, x0) (Ho et al. 2020, eq. 6-7), with the implied beta.
+
+    beta = 1 - ab_t / ab_prev (= beta_t when t_prev = t - 1, the beta of the jump otherwise), and
+    mean = sqrt(ab_prev) beta / (1 - ab_t) x0 + sqrt(1 - beta) (1 - ab_prev) / (1 - ab_t) x_t,
+    variance = beta_tilde = beta (1 - ab_prev) / (1 - ab_t) ("beta_tilde") or beta ("beta"; Ho et al. Sec. 3.2).
+    """
+    if variance not in ("beta_tilde", "beta"):
+        raise UserError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
+    t_, p_ = _check_order(t, t_prev, x_t, schedule.T)
+    ab_t, ab_p = _gather64(schedule.alpha_bar, t_, x_t), _gather64(schedule.alpha_bar, p_, x_t)
+    beta = 1.0 - ab_t / ab_p
+    c_x0 = ab_p.sqrt() * beta / (1.0 - ab_t)
+    c_xt = (1.0 - beta).sqrt() * (1.0 - ab_p) / (1.0 - ab_t)
+    var = beta * (1.0 - ab_p) / (1.0 - ab_t) if variance == "beta_tilde" else beta
+    mean = c_x0.to(x_t.dtype) * x0 + c_xt.to(x_t.dtype) * x_t
+    return mean, var.to(x_t.dtype)
+
+
+def ddpm_step(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, schedule: Schedule,
+              noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+              variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> Tensor:
+    """DDPM ancestral step (Ho et al. 2020, Alg. 2): x_{t_prev} ~ q(x_{t_prev} | x_t, x0), no noise at t_prev = 0."""
+    mean, var = ddpm_posterior(x_t, t, t_prev, x0, schedule, variance)
+    keep = _time(t_prev, x_t, schedule.T) > 0  # (B,) samples that still get noise
+    if not bool(keep.any()):
+        return mean
+    if noise is None:
+        noise = sample_noise(x_t.shape, generator, x_t.device, x_t.dtype)
+    mask = keep.to(device=x_t.device, dtype=x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
+    return mean + mask * var.sqrt() * noise
+
+
+def ddim_sigma(t: TimeLike, t_next: TimeLike, schedule: Schedule, eta: float, like: Tensor) -> Tensor:
+    """σ of Song et al. 2021, eq. 16: eta · sqrt((1 - ab_next) / (1 - ab_t)) · sqrt(1 - ab_t / ab_next), float64."""
+    ab_t, ab_n = _gather64(schedule.alpha_bar, t, like), _gather64(schedule.alpha_bar, t_next, like)
+    return eta * ((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n)).clamp_min(0.0).sqrt()
+
+
+def ddim_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, eps: Tensor, schedule: Schedule,
+              eta: float = 0.0, noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """DDIM step (Song et al. 2021, eq. 12) from t to any t_next < t; eta = 0 is deterministic, eta = 1 is DDPM.
+
+    x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - σ^2) eps + σ z with σ from eq. 16 (`ddim_sigma`);
+    t_next = 0 returns x0 exactly (ab_0 = 1, σ = 0). x_t only fixes the batch, device and time checks here.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
+    t_, n_ = _check_order(t, t_next, x_t, schedule.T)
+    if not bool((n_ > 0).any()):
+        return x0
+    ab_n = _gather64(schedule.alpha_bar, n_, x_t)
+    sigma = ddim_sigma(t_, n_, schedule, eta, x_t)
+    c_eps = (1.0 - ab_n - sigma.square()).clamp_min(0.0).sqrt()
+    x_next = ab_n.sqrt().to(x_t.dtype) * x0 + c_eps.to(x_t.dtype) * eps
+    if eta > 0.0:
+        if noise is None:
+            noise = sample_noise(x_t.shape, generator, x_t.device, x_t.dtype)
+        x_next = x_next + sigma.to(x_t.dtype) * noise
+    if not bool((n_ > 0).all()):  # per-sample t_next = 0 gets x0 exactly
+        done = (n_ == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
+        x_next = torch.where(done, x0, x_next)
+    return x_next
+
+
+def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
+    """Clamp every element of the predicted x0 (data or latent) to [-clip_limit, clip_limit]; None or inf: no-op."""
+    if clip_limit is None or clip_limit == math.inf:
+        return x0
+    if not clip_limit > 0:
+        raise UserError(f"clip_limit must be > 0 or None (no clipping), got {clip_limit}")
+    return x0.clamp(-clip_limit, clip_limit)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Guidance and prediction
+# ----------------------------------------------------------------------------------------------------------------
+def classifier_free_guidance(denoiser: Denoiser, w: float, null_class: int) -> Denoiser:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = (1 + w) out(x, c) - w out(x, ∅); w = 0 is plain c.
+
+    One batched call on [cond; uncond] with c = null_class for the second half. The mix is affine with weights
+    summing to 1, so guiding v or x0 outputs equals guiding the implied eps (the conversions are affine in the output).
+    """
+    if not math.isfinite(w):
+        raise UserError(f"guidance scale w must be a finite number, got {w}")
+    if isinstance(null_class, bool) or not isinstance(null_class, int) or null_class < 0:
+        raise UserError(f"null_class must be an int >= 0 (the index of the learned null embedding), got {null_class!r}")
+
+    def guided(x_t: Tensor, t: Tensor, c: Optional[Tensor]) -> Tensor:
+        if c is None:
+            raise UserError("classifier-free guidance needs class labels c; pass labels or use w = 0")
+        if w == 0.0:
+            return denoiser(x_t, t, c)
+        out = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, torch.full_like(c, null_class)]))
+        cond, uncond = out.chunk(2)  # each (B, ...)
+        return (1.0 + w) * cond - w * uncond
+
+    return guided
+
+
+def predict_x0_eps(denoiser: Denoiser, x_t: Tensor, t: TimeLike, c: Optional[Tensor], schedule: Schedule,
+                   parametrisation: Parametrisation, clip_limit: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """Call the denoiser at (x_t, t, c) and return the pair (x0, eps), with x0 clipped by `clip_x0`.
+
+    Where clipping changed an element of x0, eps is recomputed there from the clipped x0,
+    eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t), so the pair stays consistent with x_t; elsewhere it is untouched.
+    """
+    if isinstance(t, Tensor):
+        t_vec = t.to(device=x_t.device, dtype=torch.int64)
+    else:
+        t_vec = torch.full((x_t.shape[0],), int(t), dtype=torch.int64, device=x_t.device)  # (B,)
+    pred = denoiser(x_t, t_vec, c)
+    x0, eps = to_x0_eps(pred, x_t, t_vec, schedule, parametrisation)
+    clipped = clip_x0(x0, clip_limit)
+    if clipped is not x0:
+        changed = clipped != x0
+        eps = torch.where(changed, eps_from_x0(x_t, clipped, _gather64(schedule.alpha_bar, t_vec, x_t)), eps)
+    return clipped, eps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timesteps and loops
+# ----------------------------------------------------------------------------------------------------------------
+def _spaced(T: int, steps: Optional[int], t_start: Optional[int]) -> list[int]:
+    """steps + 1 descending ints from t_start to 0, evenly spaced (rounded half up, exact integer arithmetic)."""
+    _check_T(T)
+    t_start = T if t_start is None else t_start
+    if isinstance(t_start, bool) or not isinstance(t_start, int) or not 1 <= t_start <= T:
+        raise UserError(f"t_start must be an integer in [1, T={T}], got {t_start!r}")
+    steps = t_start if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_start:
+        raise UserError(f"sampling steps must be an integer in [1, {t_start}] (at most t_start, i.e. T={T} from "
+                        f"pure noise), got {steps!r}")
+    # t_i = round(t_start (steps - i) / steps); the spacing t_start/steps >= 1 makes the rounded values distinct.
+    return [(2 * t_start * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
+
+
+def timesteps_ddpm(T: int, steps: Optional[int] = None, t_start: Optional[int] = None) -> list[int]:
+    """Descending times [t_start, ..., 0] for DDPM: every step by default, else `steps` evenly spaced jumps."""
+    return _spaced(T, steps, t_start)
+
+
+def timesteps_ddim(T: int, steps: int, t_start: Optional[int] = None) -> list[int]:
+    """Descending times [t_start, ..., 0] for DDIM: `steps` evenly spaced jumps (rounded, unique)."""
+    if steps is None:
+        raise UserError("DDIM needs a number of steps, e.g. 50")
+    return _spaced(T, steps, t_start)
+
+
+def sample_ddpm(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
+                parametrisation: Parametrisation = "v", steps: Optional[int] = None, t_start: Optional[int] = None,
+                clip_limit: Optional[float] = None, variance: Literal["beta_tilde", "beta"] = "beta_tilde",
+                generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None) -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), strided over `timesteps_ddpm` with the implied betas.
+
+    x_T is pure noise when starting at T, or a given x_t at t_start (reimagining). callback(i, t, x_t, x0_pred) runs
+    after step i with the new state x_t at time t and the x0 predicted on the way there.
+    """
+    _check_parametrisation(parametrisation)
+    times = timesteps_ddpm(schedule.T, steps, t_start)
+    x = x_T
+    with torch.no_grad():
+        for i, (t, t_prev) in enumerate(zip(times[:-1], times[1:])):
+            x0, _ = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
+            x = ddpm_step(x, t, t_prev, x0, schedule, generator=generator, variance=variance)
+            if callback is not None:
+                callback(i, t_prev, x, x0)
+    return x
+
+
+def sample_ddim(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
+                parametrisation: Parametrisation = "v", steps: int = 50, t_start: Optional[int] = None,
+                eta: float = 0.0, clip_limit: Optional[float] = None, generator: Optional[torch.Generator] = None,
+                callback: Optional[Callback] = None) -> Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12) over `timesteps_ddim`; eta = 0 is deterministic.
+
+    x_T is pure noise when starting at T, or a given x_t at t_start (reimagining). callback(i, t, x_t, x0_pred) runs
+    after step i with the new state x_t at time t and the x0 predicted on the way there.
+    """
+    _check_parametrisation(parametrisation)
+    if not 0.0 <= eta <= 1.0:
+        raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
+    times = timesteps_ddim(schedule.T, steps, t_start)
+    x = x_T
+    with torch.no_grad():
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            x0, eps = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
+            x = ddim_step(x, t, t_next, x0, eps, schedule, eta=eta, generator=generator)
+            if callback is not None:
+                callback(i, t_next, x, x0)
+    return x

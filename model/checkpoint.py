@@ -1,0 +1,64 @@
+"""Reading our checkpoints safely: `weights_only=True`, a kind tag, and one-line errors for bad files.
+
+Every checkpoint this package writes carries `ldm_kind` ("vae" or "denoiser") and `ldm_config` (the resolved
+config as plain JSON types), so a file knows what it is and how to rebuild its networks. Loading never
+unpickles arbitrary objects: a file that needs that is refused, because unpickling can run code.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from model.errors import UserError
+
+Kind = Literal["vae", "denoiser"]
+KIND_KEY = "ldm_kind"
+CONFIG_KEY = "ldm_config"
+EXTRA_KEY = "ldm_extra"  # small plain values a system needs to rebuild itself (e.g. num_classes)
+
+
+def read_checkpoint(path: str | Path, expected: Kind | None = None) -> dict[str, Any]:
+    """Load a checkpoint dict on CPU with `weights_only=True` and check its kind."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"checkpoint {path} {what}; pass the path of a .ckpt file")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes); use an earlier checkpoint such as last.ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(f"checkpoint {path} holds pickled objects that could run code on load; refused "
+                            f"(only files written by this package are read)") from err
+        raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt)") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt): "
+                        f"{str(err).splitlines()[0][:120]}") from err
+    if not isinstance(ckpt, dict) or KIND_KEY not in ckpt or CONFIG_KEY not in ckpt:
+        raise UserError(f"checkpoint {path} was not written by this package (no '{KIND_KEY}' entry)")
+    if expected is not None and ckpt[KIND_KEY] != expected:
+        flag = {"vae": "--load-vae", "denoiser": "--load"}[ckpt[KIND_KEY]]
+        raise UserError(f"checkpoint {path} is a {ckpt[KIND_KEY]} checkpoint but a {expected} checkpoint is "
+                        f"needed here; pass it with {flag} instead")
+    return ckpt
+
+
+def state_dict_under(ckpt: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of the module state dict that start with `prefix.`, with the prefix removed."""
+    start = prefix + "."
+    return {k[len(start):]: v for k, v in ckpt["state_dict"].items() if k.startswith(start)}
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """`load_state_dict` with a one-line error when the shapes do not fit the configured network."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise UserError(f"checkpoint {path} does not fit the configured network ({detail[:160]}); "
+                        f"use the config the checkpoint was trained with") from err

@@ -1,0 +1,82 @@
+"""Parsing a Config from `-cfg FILE.json` plus `--dotted.key value` overrides (jsonargparse).
+
+jsonargparse rejects unknown keys and wrong types; the dataclasses' `__post_init__` reject out-of-range
+values. Both end up as a single-line `UserError` here, which the CLI prints with exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from model.config import Config
+from model.errors import UserError
+
+DEFAULT_NAME = Config.name
+
+
+def one_line(message: str) -> str:
+    """jsonargparse messages span lines; our errors are one line."""
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+
+
+def new_parser(prog: str, description: str) -> ArgumentParser:
+    """A parser whose errors raise instead of exiting, so the CLI can print them on one line."""
+    return ArgumentParser(prog=prog, description=description, exit_on_error=False, env_prefix=None)
+
+
+def add_config_arguments(parser: ArgumentParser) -> None:
+    """`-cfg FILE` and every Config key as `--dotted.key`; `--print_config` comes with ActionConfigFile."""
+    parser.add_argument("-cfg", "--config", action=ActionConfigFile,
+                        help="JSON config file (any key may be overridden after it as --dotted.key value)")
+    parser.add_class_arguments(Config, None, as_group=False)
+
+
+def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    try:
+        return parser.parse_args(argv)
+    except Exception as err:  # jsonargparse raises ArgumentError (and sometimes others) for bad input
+        raise UserError(f"{one_line(err)} (see --help, or --print_config for the valid keys)") from err
+
+
+def build_config(parser: ArgumentParser, ns: Namespace) -> Config:
+    """Instantiate the dataclasses (runs their validation) and name the run after the config file."""
+    sub = Namespace({f.name: ns[f.name] for f in dataclasses.fields(Config)})
+    cfg = _instantiate(sub)
+    config_files = ns.get("config") or []
+    if cfg.name == DEFAULT_NAME and config_files:
+        cfg.name = Path(str(config_files[-1])).stem
+    return cfg
+
+
+_CONFIG_PARSER: ArgumentParser | None = None
+
+
+def _config_only_parser() -> ArgumentParser:
+    global _CONFIG_PARSER
+    if _CONFIG_PARSER is None:
+        _CONFIG_PARSER = new_parser("config", "Config only")
+        _CONFIG_PARSER.add_class_arguments(Config, None, as_group=False)
+    return _CONFIG_PARSER
+
+
+def _instantiate(ns: Namespace) -> Config:
+    try:
+        return Config(**vars(_config_only_parser().instantiate(ns)))
+    except UserError:
+        raise
+    except Exception as err:  # a type jsonargparse let through but a dataclass rejected
+        raise UserError(one_line(err)) from err
+
+
+def parse_config_dict(d: dict[str, Any]) -> Config:
+    """A Config from a plain dict (a checkpoint's stored config), validated like a JSON file."""
+    parser = _config_only_parser()
+    try:
+        ns = parser.parse_object(d)
+    except Exception as err:
+        raise UserError(f"the stored config is invalid: {one_line(err)}") from err
+    return _instantiate(ns)

@@ -1,0 +1,204 @@
+"""The run configuration: typed dataclasses that JSON files and `--dotted.keys` map onto (jsonargparse).
+
+One file configures both stages: `data`, then `vae` (stage 1) and `denoiser` (stage 2), each with its own
+network, optimiser and trainer settings, so `--train-vae --train-denoiser` runs from a single config.
+Each sub-config validates its own ranges in `__post_init__`; `Config.__post_init__` checks the cross-field
+constraints (sizes that must divide, channels that must agree).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from data.config import DataConfig
+from model.autoencoder.config import LossConfig, VAEConfig
+from model.denoiser.config import ToyMLPConfig, UNetConfig
+from model.errors import UserError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW settings. The learning rate is per optimiser step of the global batch."""
+
+    lr: float = 2e-4  # a common safe AdamW rate for small UNets and VAEs
+    weight_decay: float = 0.0  # diffusion UNets are usually trained without decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW defaults
+    warmup_steps: int = 0  # linear warm-up of the rate over the first steps
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}; set a positive learning rate such as 2e-4")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class TrainerConfig:
+    """What Lightning's Trainer gets, plus the intervals of our callbacks (all in optimiser steps)."""
+
+    max_steps: int = 1000  # optimiser steps of this stage
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"  # 16-mixed uses Lightning's loss scaler
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0  # clip the global grad norm; None turns it off
+    val_every_n_steps: int = 250
+    limit_val_batches: Optional[int] = None  # None: the whole validation split
+    checkpoint_every_n_steps: int = 500  # periodic checkpoints besides last.ckpt and best.ckpt
+    images_every_n_steps: int = 500  # reconstruction / sample grids; 0 turns them off
+    log_every_n_steps: int = 25
+    logger: Literal["csv", "tensorboard", "wandb"] = "csv"  # csv needs nothing; wandb runs offline without an account
+    wandb_project: str = "latent-diffusion"
+    wandb_offline: bool = True
+    accelerator: str = "auto"
+    devices: str = "auto"  # "auto", a count such as "2", or a list such as "[0,1]"
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning picks DDP when devices > 1
+    progress_bar: bool = True
+    deterministic: bool = False  # True asks torch for deterministic kernels (slower on GPU)
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps > 0, f"trainer.max_steps must be > 0, got {self.max_steps}")
+        _check(self.accumulate_grad_batches >= 1,
+               f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
+        _check(self.gradient_clip_val is None or self.gradient_clip_val > 0,
+               f"trainer.gradient_clip_val must be > 0 or null, got {self.gradient_clip_val}")
+        for key in ("val_every_n_steps", "checkpoint_every_n_steps", "log_every_n_steps"):
+            _check(getattr(self, key) > 0, f"trainer.{key} must be > 0, got {getattr(self, key)}")
+        _check(self.images_every_n_steps >= 0,
+               f"trainer.images_every_n_steps must be >= 0 (0 = off), got {self.images_every_n_steps}")
+        _check(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}")
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process, the training target and the sampler defaults (DESIGN.md section 2)."""
+
+    T: int = 1000  # number of diffusion steps; t = 0 is data
+    schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"  # cosine suits small images and latents
+    parametrisation: Literal["eps", "x0", "v"] = "v"  # Salimans & Ho 2022: stable at both ends of t
+    loss: Literal["l2", "l1"] = "l2"
+    min_snr_gamma: Optional[float] = None  # Hang et al. 2023 weighting; 5.0 is their choice
+    p_uncond: float = 0.1  # label dropout to the null class for classifier-free guidance (Ho & Salimans)
+    ema_decay: float = 0.999  # EMA of the weights used for sampling
+    clip_limit: Optional[float] = None  # default sampling clamp of the predicted x0; None = no clamp
+    sampler: Literal["ddpm", "ddim"] = "ddim"  # for the sample grids written during training
+    sample_steps: int = 50  # DDIM steps for those grids
+    val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
+    cache_latents: bool = False  # encode the training set once instead of every epoch (no flips then)
+    latent_stats_batches: int = 20  # batches used to estimate the latent shift and scale
+
+    def __post_init__(self) -> None:
+        _check(self.T > 0, f"denoiser.diffusion.T must be > 0, got {self.T}")
+        _check(0.0 <= self.p_uncond <= 1.0,
+               f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")
+        _check(0.0 <= self.ema_decay < 1.0,
+               f"denoiser.diffusion.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _check(self.clip_limit is None or self.clip_limit > 0,
+               f"denoiser.diffusion.clip_limit must be > 0 or null (no clipping), got {self.clip_limit}")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+               f"denoiser.diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
+        _check(0 < self.sample_steps <= self.T,
+               f"denoiser.diffusion.sample_steps must be in [1, T={self.T}], got {self.sample_steps}")
+        bad = [t for t in self.val_timesteps if not 1 <= t <= self.T]
+        _check(not bad, f"denoiser.diffusion.val_timesteps must lie in [1, T={self.T}], got {bad}")
+        _check(self.latent_stats_batches > 0,
+               f"denoiser.diffusion.latent_stats_batches must be > 0, got {self.latent_stats_batches}")
+
+    def fixed_val_timesteps(self) -> list[int]:
+        """The timesteps of the fixed-t validation loss (sheet 000, 2.2e)."""
+        if self.val_timesteps:
+            return list(self.val_timesteps)
+        return sorted({max(1, round(self.T * f)) for f in (0.05, 0.25, 0.5, 0.75, 0.95)})
+
+
+@dataclass
+class VAEStage:
+    """Stage 1: the beta-VAE network, its reconstruction loss, optimiser and trainer."""
+
+    net: VAEConfig = field(default_factory=VAEConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class DenoiserStage:
+    """Stage 2: the denoiser network, diffusion settings, optimiser and trainer."""
+
+    autoencoder: Literal["vae", "none"] = "vae"  # "none" is pixel-space diffusion
+    network: Literal["unet", "toy_mlp"] = "unet"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    toy: ToyMLPConfig = field(default_factory=ToyMLPConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class Config:
+    """Everything a run needs. `name` and `-n` name the run folder `<output_dir>/<name>-<n>`."""
+
+    name: str = "run"  # the CLI sets it from the config file's name when the file does not
+    output_dir: str = "runs"
+    seed: int = 0  # seeds torch, numpy and python in every process (Lightning's seed_everything)
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEStage = field(default_factory=VAEStage)
+    denoiser: DenoiserStage = field(default_factory=DenoiserStage)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name,
+               f"name must be a non-empty folder name without '/', got {self.name!r}")
+        check_shapes(self)
+
+
+def check_shapes(cfg: Config) -> None:
+    """Cross-field checks: channels that must agree and sizes that must divide."""
+    data, vae, den = cfg.data, cfg.vae.net, cfg.denoiser
+    if data.name == "toy2d":
+        _check(den.network == "toy_mlp" and den.autoencoder == "none",
+               "data.name toy2d needs denoiser.network 'toy_mlp' and denoiser.autoencoder 'none'")
+        return
+    _check(den.network == "unet", "denoiser.network 'toy_mlp' only works on data.name 'toy2d'; use 'unet'")
+    _check(vae.in_channels == data.channels,
+           f"vae.net.in_channels ({vae.in_channels}) must equal data.channels ({data.channels}); set them equal")
+    f = vae.downsample_factor
+    _check(data.image_size % f == 0,
+           f"data.image_size ({data.image_size}) must be divisible by the VAE downsampling factor {f}; "
+           f"change data.image_size or vae.net.channel_mult")
+    if den.autoencoder == "vae":
+        size, channels, what = data.image_size // f, vae.latent_channels, "vae.net.latent_channels"
+    else:
+        size, channels, what = data.image_size, data.channels, "data.channels"
+    _check(den.unet.in_channels == channels,
+           f"denoiser.unet.in_channels ({den.unet.in_channels}) must equal {what} ({channels}); set them equal")
+    g = 2 ** (len(den.unet.channel_mult) - 1)
+    _check(size % g == 0,
+           f"the denoiser input size {size} must be divisible by 2**(levels-1) = {g}; "
+           f"shorten denoiser.unet.channel_mult or change data.image_size")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON types (stored in checkpoints and written next to them)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. from a checkpoint), with the same validation."""
+    from model.cli_config import parse_config_dict
+
+    return parse_config_dict(d)
+
+
+def write_json(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,217 @@
+"""ConvNeXt UNet denoiser: ConvNeXt blocks (Liu et al. 2022) with FiLM conditioning in a UNet (Ronneberger et al.
+2015) laid out as in Ho et al. 2020 / Dhariwal & Nichol 2021. The network never sees a noise schedule: it maps
+(x_t, t, c) to a tensor shaped like x_t, in whatever parametrisation the training system chose (eps, x0 or v).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from model.denoiser.config import UNetConfig
+from model.denoiser.embeddings import ClassEmbedding, TimeEmbedding
+
+
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """Largest number of GroupNorm groups <= max_groups that divides `channels` (32 as in Wu & He 2018)."""
+    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block (Liu et al. 2022, fig. 4) with FiLM conditioning (Perez et al. 2018).
+
+        h = dwconv7x7(x)                          depthwise spatial mixing
+        h = LN(h) * (1 + scale(e)) + shift(e)     channels-last LayerNorm, then FiLM from the embedding e
+        h = Linear(GELU(Linear_up(h)))            inverted bottleneck, width in -> mlp_ratio * out -> out
+        out = skip(x) + gamma * h                 layer scale gamma; skip = 1x1 conv when channels change
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        embed_dim: int,
+        mlp_ratio: int = 4,
+        layer_scale_init: float = 1e-6,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(in_channels, in_channels, kernel_size=7, padding=3, groups=in_channels)
+        self.norm = nn.LayerNorm(in_channels)
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * in_channels))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels, mlp_ratio * out_channels),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_ratio * out_channels, out_channels),
+        )
+        self.gamma = nn.Parameter(torch.full((out_channels,), float(layer_scale_init)))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x (B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
+        h = self.dwconv(x)  # (B, C_in, H, W)
+        h = rearrange(h, "b c h w -> b h w c")  # channels-last for LayerNorm and Linear
+        scale, shift = rearrange(self.film(emb), "b (two c) -> two b 1 1 c", two=2)  # each (B, 1, 1, C_in)
+        h = self.norm(h) * (1 + scale) + shift  # (B, H, W, C_in)
+        h = self.mlp(h) * self.gamma  # (B, H, W, C_out)
+        h = rearrange(h, "b h w c -> b c h w")  # (B, C_out, H, W)
+        return self.skip(x) + h
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over the H*W positions (Vaswani et al. 2017), pre-norm with a residual."""
+
+    def __init__(self, channels: int, num_heads: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"SelfAttention2d: channels={channels} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        _, _, height, width = x.shape
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        q, k, v = rearrange(qkv, "b (three n d) h w -> three b n (h w) d", three=3, n=self.num_heads)  # (B, n, HW, d)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, n, HW, d), softmax(q k^T / sqrt(d)) v
+        h = rearrange(h, "b n (h w) d -> b (n d) h w", h=height, w=width)  # (B, C, H, W)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv: (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: ConvNeXt blocks, each optionally followed by self-attention."""
+
+    def __init__(self, in_channels: list[int], out_channels: int, cfg: UNetConfig, attention: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ConvNeXtBlock(c, out_channels, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout)
+            for c in in_channels
+        )
+        self.attentions = nn.ModuleList(
+            SelfAttention2d(out_channels, cfg.num_heads) if attention else nn.Identity() for _ in in_channels
+        )
+
+
+class ConvNeXtUNet(nn.Module):
+    """UNet of ConvNeXt blocks; `forward(x, t, c=None)` returns a tensor shaped like x.
+
+    Layout (L = len(channel_mult), w_i = base_channels * channel_mult[i]):
+        stem 3x3 conv -> w_0
+        encoder level i: blocks_per_level[i] blocks at w_i (+ attention if i in attention_levels), each output kept
+                         as a skip; then a stride-2 conv w_i -> w_{i+1} (not after the last level)
+        middle:          block, attention, block at w_{L-1}
+        decoder level i (L-1 .. 0): per block, concatenate the matching skip (2 w_i -> w_i) (+ attention); then
+                         nearest x2 upsample + 3x3 conv w_i -> w_{i-1} (not after level 0)
+        output:          GroupNorm, SiLU, 3x3 conv w_0 -> in_channels, zero-initialised so the initial output is 0
+    Conditioning e = TimeEmbedding(t) (+ ClassEmbedding(c) when num_classes > 0) is FiLM-injected in every block.
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths, blocks = cfg.widths, cfg.blocks
+        self.time_embed = TimeEmbedding(cfg.base_channels, cfg.embed_dim)
+        self.class_embed = ClassEmbedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes > 0 else None
+
+        self.stem = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        self.encoder = nn.ModuleList(
+            Level([w] * n, w, cfg, i in cfg.attention_levels) for i, (w, n) in enumerate(zip(widths, blocks))
+        )
+        self.downsamples = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(cfg.levels - 1))
+
+        w_mid = widths[-1]
+        self.mid_block1 = ConvNeXtBlock(w_mid, w_mid, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout)
+        self.mid_attention = SelfAttention2d(w_mid, cfg.num_heads)
+        self.mid_block2 = ConvNeXtBlock(w_mid, w_mid, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout)
+
+        # decoder[i] is level i (indexed like the encoder); it runs from level L-1 down to 0
+        self.decoder = nn.ModuleList(
+            Level([2 * w] * n, w, cfg, i in cfg.attention_levels) for i, (w, n) in enumerate(zip(widths, blocks))
+        )
+        self.upsamples = nn.ModuleList(Upsample(widths[i + 1], widths[i]) for i in range(cfg.levels - 1))
+
+        self.out_norm = nn.GroupNorm(group_count(widths[0]), widths[0])
+        self.out_conv = nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    @property
+    def null_class(self) -> int | None:
+        """Index of the learned null class (= num_classes), or None for an unconditional network."""
+        return self.class_embed.null_class if self.class_embed is not None else None
+
+    def embed(self, t: Tensor, c: Tensor | None, batch_size: int) -> Tensor:
+        """Conditioning embedding e = time_embed(t) + class_embed(c) (class term only when num_classes > 0)."""
+        if t.ndim == 0:
+            t = t.expand(batch_size)
+        if t.shape != (batch_size,):
+            raise ValueError(f"t must have shape ({batch_size},) to match x, got {tuple(t.shape)}")
+        emb = self.time_embed(t)  # (B, E)
+        if self.class_embed is not None:
+            if c is not None and c.shape != (batch_size,):
+                raise ValueError(f"c must have shape ({batch_size},) to match x, got {tuple(c.shape)}")
+            emb = emb + self.class_embed(c, batch_size, t.device)  # (B, E)
+        return emb
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError unless x is (B, in_channels, H, W) with H, W divisible by 2 ** (levels - 1)."""
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"x must have shape (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        m = self.cfg.size_multiple
+        if x.shape[2] % m or x.shape[3] % m:
+            raise ValueError(
+                f"x spatial size {tuple(x.shape[2:])} must be divisible by 2**(levels-1) = {m} "
+                f"for a UNet with {self.cfg.levels} levels; resize the input or use fewer levels"
+            )
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W), t (B,) int64, c (B,) int64 or None (= null class) -> (B, C, H, W)."""
+        self.check_input(x)
+        emb = self.embed(t, c, x.shape[0])  # (B, E)
+
+        h = self.stem(x)  # (B, w_0, H, W)
+        skips: list[Tensor] = []
+        for i, level in enumerate(self.encoder):
+            for block, attention in zip(level.blocks, level.attentions):
+                h = attention(block(h, emb))  # (B, w_i, H_i, W_i)
+                skips.append(h)
+            if i < len(self.downsamples):
+                h = self.downsamples[i](h)  # (B, w_{i+1}, H_i / 2, W_i / 2)
+
+        h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)  # (B, w_{L-1}, H_{L-1}, W_{L-1})
+
+        for i in reversed(range(len(self.decoder))):
+            level = self.decoder[i]
+            for block, attention in zip(level.blocks, level.attentions):
+                h = torch.cat([h, skips.pop()], dim=1)  # (B, 2 w_i, H_i, W_i)
+                h = attention(block(h, emb))  # (B, w_i, H_i, W_i)
+            if i > 0:
+                h = self.upsamples[i - 1](h)  # (B, w_{i-1}, 2 H_i, 2 W_i)
+
+        return self.out_conv(F.silu(self.out_norm(h)))  # (B, C, H, W)

@@ -1,0 +1,40 @@
+"""User-facing errors: one line that names the problem and the fix, exit code 2, no traceback."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., int | None])
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input from the user (config, file, flag). The message says what is wrong and how to fix it."""
+
+
+def cli_entry(main: F) -> F:
+    """Wrap a CLI `main` so a UserError (or a bad-argument exit) becomes `error: ...` and exit code 2.
+
+    `--debug` anywhere on the command line (or `LDM_DEBUG=1`) re-raises with the full traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv or os.environ.get("LDM_DEBUG") == "1"
+        argv = [a for a in argv if a != "--debug"]
+        try:
+            return int(main(argv) or 0)
+        except UserError as err:
+            if debug:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,48 @@
+"""Callbacks: periodic image grids (reconstructions or samples) written on rank zero."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from model.images import save_grid
+
+
+class ImageGrid(pl.Callback):
+    """Every `every_n_steps` optimiser steps, write `<folder>/step<N>.png` from the system's `image_grid_rows`.
+
+    The rows are built from one fixed validation batch (the first `num_images` images), so grids of
+    different steps show the same inputs.
+    """
+
+    def __init__(self, folder: Path, every_n_steps: int, num_images: int = 8) -> None:
+        self.folder = Path(folder)
+        self.every_n_steps = every_n_steps
+        self.num_images = num_images
+        self._last_step = -1
+
+    def _fixed_batch(self, trainer: pl.Trainer) -> torch.Tensor:
+        loader = trainer.datamodule.val_dataloader()
+        x, _ = next(iter(loader))
+        return x[: self.num_images]
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        x = self._fixed_batch(trainer).to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        rows = pl_module.image_grid_rows(x)
+        pl_module.train(was_training)
+        save_grid(torch.cat(rows), self.folder / f"step{trainer.global_step:07d}.png", nrow=x.shape[0])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step and step > 0:
+            self._last_step = step
+            self._write(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.every_n_steps and trainer.global_step != self._last_step:
+            self._write(trainer, pl_module)

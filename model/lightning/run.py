@@ -1,0 +1,137 @@
+"""Running a stage: run folders, loggers, checkpoint callbacks and the Lightning Trainer."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from data import make_datamodule
+from model.config import Config, TrainerConfig, to_dict, write_json
+from model.errors import UserError
+from model.lightning.callbacks import ImageGrid
+
+STAGES = ("vae", "denoiser")
+
+
+def run_dir(cfg: Config, n: int) -> Path:
+    """`<output_dir>/<name>-<n>`: one folder per run, with a sub-folder per stage."""
+    return Path(cfg.output_dir) / f"{cfg.name}-{n}"
+
+
+def next_run_number(cfg: Config) -> int:
+    n = 1
+    while run_dir(cfg, n).exists():
+        n += 1
+    return n
+
+
+def check_stage_folder(folder: Path, resuming: bool) -> None:
+    """Refuse to write a fresh run over an earlier one's checkpoints (nothing written is lost)."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; remove it or choose another -n / output_dir")
+    ckpts = list((folder / "checkpoints").glob("*.ckpt")) if folder.is_dir() else []
+    if ckpts and not resuming:
+        raise UserError(f"{folder} already holds checkpoints; resume with --load {folder}/checkpoints/last.ckpt "
+                        f"or pick a new run number with -n")
+
+
+def make_logger(tc: TrainerConfig, folder: Path, name: str):
+    if tc.logger == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(folder), name="logs", version="")
+    if tc.logger == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        return WandbLogger(project=tc.wandb_project, name=name, save_dir=str(folder), offline=tc.wandb_offline)
+    from pytorch_lightning.loggers import CSVLogger
+
+    return CSVLogger(str(folder), name="logs", version="")
+
+
+def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Callback]:
+    ckpt_dir = folder / "checkpoints"
+    callbacks: list[pl.Callback] = [
+        # step<N>.ckpt every N steps, and last.ckpt with it: what --load resumes from
+        ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
+                        every_n_train_steps=tc.checkpoint_every_n_steps, save_top_k=-1, monitor=None,
+                        save_last=True),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
+                        enable_version_counter=False),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if tc.images_every_n_steps:
+        callbacks.append(ImageGrid(folder / "images", tc.images_every_n_steps))
+    return callbacks
+
+
+def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str) -> pl.Trainer:
+    devices = tc.devices if not tc.devices.isdigit() else int(tc.devices)
+    return pl.Trainer(
+        max_steps=tc.max_steps,
+        max_epochs=-1,
+        precision=tc.precision,
+        accumulate_grad_batches=tc.accumulate_grad_batches,
+        gradient_clip_val=tc.gradient_clip_val,
+        val_check_interval=tc.val_every_n_steps * tc.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        limit_val_batches=tc.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=tc.log_every_n_steps,
+        logger=make_logger(tc, folder, name),
+        callbacks=make_callbacks(tc, folder, monitor),
+        default_root_dir=str(folder),
+        enable_progress_bar=tc.progress_bar,
+        accelerator=tc.accelerator,
+        devices=devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
+        deterministic=tc.deterministic,
+    )
+
+
+def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = None,
+                load_vae: Optional[str] = None) -> Path:
+    """Train one stage into `folder/<stage>`; returns the path of its last checkpoint."""
+    from model.lightning.denoiser_trainer import DenoiserSystem
+    from model.lightning.vae_trainer import VAESystem
+
+    stage_dir = folder / stage
+    check_stage_folder(stage_dir, resuming=load is not None)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = make_datamodule(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    if stage == "vae":
+        system, tc, monitor = VAESystem(to_dict(cfg)), cfg.vae.trainer, "val/recon"
+    else:
+        system, tc, monitor = make_denoiser(cfg, dm, load, load_vae), cfg.denoiser.trainer, "val/loss"
+        if cfg.denoiser.diffusion.cache_latents:
+            from model.lightning.latent_cache import CachedLatents
+
+            dm = CachedLatents(dm, system.encode_mean)
+    write_json(cfg, folder / "config.json")
+    trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}")
+    trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last)  # the final step, which need not fall on a checkpoint interval
+    return last
+
+
+def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):
+    from model.lightning.denoiser_trainer import DenoiserSystem
+
+    num_classes = dm.num_classes if cfg.denoiser.unet.num_classes or cfg.denoiser.toy.num_classes else 0
+    wanted = cfg.denoiser.toy.num_classes if cfg.denoiser.network == "toy_mlp" else cfg.denoiser.unet.num_classes
+    if wanted and wanted != dm.num_classes:
+        raise UserError(f"the denoiser is configured for {wanted} classes but the data has {dm.num_classes}; "
+                        f"set denoiser.unet.num_classes to {dm.num_classes} (or 0 for unconditional)")
+    system = DenoiserSystem(to_dict(cfg), num_classes=num_classes)
+    if cfg.denoiser.autoencoder == "vae" and load is None:
+        if load_vae is None:
+            raise UserError("training the denoiser on latents needs a VAE: pass --load-vae <vae .ckpt>, add "
+                            "--train-vae to train one first, or set denoiser.autoencoder 'none'")
+        system.load_vae(load_vae)
+    return system

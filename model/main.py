@@ -1,0 +1,81 @@
+"""The training CLI.
+
+    python -m model.main -cfg config/digits.json --train-vae --train-denoiser -n 1
+    python -m model.main -cfg config/ffhq-beta-vae.json --train-vae -n 1
+    python -m model.main -cfg config/ffhq-denoiser.json --train-denoiser --load-vae <vae.ckpt> -n 1
+    python -m model.main -cfg ... --train-denoiser --load <denoiser last.ckpt> -n 1      (resume)
+
+Any config key can follow as `--dotted.key value`; `--print_config` prints the resolved config and exits.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from model.cli_config import add_config_arguments, build_config, new_parser, parse
+from model.config import Config, check_shapes, from_dict
+from model.errors import UserError, cli_entry
+
+
+def make_parser():
+    p = new_parser("python -m model.main", "Train the beta-VAE (stage 1) and/or the denoiser (stage 2).")
+    add_config_arguments(p)
+    p.add_argument("--train-vae", action="store_true", help="train stage 1, the beta-VAE")
+    p.add_argument("--train-denoiser", action="store_true", help="train stage 2, the denoiser")
+    p.add_argument("--load-vae", type=Optional[str], default=None, help="stage-1 checkpoint the denoiser uses")
+    p.add_argument("--load", type=Optional[str], default=None, help="checkpoint of the stage to resume")
+    p.add_argument("-n", "--run", type=Optional[int], default=None,
+                   help="run number: the run folder is <output_dir>/<config name>-<n> (default: next free)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def check_modes(args) -> None:
+    if not (args.train_vae or args.train_denoiser):
+        raise UserError("nothing to do: pass --train-vae, --train-denoiser, or both")
+    if args.load and args.train_vae and args.train_denoiser:
+        raise UserError("--load resumes one stage; pass it with only --train-vae or only --train-denoiser")
+    if args.load_vae and args.train_vae:
+        raise UserError("--load-vae conflicts with --train-vae (which trains a new VAE); drop one of them")
+    if args.run is not None and args.run < 0:
+        raise UserError(f"-n must be >= 0, got {args.run}")
+
+
+def with_vae_of(cfg: Config, vae_ckpt: str) -> Config:
+    """The VAE section of the config is taken from the VAE checkpoint, so stage 2 cannot disagree with it."""
+    from model.checkpoint import read_checkpoint
+
+    vae_cfg = from_dict(read_checkpoint(vae_ckpt, expected="vae")["ldm_config"])
+    new = dataclasses.replace(cfg, vae=vae_cfg.vae)
+    try:
+        check_shapes(new)
+    except UserError as err:
+        raise UserError(f"the VAE checkpoint {vae_ckpt} does not fit this config: {err}") from err
+    return new
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    parser = make_parser()
+    args = parse(parser, argv)
+    check_modes(args)
+    cfg = build_config(parser, args)
+    if args.load_vae:
+        cfg = with_vae_of(cfg, args.load_vae)
+
+    from model.lightning.run import next_run_number, run_dir, train_stage
+
+    n = args.run if args.run is not None else next_run_number(cfg)
+    folder = run_dir(cfg, n)
+    vae_ckpt = args.load_vae
+    if args.train_vae:
+        vae_ckpt = str(train_stage("vae", cfg, folder, load=args.load if not args.train_denoiser else None))
+        print(f"VAE checkpoint: {vae_ckpt}")
+    if args.train_denoiser:
+        last = train_stage("denoiser", cfg, folder, load=args.load, load_vae=vae_ckpt)
+        print(f"denoiser checkpoint: {last}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

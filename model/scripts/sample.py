@@ -1,0 +1,186 @@
+"""Sample a trained denoiser: grid, one PNG per sample, samples.npz, and the reverse process as a strip and a GIF.
+
+    python -m model.scripts.sample --load runs/digits-1/denoiser/checkpoints/last.ckpt --ddim --steps 25 --per-class 4
+    python -m model.scripts.sample -cfg config/ffhq-ddim.json --load <ckpt> --num_samples 25 --seed 42 --clip_limit 1.5 --ddim
+
+The checkpoint carries its config; `-cfg` only supplies sampling defaults (sampler, steps, clip_limit) from its
+`denoiser.diffusion` section. DDPM runs all T steps unless `--steps` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from model.errors import UserError, cli_entry
+
+STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
+GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit; we want one line and exit code 2
+        raise UserError(f"{message} (see --help)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m model.scripts.sample", description=__doc__.split("\n")[0])
+    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    p.add_argument("-cfg", "--config", default=None, help="JSON config whose denoiser.diffusion gives defaults")
+    p.add_argument("--ddim", action="store_true", help="DDIM (Song et al.) instead of ancestral DDPM")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (DDPM default: all T)")
+    p.add_argument("--num_samples", "--num-samples", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip_limit", "--clip-limit", type=float, default=None,
+                   help="clamp the predicted x0 (normalised latent) to [-L, L] at each step")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0,
+                   help="classifier-free guidance w: (1+w)·cond − w·uncond")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--class", dest="class_", type=int, default=None, help="condition every sample on class K")
+    group.add_argument("--per-class", "--per_class", type=int, default=None, help="N samples of every class")
+    p.add_argument("--output", default=None, help="output folder (default: samples/ beside the run's checkpoints)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no GPU is visible; use --device cpu")
+    return name
+
+
+def sampling_defaults(config_path: Optional[str]):
+    """(sampler, steps, clip_limit) from a config file's denoiser.diffusion, or None."""
+    if config_path is None:
+        return None
+    from model.cli_config import add_config_arguments, build_config, new_parser, parse
+
+    parser = new_parser("config", "config")
+    add_config_arguments(parser)
+    diff = build_config(parser, parse(parser, ["-cfg", config_path])).denoiser.diffusion
+    return diff
+
+
+def class_labels(args, num_classes: int) -> tuple[Optional[torch.Tensor], int]:
+    """The label of every sample (None = unconditional) and the number of samples."""
+    if args.class_ is None and args.per_class is None:
+        return None, args.num_samples
+    if num_classes == 0:
+        raise UserError("--class/--per-class need a class-conditional model, but this one is unconditional")
+    if args.class_ is not None:
+        if not 0 <= args.class_ < num_classes:
+            raise UserError(f"--class {args.class_} is out of range: this model has classes 0..{num_classes - 1}")
+        return torch.full((args.num_samples,), args.class_, dtype=torch.long), args.num_samples
+    if args.per_class <= 0:
+        raise UserError(f"--per-class must be > 0, got {args.per_class}")
+    return torch.arange(num_classes).repeat_interleave(args.per_class), num_classes * args.per_class
+
+
+def check_args(args, T: int) -> None:
+    if args.num_samples <= 0:
+        raise UserError(f"--num_samples must be > 0, got {args.num_samples}")
+    if args.steps is not None and not 0 < args.steps <= T:
+        raise UserError(f"--steps must be in [1, T={T}], got {args.steps}")
+    if args.clip_limit is not None and args.clip_limit <= 0:
+        raise UserError(f"--clip_limit must be > 0, got {args.clip_limit}; leave it out for no clipping")
+    if args.eta < 0:
+        raise UserError(f"--eta must be >= 0, got {args.eta}")
+
+
+def output_folder(args) -> Path:
+    out = Path(args.output) if args.output else Path(args.load).resolve().parent.parent / "samples"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_images(out: Path, images: torch.Tensor, labels: Optional[torch.Tensor], nrow: int) -> None:
+    """grid.png, sample_<i>[_class<K>].png and samples.npz (images uint8 N×H×W×C, labels, −1 = unconditional)."""
+    from model.images import save_grid, to_pil, to_uint8
+
+    arr = to_uint8(images)
+    lab = labels.numpy() if labels is not None else np.full(len(arr), -1)
+    save_grid(images, out / "grid.png", nrow=nrow)
+    for i, (img, k) in enumerate(zip(arr, lab)):
+        suffix = f"_class{k}" if k >= 0 else ""
+        to_pil(img).save(out / f"sample_{i:04d}{suffix}.png")
+    np.savez_compressed(out / "samples.npz", images=arr, labels=lab.astype(np.int64))
+
+
+def write_reverse_process(out: Path, system, frames: list[tuple[int, torch.Tensor]]) -> None:
+    """The decoded prediction of x0 for the first sample at t = T, T−n, …, 0, as a strip and a GIF."""
+    from model.images import grid_array, save_gif, save_grid
+
+    strip_idx = np.unique(np.linspace(0, len(frames) - 1, min(STRIP_FRAMES, len(frames))).round().astype(int))
+    strip = torch.cat([system.decode(frames[i][1]) for i in strip_idx])
+    save_grid(strip, out / "reverse_process.png", nrow=len(strip_idx))
+    (out / "reverse_process_t.json").write_text(json.dumps([frames[i][0] for i in strip_idx]) + "\n")
+    gif_idx = np.unique(np.linspace(0, len(frames) - 1, min(GIF_FRAMES, len(frames))).round().astype(int))
+    save_gif([grid_array(system.decode(frames[i][1]), nrow=1) for i in gif_idx], out / "reverse_process.gif")
+
+
+def write_points(out: Path, system, points: torch.Tensor) -> None:
+    """The 2-D toy: samples.npz with the points, a scatter over the data, and the Chamfer distance."""
+    from data import make_datamodule
+    from data.toy2d import chamfer_distance
+    from model.plots import scatter_points
+
+    dm = make_datamodule(system.cfg.data)
+    dm.setup("fit")
+    data = dm.points()
+    cd = float(chamfer_distance(points.cpu(), data[: len(points)]))
+    np.savez_compressed(out / "samples.npz", points=points.cpu().numpy())
+    scatter_points(points.cpu().numpy(), data.numpy(), out / "grid.png", title=f"Chamfer distance {cd:.4f}")
+    print(f"Chamfer distance to the data: {cd:.4f}")
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    args = make_parser().parse_args(argv)
+    from model.lightning.denoiser_trainer import load_denoiser
+
+    device = resolve_device(args.device)
+    system = load_denoiser(args.load, map_location=device)
+    defaults = sampling_defaults(args.config) or system.diff
+    T = system.diff.T
+    check_args(args, T)
+    labels, n = class_labels(args, system.num_classes)
+    ddim = args.ddim or (args.config is not None and defaults.sampler == "ddim")
+    steps = args.steps if args.steps is not None else (defaults.sample_steps if ddim else None)
+    clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
+    out = output_folder(args)
+
+    frames: list[tuple[int, torch.Tensor]] = []  # (t at which x0 was predicted, x0 of the first sample)
+    t_now = [T]
+
+    def keep_first(i: int, t_next: int, x_next: torch.Tensor, x0: torch.Tensor) -> None:
+        frames.append((t_now[0], x0[:1].detach()))
+        t_now[0] = t_next
+
+    gen = torch.Generator().manual_seed(args.seed)
+    z = system.sample(n, labels, ddim=ddim, steps=steps, eta=args.eta, clip_limit=clip_limit,
+                      cfg_scale=args.cfg_scale, generator=gen, callback=keep_first)
+    frames.append((0, z[:1]))
+    if system.cfg.denoiser.network == "toy_mlp":
+        write_points(out, system, z)
+    else:
+        # labels are class-major, so with --per-class each row of the grid is one class
+        nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(n))))
+        write_images(out, system.decode(z), labels, nrow=nrow)
+        write_reverse_process(out, system, frames)
+    sampler = f"DDIM {steps} steps, eta {args.eta}" if ddim else f"DDPM {steps or T} steps"
+    print(f"wrote {n} samples ({sampler}, w = {args.cfg_scale}, seed {args.seed}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Tests of the denoiser networks (model/denoiser): shapes, conditioning, null class, gradients, embeddings.
+
+Tiny widths keep the whole file fast on CPU. The UNet's output conv is zero-initialised (its initial output is
+exactly 0) and its layer scales start at 1e-6, so tests of input dependence move both first (`perturb_output`);
+otherwise they could not fail.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from model.denoiser import (
+    NETWORKS,
+    ClassEmbedding,
+    ConvNeXtBlock,
+    ConvNeXtUNet,
+    SelfAttention2d,
+    TimeEmbedding,
+    ToyMLP,
+    ToyMLPConfig,
+    UNetConfig,
+    build_network,
+    sinusoidal_embedding,
+)
+from model.errors import UserError
+
+torch.set_num_threads(2)
+
+
+def tiny_unet_config(**overrides) -> UNetConfig:
+    """A UNet small enough for CPU tests: width 8, 2 levels, 1 block, 2 heads."""
+    fields = dict(in_channels=4, base_channels=8, channel_mult=[1, 2], blocks_per_level=1, num_heads=2)
+    fields.update(overrides)
+    return UNetConfig(**fields)
+
+
+def perturb_output(net: nn.Module, seed: int = 0) -> None:
+    """Move the UNet away from its near-identity init so the output visibly depends on x, t and c.
+
+    The output conv starts at exactly 0 (random weights instead) and every layer scale gamma at 1e-6, which
+    scales each block's (and hence the embedding's) contribution by 1e-6 (gamma = 0.5 instead).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.out_conv.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for module in net.modules():
+            if isinstance(module, ConvNeXtBlock):
+                module.gamma.fill_(0.5)
+
+
+def times(batch: int, value: int | None = None) -> torch.Tensor:
+    if value is not None:
+        return torch.full((batch,), value, dtype=torch.long)
+    return torch.arange(batch, dtype=torch.long) * 97 % 1000
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def test_sinusoidal_embedding_closed_form():
+    # t = 0: every sine is 0 and every cosine is 1
+    emb0 = sinusoidal_embedding(torch.zeros(3, dtype=torch.long), 8)
+    assert emb0.shape == (3, 8)
+    torch.testing.assert_close(emb0[:, :4], torch.zeros(3, 4))
+    torch.testing.assert_close(emb0[:, 4:], torch.ones(3, 4))
+    # t = 1, dim = 4: half = 2, frequencies 10000^(-0/2) = 1 and 10000^(-1/2) = 0.01
+    emb1 = sinusoidal_embedding(torch.tensor([1]), 4)
+    expected = torch.tensor([[math.sin(1.0), math.sin(0.01), math.cos(1.0), math.cos(0.01)]])
+    torch.testing.assert_close(emb1, expected)
+    # odd dim pads one zero column; max_period changes the frequencies
+    emb_odd = sinusoidal_embedding(torch.tensor([5, 7]), 5)
+    assert emb_odd.shape == (2, 5) and torch.all(emb_odd[:, -1] == 0)
+    emb_p = sinusoidal_embedding(torch.tensor([3]), 4, max_period=100.0)  # frequencies 1 and 0.1
+    torch.testing.assert_close(emb_p[0, 1], torch.tensor(math.sin(0.3)))
+
+
+def test_sinusoidal_embedding_rejects_bad_shape():
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        sinusoidal_embedding(torch.zeros(2, 2), 8)
+
+
+def test_time_embedding_shape_and_dependence():
+    emb = TimeEmbedding(16, 32)
+    out = emb(torch.tensor([0, 10, 999]))
+    assert out.shape == (3, 32)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_class_embedding_null_class_and_validation():
+    emb = ClassEmbedding(5, 6)
+    assert emb.null_class == 5 and emb.embedding.num_embeddings == 6
+    torch.testing.assert_close(emb(None, batch_size=3), emb(torch.full((3,), 5)))
+    assert not torch.allclose(emb(torch.tensor([0])), emb(torch.tensor([1])))
+    with pytest.raises(ValueError, match=r"\[0, 5\]"):
+        emb(torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match=r"\[0, 5\]"):
+        emb(torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match="integer"):
+        emb(torch.tensor([0.0, 1.0]))
+
+
+# ---------------------------------------------------------------- UNet shapes
+
+
+@pytest.mark.parametrize(
+    "channels,size,mult,blocks,attention",
+    [
+        (1, 8, [1, 2], 1, []),
+        (3, 16, [1, 2, 2], [1, 2, 1], [2]),
+        (4, 8, [1, 2, 2], 2, [1, 2]),
+        (8, 32, [1, 2], [2, 1], [0]),
+        (4, 16, [1, 1, 2], 1, []),
+        (3, 32, [1, 2, 2], 1, [2]),
+    ],
+)
+def test_unet_output_shape_matches_input(channels, size, mult, blocks, attention):
+    cfg = tiny_unet_config(in_channels=channels, channel_mult=mult, blocks_per_level=blocks, attention_levels=attention)
+    net = ConvNeXtUNet(cfg)
+    x = torch.randn(2, channels, size, size)
+    out = net(x, times(2))
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, torch.zeros_like(out))  # zero-initialised output conv
+    perturb_output(net)
+    out = net(x, times(2))
+    assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_unet_non_square_input():
+    net = ConvNeXtUNet(tiny_unet_config(channel_mult=[1, 2, 2]))
+    x = torch.randn(1, 4, 8, 16)
+    assert net(x, times(1)).shape == x.shape
+
+
+@pytest.mark.parametrize("size", [(6, 8), (8, 10), (7, 7)])
+def test_unet_bad_spatial_size_raises(size):
+    net = ConvNeXtUNet(tiny_unet_config(channel_mult=[1, 2, 2]))  # needs multiples of 4
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*\(levels-1\) = 4"):
+        net(torch.randn(1, 4, *size), times(1))
+
+
+def test_unet_bad_channels_and_batch_raise():
+    net = ConvNeXtUNet(tiny_unet_config())
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
+        net(torch.randn(1, 3, 8, 8), times(1))
+    with pytest.raises(ValueError, match="t must have shape"):
+        net(torch.randn(2, 4, 8, 8), times(3))
+
+
+# ---------------------------------------------------------------- conditioning
+
+
+def test_unet_time_dependence():
+    net = ConvNeXtUNet(tiny_unet_config())
+    perturb_output(net)
+    x = torch.randn(1, 4, 8, 8).expand(2, -1, -1, -1)
+    out = net(x, torch.tensor([3, 700]))
+    assert not torch.allclose(out[0], out[1], atol=1e-6)
+    # same t -> same output (no hidden randomness in eval mode)
+    net.eval()
+    torch.testing.assert_close(net(x, times(2, 5)), net(x, times(2, 5)))
+
+
+def test_unet_unconditional_ignores_c():
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=0))
+    perturb_output(net)
+    assert net.class_embed is None and net.null_class is None
+    x, t = torch.randn(2, 4, 8, 8), times(2)
+    torch.testing.assert_close(net(x, t, None), net(x, t, torch.tensor([0, 1])))
+
+
+def test_unet_null_class_path():
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=3))
+    perturb_output(net)
+    assert net.null_class == 3
+    x, t = torch.randn(2, 4, 8, 8), times(2)
+    torch.testing.assert_close(net(x, t, None), net(x, t, torch.full((2,), 3)))
+    assert not torch.allclose(net(x, t, None), net(x, t, torch.zeros(2, dtype=torch.long)), atol=1e-6)
+
+
+def test_unet_different_classes_give_different_outputs():
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=4))
+    perturb_output(net)
+    with torch.no_grad():
+        net.class_embed.embedding.weight.normal_(0.0, 1.0)
+    x = torch.randn(1, 4, 8, 8).expand(4, -1, -1, -1)
+    out = net(x, times(4, 50), torch.arange(4))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(out[i], out[j], atol=1e-6)
+
+
+def test_unet_rejects_out_of_range_class():
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=3))
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        net(torch.randn(2, 4, 8, 8), times(2), torch.tensor([0, 4]))
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("num_classes,c", [(0, None), (3, None), (3, "labels")])
+def test_unet_gradients_reach_every_parameter(num_classes, c):
+    # DDP with find_unused_parameters=False needs every parameter to take part in the loss
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=num_classes, channel_mult=[1, 2], attention_levels=[0]))
+    perturb_output(net)
+    labels = torch.tensor([0, 2]) if c == "labels" else None
+    out = net(torch.randn(2, 4, 8, 8), times(2), labels)
+    out.square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+    names = [name for name, _ in net.named_parameters()]
+    assert any(n.startswith("class_embed") for n in names) == (num_classes > 0)
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def test_convnext_block_shapes_and_identity_start():
+    block = ConvNeXtBlock(8, 8, embed_dim=16, layer_scale_init=1e-6)
+    x = torch.randn(2, 8, 4, 4)
+    out = block(x, torch.randn(2, 16))
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, x, atol=1e-4, rtol=0)  # gamma = 1e-6: the block starts near identity
+    wider = ConvNeXtBlock(8, 12, embed_dim=16)
+    assert wider(x, torch.randn(2, 16)).shape == (2, 12, 4, 4)
+
+
+def test_self_attention_shape_and_permutation_equivariance():
+    attention = SelfAttention2d(8, num_heads=2)
+    x = torch.randn(1, 8, 4, 4)
+    out = attention(x)
+    assert out.shape == x.shape
+    # attention has no positional information: permuting the positions permutes the output the same way
+    perm = torch.randperm(16)
+    x_perm = x.flatten(2)[:, :, perm].reshape(1, 8, 4, 4)
+    torch.testing.assert_close(attention(x_perm).flatten(2), out.flatten(2)[:, :, perm])
+    with pytest.raises(ValueError, match="divisible"):
+        SelfAttention2d(6, num_heads=4)
+
+
+# ---------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (dict(in_channels=0), "unet.in_channels"),
+        (dict(base_channels=-1), "unet.base_channels"),
+        (dict(channel_mult=[]), "unet.channel_mult"),
+        (dict(channel_mult=[1, 0]), "unet.channel_mult"),
+        (dict(blocks_per_level=[1, 1, 1]), "unet.blocks_per_level"),
+        (dict(blocks_per_level=0), "unet.blocks_per_level"),
+        (dict(attention_levels=[2]), "unet.attention_levels"),
+        (dict(attention_levels=[1, 1]), "unet.attention_levels"),
+        (dict(num_heads=3), "unet.num_heads"),
+        (dict(num_classes=-1), "unet.num_classes"),
+        (dict(time_embed_dim=0), "unet.time_embed_dim"),
+        (dict(mlp_ratio=0), "unet.mlp_ratio"),
+        (dict(layer_scale_init=0.0), "unet.layer_scale_init"),
+        (dict(dropout=1.0), "unet.dropout"),
+    ],
+)
+def test_unet_config_validation(overrides, key):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")) as info:
+        tiny_unet_config(**overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_unet_config_derived_values():
+    cfg = UNetConfig(base_channels=32, channel_mult=[1, 2, 2], blocks_per_level=2)
+    assert cfg.widths == [32, 64, 64] and cfg.blocks == [2, 2, 2] and cfg.levels == 3
+    assert cfg.embed_dim == 128 and cfg.size_multiple == 4
+    assert UNetConfig(time_embed_dim=48).embed_dim == 48
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [(dict(dim=0), "toy_mlp.dim"), (dict(hidden=0), "toy_mlp.hidden"), (dict(depth=0), "toy_mlp.depth"),
+     (dict(num_classes=-2), "toy_mlp.num_classes")],
+)
+def test_toy_config_validation(overrides, key):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        ToyMLPConfig(**overrides)
+
+
+# ---------------------------------------------------------------- toy MLP
+
+
+@pytest.mark.parametrize("dim,depth", [(2, 1), (2, 3), (3, 2)])
+def test_toy_mlp_shapes(dim, depth):
+    net = ToyMLP(ToyMLPConfig(dim=dim, hidden=16, depth=depth))
+    x = torch.randn(5, dim)
+    out = net(x, times(5))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="shape"):
+        net(torch.randn(5, dim + 1), times(5))
+
+
+def test_toy_mlp_conditioning_and_gradients():
+    net = ToyMLP(ToyMLPConfig(hidden=16, depth=2, num_classes=3))
+    assert net.null_class == 3
+    x = torch.randn(1, 2).expand(3, -1)
+    t = times(3, 10)
+    torch.testing.assert_close(net(x, t, None), net(x, t, torch.full((3,), 3)))
+    out = net(x, t, torch.arange(3))
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+    out_t = net(x, torch.tensor([0, 500, 999]), torch.zeros(3, dtype=torch.long))
+    assert not torch.allclose(out_t[0], out_t[1])
+    net(x, t, torch.tensor([0, 1, 3])).square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+
+
+def test_toy_mlp_unconditional_has_no_class_embedding():
+    net = ToyMLP(ToyMLPConfig(hidden=16, depth=1))
+    assert net.class_embed is None
+    x, t = torch.randn(4, 2), times(4)
+    torch.testing.assert_close(net(x, t), net(x, t, torch.zeros(4, dtype=torch.long)))
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_builds_each_network():
+    assert set(NETWORKS) == {"unet", "toy_mlp"}
+    unet = build_network("unet", tiny_unet_config())
+    toy = build_network("toy_mlp", ToyMLPConfig(hidden=8, depth=1))
+    assert isinstance(unet, ConvNeXtUNet) and isinstance(toy, ToyMLP)
+    with pytest.raises(UserError, match="unknown denoiser network"):
+        build_network("transformer")
+    with pytest.raises(UserError, match="UNetConfig"):
+        build_network("unet", ToyMLPConfig())
