@@ -31,19 +31,24 @@ def read_checkpoint(path: str | Path, expected: Kind | None = None) -> dict[str,
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        if "Unsupported global" in str(err):  # weights_only met a class it would have to import and call
             raise UserError(f"checkpoint {path} holds pickled objects that could run code on load; refused "
                             f"(only files written by this package are read)") from err
         raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt)") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt): "
                         f"{str(err).splitlines()[0][:120]}") from err
-    if not isinstance(ckpt, dict) or KIND_KEY not in ckpt or CONFIG_KEY not in ckpt:
+    kind = ckpt.get(KIND_KEY) if isinstance(ckpt, dict) else None
+    if kind is None:
         raise UserError(f"checkpoint {path} was not written by this package (no '{KIND_KEY}' entry)")
-    if expected is not None and ckpt[KIND_KEY] != expected:
-        flag = {"vae": "--load-vae", "denoiser": "--load"}[ckpt[KIND_KEY]]
-        raise UserError(f"checkpoint {path} is a {ckpt[KIND_KEY]} checkpoint but a {expected} checkpoint is "
-                        f"needed here; pass it with {flag} instead")
+    if expected is not None and kind != expected:
+        where = {"vae": "a VAE checkpoint is given to the denoiser with --load-vae",
+                 "denoiser": "a denoiser checkpoint is given to sample/evaluate with --load",
+                 "classifier": "a classifier checkpoint is given with --classifier"}.get(kind, "")
+        raise UserError(f"checkpoint {path} is a {kind} checkpoint but a {expected} checkpoint is needed here "
+                        f"({where})")
+    if CONFIG_KEY not in ckpt:
+        raise UserError(f"checkpoint {path} has no stored config ('{CONFIG_KEY}'); it was not written by this package")
     return ckpt
 
 

@@ -2,8 +2,8 @@
 
 One file configures both stages: `data`, then `vae` (stage 1) and `denoiser` (stage 2), each with its own
 network, optimiser and trainer settings, so `--train-vae --train-denoiser` runs from a single config.
-Each sub-config validates its own ranges in `__post_init__`; `Config.__post_init__` checks the cross-field
-constraints (sizes that must divide, channels that must agree).
+Each sub-config validates its own ranges in `__post_init__`; the cross-field constraints (sizes that must
+divide, channels that must agree) are checked per stage, so a VAE-only config needs no coherent denoiser.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class TrainerConfig:
     """What Lightning's Trainer gets, plus the intervals of our callbacks (all in optimiser steps)."""
 
     max_steps: int = 1000  # optimiser steps of this stage
+    batch_size: Optional[int] = None  # per-device batch of this stage; None = data.batch_size
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"  # 16-mixed uses Lightning's loss scaler
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = 1.0  # clip the global grad norm; None turns it off
@@ -66,6 +67,8 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, f"trainer.max_steps must be > 0, got {self.max_steps}")
+        _check(self.batch_size is None or self.batch_size > 0,
+               f"trainer.batch_size must be > 0 or null (= data.batch_size), got {self.batch_size}")
         _check(self.accumulate_grad_batches >= 1,
                f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
         _check(self.gradient_clip_val is None or self.gradient_clip_val > 0,
@@ -156,24 +159,33 @@ class Config:
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name,
                f"name must be a non-empty folder name without '/', got {self.name!r}")
-        check_shapes(self)
+        check_vae_shapes(self)  # the denoiser's checks run when stage 2 is trained (check_denoiser_shapes)
 
 
-def check_shapes(cfg: Config) -> None:
-    """Cross-field checks: channels that must agree and sizes that must divide."""
-    data, vae, den = cfg.data, cfg.vae.net, cfg.denoiser
+def check_vae_shapes(cfg: Config) -> None:
+    """Stage-1 checks: the VAE reads the data's channels and its downsampling factor divides the image size."""
+    data, vae = cfg.data, cfg.vae.net
     if data.name == "toy2d":
-        _check(den.network == "toy_mlp" and den.autoencoder == "none",
-               "data.name toy2d needs denoiser.network 'toy_mlp' and denoiser.autoencoder 'none'")
         return
-    _check(den.network == "unet", "denoiser.network 'toy_mlp' only works on data.name 'toy2d'; use 'unet'")
     _check(vae.in_channels == data.channels,
            f"vae.net.in_channels ({vae.in_channels}) must equal data.channels ({data.channels}); set them equal")
     f = vae.downsample_factor
     _check(data.image_size % f == 0,
            f"data.image_size ({data.image_size}) must be divisible by the VAE downsampling factor {f}; "
            f"change data.image_size or vae.net.channel_mult")
+
+
+def check_denoiser_shapes(cfg: Config) -> None:
+    """Stage-2 checks: the network's input channels and size fit the latents (or pixels, or points)."""
+    data, vae, den = cfg.data, cfg.vae.net, cfg.denoiser
+    if data.name == "toy2d":
+        _check(den.network == "toy_mlp" and den.autoencoder == "none",
+               "data.name toy2d needs denoiser.network 'toy_mlp' and denoiser.autoencoder 'none'")
+        return
+    _check(den.network == "unet", "denoiser.network 'toy_mlp' only works on data.name 'toy2d'; use 'unet'")
+    check_vae_shapes(cfg)
     if den.autoencoder == "vae":
+        f = vae.downsample_factor
         size, channels, what = data.image_size // f, vae.latent_channels, "vae.net.latent_channels"
     else:
         size, channels, what = data.image_size, data.channels, "data.channels"

@@ -1,6 +1,7 @@
 """User-facing errors: one line that names the problem and the fix, exit code 2, no traceback."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -38,3 +39,10 @@ def cli_entry(main: F) -> F:
             return 130
 
     return wrapper  # type: ignore[return-value]
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse for the scripts, but a bad flag raises UserError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")

@@ -13,7 +13,8 @@ import dataclasses
 from typing import Optional
 
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
-from model.config import Config, check_shapes, from_dict
+from model.config import Config, check_denoiser_shapes, from_dict
+from model.checkpoint import read_checkpoint
 from model.errors import UserError, cli_entry
 
 
@@ -41,16 +42,14 @@ def check_modes(args) -> None:
         raise UserError(f"-n must be >= 0, got {args.run}")
 
 
-def with_vae_of(cfg: Config, vae_ckpt: str) -> Config:
-    """The VAE section of the config is taken from the VAE checkpoint, so stage 2 cannot disagree with it."""
-    from model.checkpoint import read_checkpoint
-
-    vae_cfg = from_dict(read_checkpoint(vae_ckpt, expected="vae")["ldm_config"])
-    new = dataclasses.replace(cfg, vae=vae_cfg.vae)
+def with_vae_of(cfg: Config, ckpt_path: str, kind: str) -> Config:
+    """Take the VAE section from a checkpoint (a VAE, or the denoiser being resumed) so stage 2 agrees with it."""
+    stored = from_dict(read_checkpoint(ckpt_path, expected=kind)["ldm_config"])
+    new = dataclasses.replace(cfg, vae=stored.vae)
     try:
-        check_shapes(new)
+        check_denoiser_shapes(new)
     except UserError as err:
-        raise UserError(f"the VAE checkpoint {vae_ckpt} does not fit this config: {err}") from err
+        raise UserError(f"the checkpoint {ckpt_path} does not fit this config: {err}") from err
     return new
 
 
@@ -61,7 +60,13 @@ def main(argv: list[str]) -> int:
     check_modes(args)
     cfg = build_config(parser, args)
     if args.load_vae:
-        cfg = with_vae_of(cfg, args.load_vae)
+        cfg = with_vae_of(cfg, args.load_vae, "vae")
+    elif args.load and args.train_denoiser:
+        cfg = with_vae_of(cfg, args.load, "denoiser")
+    elif args.load:
+        read_checkpoint(args.load, expected="vae")  # a clear error before Lightning tries to restore it
+    if args.train_denoiser:
+        check_denoiser_shapes(cfg)
 
     from model.lightning.run import next_run_number, run_dir, train_stage
 

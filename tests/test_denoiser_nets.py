@@ -27,7 +27,6 @@ from model.denoiser import (
 )
 from model.errors import UserError
 
-torch.set_num_threads(2)
 
 
 def tiny_unet_config(**overrides) -> UNetConfig:
@@ -249,20 +248,20 @@ def test_self_attention_shape_and_permutation_equivariance():
 @pytest.mark.parametrize(
     "overrides,key",
     [
-        (dict(in_channels=0), "unet.in_channels"),
-        (dict(base_channels=-1), "unet.base_channels"),
-        (dict(channel_mult=[]), "unet.channel_mult"),
-        (dict(channel_mult=[1, 0]), "unet.channel_mult"),
-        (dict(blocks_per_level=[1, 1, 1]), "unet.blocks_per_level"),
-        (dict(blocks_per_level=0), "unet.blocks_per_level"),
-        (dict(attention_levels=[2]), "unet.attention_levels"),
-        (dict(attention_levels=[1, 1]), "unet.attention_levels"),
-        (dict(num_heads=3), "unet.num_heads"),
-        (dict(num_classes=-1), "unet.num_classes"),
-        (dict(time_embed_dim=0), "unet.time_embed_dim"),
-        (dict(mlp_ratio=0), "unet.mlp_ratio"),
-        (dict(layer_scale_init=0.0), "unet.layer_scale_init"),
-        (dict(dropout=1.0), "unet.dropout"),
+        (dict(in_channels=0), "denoiser.unet.in_channels"),
+        (dict(base_channels=-1), "denoiser.unet.base_channels"),
+        (dict(channel_mult=[]), "denoiser.unet.channel_mult"),
+        (dict(channel_mult=[1, 0]), "denoiser.unet.channel_mult"),
+        (dict(blocks_per_level=[1, 1, 1]), "denoiser.unet.blocks_per_level"),
+        (dict(blocks_per_level=0), "denoiser.unet.blocks_per_level"),
+        (dict(attention_levels=[2]), "denoiser.unet.attention_levels"),
+        (dict(attention_levels=[1, 1]), "denoiser.unet.attention_levels"),
+        (dict(num_heads=3), "denoiser.unet.num_heads"),
+        (dict(num_classes=-1), "denoiser.unet.num_classes"),
+        (dict(time_embed_dim=0), "denoiser.unet.time_embed_dim"),
+        (dict(mlp_ratio=0), "denoiser.unet.mlp_ratio"),
+        (dict(layer_scale_init=0.0), "denoiser.unet.layer_scale_init"),
+        (dict(dropout=1.0), "denoiser.unet.dropout"),
     ],
 )
 def test_unet_config_validation(overrides, key):
@@ -280,8 +279,8 @@ def test_unet_config_derived_values():
 
 @pytest.mark.parametrize(
     "overrides,key",
-    [(dict(dim=0), "toy_mlp.dim"), (dict(hidden=0), "toy_mlp.hidden"), (dict(depth=0), "toy_mlp.depth"),
-     (dict(num_classes=-2), "toy_mlp.num_classes")],
+    [(dict(dim=0), "denoiser.toy.dim"), (dict(hidden=0), "denoiser.toy.hidden"), (dict(depth=0), "denoiser.toy.depth"),
+     (dict(num_classes=-2), "denoiser.toy.num_classes")],
 )
 def test_toy_config_validation(overrides, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):

@@ -39,51 +39,51 @@ class UNetConfig:
             self.attention_levels = list(self.attention_levels)
         if isinstance(self.blocks_per_level, tuple):
             self.blocks_per_level = list(self.blocks_per_level)
-        _check(self.in_channels > 0, f"unet.in_channels must be > 0, got {self.in_channels}; set it to the channels of x")
-        _check(self.base_channels > 0, f"unet.base_channels must be > 0, got {self.base_channels}; try 64")
+        _check(self.in_channels > 0, f"denoiser.unet.in_channels must be > 0, got {self.in_channels}; set it to the channels of x")
+        _check(self.base_channels > 0, f"denoiser.unet.base_channels must be > 0, got {self.base_channels}; try 64")
         _check(
             len(self.channel_mult) > 0 and all(m > 0 for m in self.channel_mult),
-            f"unet.channel_mult must be a non-empty list of positive ints, got {self.channel_mult}; try [1, 2, 2]",
+            f"denoiser.unet.channel_mult must be a non-empty list of positive ints, got {self.channel_mult}; try [1, 2, 2]",
         )
         levels = len(self.channel_mult)
         if isinstance(self.blocks_per_level, list):
             _check(
                 len(self.blocks_per_level) == levels,
-                f"unet.blocks_per_level has {len(self.blocks_per_level)} entries but unet.channel_mult has {levels} "
+                f"denoiser.unet.blocks_per_level has {len(self.blocks_per_level)} entries but denoiser.unet.channel_mult has {levels} "
                 f"levels; give one count per level or a single int",
             )
         _check(
             all(b >= 1 for b in self.blocks),
-            f"unet.blocks_per_level must be >= 1 for every level, got {self.blocks_per_level}; try 2",
+            f"denoiser.unet.blocks_per_level must be >= 1 for every level, got {self.blocks_per_level}; try 2",
         )
         bad_levels = [i for i in self.attention_levels if not 0 <= i < levels]
         _check(
             not bad_levels,
-            f"unet.attention_levels {bad_levels} out of range for {levels} levels; use indices in [0, {levels - 1}]",
+            f"denoiser.unet.attention_levels {bad_levels} out of range for {levels} levels; use indices in [0, {levels - 1}]",
         )
         _check(
             len(set(self.attention_levels)) == len(self.attention_levels),
-            f"unet.attention_levels has duplicates: {self.attention_levels}; list each level once",
+            f"denoiser.unet.attention_levels has duplicates: {self.attention_levels}; list each level once",
         )
-        _check(self.num_heads > 0, f"unet.num_heads must be > 0, got {self.num_heads}; try 4")
+        _check(self.num_heads > 0, f"denoiser.unet.num_heads must be > 0, got {self.num_heads}; try 4")
         attended = sorted(set(self.attention_levels) | {levels - 1})  # the middle attends at the last level's width
         bad_widths = [self.widths[i] for i in attended if self.widths[i] % self.num_heads]
         _check(
             not bad_widths,
-            f"unet.num_heads={self.num_heads} does not divide the attended widths {bad_widths}; "
+            f"denoiser.unet.num_heads={self.num_heads} does not divide the attended widths {bad_widths}; "
             f"pick num_heads dividing base_channels * channel_mult at attended levels and the last level",
         )
-        _check(self.num_classes >= 0, f"unet.num_classes must be >= 0, got {self.num_classes}; 0 = unconditional")
+        _check(self.num_classes >= 0, f"denoiser.unet.num_classes must be >= 0, got {self.num_classes}; 0 = unconditional")
         _check(
             self.time_embed_dim is None or self.time_embed_dim > 0,
-            f"unet.time_embed_dim must be > 0 or null, got {self.time_embed_dim}; null = 4 * base_channels",
+            f"denoiser.unet.time_embed_dim must be > 0 or null, got {self.time_embed_dim}; null = 4 * base_channels",
         )
-        _check(self.mlp_ratio >= 1, f"unet.mlp_ratio must be >= 1, got {self.mlp_ratio}; try 4")
+        _check(self.mlp_ratio >= 1, f"denoiser.unet.mlp_ratio must be >= 1, got {self.mlp_ratio}; try 4")
         _check(
             self.layer_scale_init > 0,
-            f"unet.layer_scale_init must be > 0, got {self.layer_scale_init}; try 1e-6",
+            f"denoiser.unet.layer_scale_init must be > 0, got {self.layer_scale_init}; try 1e-6",
         )
-        _check(0.0 <= self.dropout < 1.0, f"unet.dropout must be in [0, 1), got {self.dropout}; try 0.0")
+        _check(0.0 <= self.dropout < 1.0, f"denoiser.unet.dropout must be in [0, 1), got {self.dropout}; try 0.0")
 
     @property
     def levels(self) -> int:
@@ -123,7 +123,7 @@ class ToyMLPConfig:
     num_classes: int = 0  # 0 = unconditional; K > 0 adds K + 1 class embeddings (index K = null class for CFG)
 
     def __post_init__(self) -> None:
-        _check(self.dim > 0, f"toy_mlp.dim must be > 0, got {self.dim}; set it to the point dimension (2)")
-        _check(self.hidden > 0, f"toy_mlp.hidden must be > 0, got {self.hidden}; try 128")
-        _check(self.depth >= 1, f"toy_mlp.depth must be >= 1, got {self.depth}; try 4")
-        _check(self.num_classes >= 0, f"toy_mlp.num_classes must be >= 0, got {self.num_classes}; 0 = unconditional")
+        _check(self.dim > 0, f"denoiser.toy.dim must be > 0, got {self.dim}; set it to the point dimension (2)")
+        _check(self.hidden > 0, f"denoiser.toy.hidden must be > 0, got {self.hidden}; try 128")
+        _check(self.depth >= 1, f"denoiser.toy.depth must be >= 1, got {self.depth}; try 4")
+        _check(self.num_classes >= 0, f"denoiser.toy.num_classes must be >= 0, got {self.num_classes}; 0 = unconditional")

@@ -1,6 +1,7 @@
 """Running a stage: run folders, loggers, checkpoint callbacks and the Lightning Trainer."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -95,19 +96,19 @@ def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str) -> pl
 def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = None,
                 load_vae: Optional[str] = None) -> Path:
     """Train one stage into `folder/<stage>`; returns the path of its last checkpoint."""
-    from model.lightning.denoiser_trainer import DenoiserSystem
     from model.lightning.vae_trainer import VAESystem
 
     stage_dir = folder / stage
     check_stage_folder(stage_dir, resuming=load is not None)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = make_datamodule(cfg.data)
+    tc = cfg.vae.trainer if stage == "vae" else cfg.denoiser.trainer
+    dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=tc.batch_size or cfg.data.batch_size))
     dm.prepare_data()
     dm.setup("fit")
     if stage == "vae":
-        system, tc, monitor = VAESystem(to_dict(cfg)), cfg.vae.trainer, "val/recon"
+        system, monitor = VAESystem(to_dict(cfg)), "val/recon"
     else:
-        system, tc, monitor = make_denoiser(cfg, dm, load, load_vae), cfg.denoiser.trainer, "val/loss"
+        system, monitor = make_denoiser(cfg, dm, load, load_vae), "val/loss"
         if cfg.denoiser.diffusion.cache_latents:
             from model.lightning.latent_cache import CachedLatents
 
@@ -116,7 +117,8 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}")
     trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
     last = stage_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(last)  # the final step, which need not fall on a checkpoint interval
+    # the final step, which need not fall on a checkpoint interval (full state, so it resumes)
+    trainer.save_checkpoint(last, weights_only=False)
     return last
 
 

@@ -16,19 +16,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from model.errors import UserError, cli_entry
+from model.errors import ArgParser, UserError, cli_entry
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
 GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print usage and exit; we want one line and exit code 2
-        raise UserError(f"{message} (see --help)")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m model.scripts.sample", description=__doc__.split("\n")[0])
+    p = ArgParser(prog="python -m model.scripts.sample", description=__doc__.split("\n")[0])
     p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
     p.add_argument("-cfg", "--config", default=None, help="JSON config whose denoiser.diffusion gives defaults")
     p.add_argument("--ddim", action="store_true", help="DDIM (Song et al.) instead of ancestral DDPM")
