@@ -1,6 +1,6 @@
 """Reading our checkpoints safely: `weights_only=True`, a kind tag, and one-line errors for bad files.
 
-Every checkpoint this package writes carries `ldm_kind` ("vae" or "denoiser") and `ldm_config` (the resolved
+Every checkpoint this package writes carries `ldm_kind` ("vae", "denoiser" or "classifier") and `ldm_config` (the resolved
 config as plain JSON types), so a file knows what it is and how to rebuild its networks. Loading never
 unpickles arbitrary objects: a file that needs that is refused, because unpickling can run code.
 """
@@ -14,22 +14,45 @@ import torch
 
 from model.errors import UserError
 
-Kind = Literal["vae", "denoiser"]
+Kind = Literal["vae", "denoiser", "classifier"]
 KIND_KEY = "ldm_kind"
 CONFIG_KEY = "ldm_config"
 EXTRA_KEY = "ldm_extra"  # small plain values a system needs to rebuild itself (e.g. num_classes)
 
 
+# where each kind of file goes, for the error when one is passed where another kind is needed
+USED_WITH = {"vae": "a vae checkpoint goes to --load-vae (or sample_vae --load)",
+             "denoiser": "a denoiser checkpoint goes to sample --load or to --train-denoiser --load",
+             "classifier": "a classifier goes to --classifier"}
+
+
 def read_checkpoint(path: str | Path, expected: Kind | None = None) -> dict[str, Any]:
-    """Load a checkpoint dict on CPU with `weights_only=True` and check its kind."""
+    """Load a checkpoint dict of this package on CPU with `weights_only=True` and check its kind.
+
+    Every kind but the classifier (a plain network) must also carry its config.
+    """
     path = Path(path)
+    ckpt = load_torch_file(path)
+    kind = ckpt.get(KIND_KEY) if isinstance(ckpt, dict) else None
+    if kind is None:
+        raise UserError(f"{path} is not a checkpoint of this package (no '{KIND_KEY}' entry)")
+    if expected is not None and kind != expected:
+        raise UserError(f"{path} is a {kind} checkpoint, but a {expected} is needed here; "
+                        f"{USED_WITH.get(kind, 'pass a file of the right kind')}")
+    if kind != "classifier" and CONFIG_KEY not in ckpt:
+        raise UserError(f"checkpoint {path} has no stored config ('{CONFIG_KEY}'); it was not written by this package")
+    return ckpt
+
+
+def load_torch_file(path: Path) -> Any:
+    """torch.load on CPU with weights_only=True; a missing, empty, corrupt or code-carrying file is a UserError."""
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UserError(f"checkpoint {path} {what}; pass the path of a .ckpt file")
+        raise UserError(f"checkpoint {path} {what}; pass the path of a checkpoint file")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes); use an earlier checkpoint such as last.ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):  # weights_only met a class it would have to import and call
             raise UserError(f"checkpoint {path} holds pickled objects that could run code on load; refused "
@@ -38,18 +61,6 @@ def read_checkpoint(path: str | Path, expected: Kind | None = None) -> dict[str,
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt): "
                         f"{str(err).splitlines()[0][:120]}") from err
-    kind = ckpt.get(KIND_KEY) if isinstance(ckpt, dict) else None
-    if kind is None:
-        raise UserError(f"checkpoint {path} was not written by this package (no '{KIND_KEY}' entry)")
-    if expected is not None and kind != expected:
-        where = {"vae": "a VAE checkpoint is given to the denoiser with --load-vae",
-                 "denoiser": "a denoiser checkpoint is given to sample/evaluate with --load",
-                 "classifier": "a classifier checkpoint is given with --classifier"}.get(kind, "")
-        raise UserError(f"checkpoint {path} is a {kind} checkpoint but a {expected} checkpoint is needed here "
-                        f"({where})")
-    if CONFIG_KEY not in ckpt:
-        raise UserError(f"checkpoint {path} has no stored config ('{CONFIG_KEY}'); it was not written by this package")
-    return ckpt
 
 
 def state_dict_under(ckpt: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ Checkpoints are a plain dict (kind tag, shapes, meta, state_dict) read back with
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.checkpoint import KIND_KEY, read_checkpoint
 from model.errors import UserError
 
 KIND = "classifier"
-KIND_KEY = "ldm_kind"  # the same key the other checkpoints of this package use for their kind
 SHIFT_FRACTION = 0.1  # augmentation: random translations of up to 10 % of the side (3 px at 32 px)
 
 
@@ -125,24 +124,9 @@ def save_classifier(path: str | Path, model: SmallCNN, meta: dict[str, Any]) -> 
 
 def load_classifier(path: str | Path) -> tuple[SmallCNN, dict[str, Any]]:
     """(model in eval mode on CPU, meta) from a file written by `save_classifier`; UserError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UserError(f"classifier {path} {what}; train one with python -m model.scripts.train_classifier")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):  # a pickled class; every other unpickling error means a corrupt file
-            raise UserError(f"classifier {path} holds pickled objects that could run code on load; refused "
-                            f"(pass a file written by model.scripts.train_classifier)") from err
-        raise UserError(f"classifier {path} is not a readable torch file (truncated or corrupt)") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"classifier {path} is not a readable torch file (truncated or corrupt)") from err
-    kind = ckpt.get(KIND_KEY) if isinstance(ckpt, dict) else None
-    if kind != KIND:
-        what = f"a {kind} checkpoint" if kind else "not a checkpoint of this package"
-        raise UserError(f"{path} is {what}, but a classifier is needed here; pass the .pt file written by "
-                        f"python -m model.scripts.train_classifier")
+    if not Path(path).exists():
+        raise UserError(f"classifier {path} does not exist; train one with python -m model.scripts.train_classifier")
+    ckpt = read_checkpoint(path, expected=KIND)
     try:
         model = SmallCNN(ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"], ckpt["width"])
         model.load_state_dict(ckpt["state_dict"])

@@ -113,11 +113,11 @@ def test_demo_report(tmp_path, capsys):
             "--vae.trainer.val_every_n_steps", "3", "--denoiser.trainer.val_every_n_steps", "3",
             "--vae.trainer.images_every_n_steps", "0", "--denoiser.trainer.images_every_n_steps", "0",
             "--vae.trainer.progress_bar", "false", "--denoiser.trainer.progress_bar", "false",
-            "--data.max_items", "200"]
+            "--data.max_items", "200", "--data.image_size", "16"]
     assert train_main(argv) == 0
     ckpt = tmp_path / "digits-1" / "denoiser" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    clf_path = save_classifier(tmp_path / "clf.pt", SmallCNN(1, 10, 32, width=8), {})  # untrained: any accuracy
+    clf_path = save_classifier(tmp_path / "clf.pt", SmallCNN(1, 10, 16, width=8), {})  # untrained: any accuracy
     capsys.readouterr()
 
     assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "2", "--steps", "2",
@@ -135,6 +135,6 @@ def test_demo_report(tmp_path, capsys):
     assert "held-out real images" in capsys.readouterr().out
 
     # a classifier for another image size is refused with one line
-    other = save_classifier(tmp_path / "clf16.pt", SmallCNN(1, 10, 16, width=8), {})
+    other = save_classifier(tmp_path / "clf32.pt", SmallCNN(1, 10, 32, width=8), {})
     assert report_main(["--load", str(ckpt), "--classifier", str(other), "--per-class", "1", "--steps", "1"]) == 2
     assert "does not fit the denoiser's data" in capsys.readouterr().err

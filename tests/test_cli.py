@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,18 @@ def test_debug_flag_shows_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "-1",
                           "--debug"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_train_sh_runs_a_stage_and_rejects_a_bad_stage(tmp_path):
+    """train.sh (what train.sbatch launches) maps CONFIG/STAGE/RUN onto model.main and passes extra arguments on."""
+    script = str(ROOT / "train.sh")
+    env = {**os.environ, "CONFIG": DIGITS, "STAGE": "vae", "RUN": "7"}
+    out = subprocess.run(["bash", script, "--output_dir", str(tmp_path), "--data.image_size", "16",
+                          "--data.max_items", "100", "--vae.trainer.max_steps", "2",
+                          "--vae.trainer.val_every_n_steps", "2", "--vae.trainer.progress_bar", "false"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "digits-7" / "vae" / "checkpoints" / "last.ckpt").exists()
+    assert not (tmp_path / "digits-7" / "denoiser").exists()
+    bad = subprocess.run(["bash", script], capture_output=True, text=True, env={**env, "STAGE": "both-ish"})
+    assert bad.returncode == 2 and bad.stderr.startswith("error: STAGE must be")

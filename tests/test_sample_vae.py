@@ -13,7 +13,7 @@ from PIL import Image
 from model.images import to_uint8
 from model.scripts import sample_vae
 
-IMAGE_SIZE = 32  # config/digits.json
+IMAGE_SIZE = 16  # set on the command line below
 PAD = 2  # model.images.grid_array's default padding
 N = 5  # samples of the default run: a 3-wide grid with a partly empty second row
 
@@ -26,10 +26,10 @@ def vae_ckpt(tmp_path_factory) -> Path:
     from model.main import main
 
     out = tmp_path_factory.mktemp("runs")
-    rc = main(["-cfg", "config/digits.json", "--train-vae", "-n", "1", "--output_dir", str(out),
+    rc = main(["-cfg", str(Path(__file__).resolve().parents[1] / "config" / "digits.json"), "--train-vae", "-n", "1", "--output_dir", str(out),
                "--vae.trainer.max_steps", "5", "--vae.trainer.val_every_n_steps", "5",
                "--vae.trainer.progress_bar", "false", "--vae.trainer.images_every_n_steps", "0",
-               "--data.max_items", "200", "--data.batch_size", "16"])
+               "--data.max_items", "200", "--data.batch_size", "16", "--data.image_size", str(IMAGE_SIZE)])
     assert rc == 0
     ckpt = out / "digits-1" / "vae" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -39,7 +39,7 @@ def vae_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def default_run(vae_ckpt) -> Path:
     """The sheet's command: `-cfg config/digits.json --load <ckpt>`, output in the default folder."""
-    rc = sample_vae.main(["-cfg", "config/digits.json", "--load", str(vae_ckpt), "--num_samples", str(N)])
+    rc = sample_vae.main(["-cfg", str(Path(__file__).resolve().parents[1] / "config" / "digits.json"), "--load", str(vae_ckpt), "--num_samples", str(N)])
     assert rc == 0
     return vae_ckpt.parent.parent / "samples"
 
@@ -96,7 +96,7 @@ def test_metrics_are_finite_and_psnr_follows_from_mse(default_run):
     for mse, psnr in zip(m["per_image_mse"], m["per_image_psnr"]):
         assert psnr == pytest.approx(10 * math.log10(4 / mse))
     stats = json.loads((default_run / "latent_stats.json").read_text())
-    assert stats["latent_shape"] == [4, 8, 8]  # 4 latent channels, 32 px / factor 4
+    assert stats["latent_shape"] == [4, IMAGE_SIZE // 4, IMAGE_SIZE // 4]  # 4 latent channels, f = 4
     assert len(stats["channel_std"]) == 4 and all(s > 0 for s in stats["channel_std"])
 
 

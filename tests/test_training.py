@@ -211,10 +211,11 @@ def test_toy_reaches_chamfer_bound(tmp_path, capsys):
     """The 2-D toy (sheet 004): after a short run, DDIM samples lie on the swiss roll.
 
     References for 1000 points against the unit-std roll: N(0, I) noise scores about 0.21, and a second set of real
-    roll points about 0.023. The bound 0.08 asks for samples on the arms of the roll, well away from noise.
+    roll points about 0.023. The bound 0.08 asks for samples on the arms of the roll, well away from noise
+    (this run measured 0.055; 800 steps gave 0.094, so the bound needs the 1500).
     """
     code = main(["-cfg", str(ROOT / "config" / "toy2d.json"), "--train-denoiser", "-n", "1",
-                 "--output_dir", str(tmp_path), "--denoiser.trainer.max_steps", "800",
+                 "--output_dir", str(tmp_path), "--denoiser.trainer.max_steps", "1500",
                  "--denoiser.trainer.progress_bar", "false", "--data.toy_num_points", "4000"])
     assert code == 0
     ckpt = tmp_path / "toy2d-1" / "denoiser" / "checkpoints" / "last.ckpt"

@@ -6,6 +6,7 @@ with "none" it is pixel-space diffusion, and with the toy MLP on 2-D points it i
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -25,14 +26,8 @@ def build_network(cfg, num_classes: int) -> nn.Module:
     """The denoiser network named by `denoiser.network`, with the data's number of classes."""
     den = cfg.denoiser
     if den.network == "toy_mlp":
-        return ToyMLP(dataclass_replace(den.toy, num_classes=num_classes))
-    return ConvNeXtUNet(dataclass_replace(den.unet, num_classes=num_classes))
-
-
-def dataclass_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
+        return ToyMLP(dataclasses.replace(den.toy, num_classes=num_classes))
+    return ConvNeXtUNet(dataclasses.replace(den.unet, num_classes=num_classes))
 
 
 class DenoiserSystem(System):

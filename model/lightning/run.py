@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -115,10 +116,13 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
             dm = CachedLatents(dm, system.encode_mean)
     write_json(cfg, folder / "config.json")
     trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}")
+    start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
     last = stage_dir / "checkpoints" / "last.ckpt"
     # the final step, which need not fall on a checkpoint interval (full state, so it resumes)
     trainer.save_checkpoint(last, weights_only=False)
+    if trainer.is_global_zero:
+        print(f"{stage}: trained to step {trainer.global_step} in {time.perf_counter() - start:.0f} s")
     return last
 
 

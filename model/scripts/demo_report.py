@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -182,7 +181,7 @@ def main(argv: list[str]) -> int:
     from model.classifier import load_classifier
     from model.images import save_grid
     from model.lightning.denoiser_trainer import load_denoiser
-    from model.scripts.sample import resolve_device
+    from model.scripts.common import output_folder, resolve_device
 
     device = resolve_device(args.device)
     system = load_denoiser(args.load, map_location=device)
@@ -190,10 +189,7 @@ def main(argv: list[str]) -> int:
     clf = clf.to(device)
     check_fit(system, clf)
     check_args(args, system.diff.T)
-    out = Path(args.output) if args.output else Path(args.load).resolve().parent.parent / "report"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.output, args.load, "report")
 
     dm = make_datamodule(system.cfg.data)
     dm.prepare_data()

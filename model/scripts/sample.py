@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.scripts.common import output_folder, resolve_device
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
 GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
@@ -42,14 +43,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--debug", action="store_true")
     return p
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no GPU is visible; use --device cpu")
-    return name
 
 
 def sampling_defaults(config_path: Optional[str]):
@@ -88,14 +81,6 @@ def check_args(args, T: int) -> None:
         raise UserError(f"--clip_limit must be > 0, got {args.clip_limit}; leave it out for no clipping")
     if args.eta < 0:
         raise UserError(f"--eta must be >= 0, got {args.eta}")
-
-
-def output_folder(args) -> Path:
-    out = Path(args.output) if args.output else Path(args.load).resolve().parent.parent / "samples"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def write_images(out: Path, images: torch.Tensor, labels: Optional[torch.Tensor], nrow: int) -> None:
@@ -152,7 +137,7 @@ def main(argv: list[str]) -> int:
     ddim = args.ddim or (args.config is not None and defaults.sampler == "ddim")
     steps = args.steps if args.steps is not None else (defaults.sample_steps if ddim else None)
     clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
-    out = output_folder(args)
+    out = output_folder(args.output, args.load, "samples")
 
     frames: list[tuple[int, torch.Tensor]] = []  # (t at which x0 was predicted, x0 of the first sample)
     t_now = [T]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -126,14 +125,6 @@ def validation_images(data, count: int) -> Tensor:
     return torch.cat(batches)
 
 
-def output_folder(args) -> Path:
-    out = Path(args.output) if args.output else Path(args.load).resolve().parent.parent / "samples"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 @torch.no_grad()
 def encode(vae, x: Tensor, batch_size: int, device: str) -> tuple[Tensor, Tensor]:
     """Images (N, C, H, W) → posterior (mean, logvar), each (N, C_z, h, w), on CPU."""
@@ -209,13 +200,13 @@ def main(argv: list[str]) -> int:
     if args.num_samples <= 0:
         raise UserError(f"--num_samples must be > 0, got {args.num_samples}")
     from model.images import save_grid
-    from model.scripts.sample import resolve_device
+    from model.scripts.common import output_folder, resolve_device
 
     device = resolve_device(args.device)
     vae, ckpt_cfg = load_vae(args.load, device)
     data = data_config(args.config, ckpt_cfg)
     check_data_fits(data, ckpt_cfg.vae.net, args.config or f"the checkpoint {args.load}")
-    out = output_folder(args)
+    out = output_folder(args.output, args.load, "samples")
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = False  # the same algorithms every run, for identical files
         torch.backends.cudnn.deterministic = True
