@@ -113,6 +113,23 @@ def test_denoiser_checkpoint_holds_latent_stats_and_ema(run):
     assert torch.allclose(system.denormalise(system.normalise(z_raw)), z_raw, atol=1e-5)
 
 
+def test_label_dropout_to_the_null_class(run):
+    """CFG training (Ho & Salimans 2022): unlabelled items and a p_uncond share of labels become the null class."""
+    system = load_denoiser(str(run / "denoiser" / "checkpoints" / "last.ckpt"))
+    null = system.null_class
+    assert null == system.num_classes == 10
+    y = torch.tensor([3, -1, 0, 9])
+    assert system.condition(y, p_uncond=0.0).tolist() == [3, null, 0, 9]
+    assert system.condition(y, p_uncond=1.0).tolist() == [null] * 4
+    torch.manual_seed(0)
+    labels = torch.arange(20_000) % 10
+    c = system.condition(labels, p_uncond=0.3)
+    dropped = (c == null).float().mean().item()
+    assert abs(dropped - 0.3) < 0.02  # 4.6 standard errors of a Bernoulli(0.3) mean over 20k
+    kept = c != null
+    assert torch.equal(c[kept], labels[kept])  # a label is either kept or dropped, never changed
+
+
 def test_resume_continues_step_count(run, capsys):
     """--load restores optimizer, step and β: training 20 more steps ends at VAE_STEPS + 20."""
     last = run / "vae" / "checkpoints" / "last.ckpt"
