@@ -54,7 +54,7 @@ def load_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):  # weights_only met a class it would have to import and call
+        if "allowed global" in str(err) or "Unsupported global" in str(err):  # a class or function to import and call
             raise UserError(f"checkpoint {path} holds pickled objects that could run code on load; refused "
                             f"(only files written by this package are read)") from err
         raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt)") from err

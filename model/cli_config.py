@@ -6,6 +6,7 @@ values. Both end up as a single-line `UserError` here, which the CLI prints with
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,19 @@ def add_config_arguments(parser: ArgumentParser) -> None:
     parser.add_class_arguments(Config, None, as_group=False)
 
 
+def check_json_files(argv: list[str]) -> None:
+    """A .json given to -cfg must parse as JSON: say where it breaks (jsonargparse would report a YAML error)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("-cfg", "--config") and value.endswith(".json") and Path(value).is_file():
+            try:
+                json.loads(Path(value).read_text())
+            except json.JSONDecodeError as err:
+                raise UserError(f"config {value} is not valid JSON: {err.msg} at line {err.lineno}, column "
+                                f"{err.colno}; fix the file (no trailing commas, keys in double quotes)") from err
+
+
 def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    check_json_files(argv)
     try:
         return parser.parse_args(argv)
     except Exception as err:  # jsonargparse raises ArgumentError (and sometimes others) for bad input

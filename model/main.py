@@ -13,7 +13,7 @@ import dataclasses
 from typing import Optional
 
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
-from model.config import Config, check_denoiser_shapes, from_dict
+from model.config import Config, check_denoiser_shapes, from_dict, to_dict
 from model.checkpoint import read_checkpoint
 from model.errors import UserError, cli_entry
 
@@ -53,6 +53,30 @@ def with_vae_of(cfg: Config, ckpt_path: str, kind: str) -> Config:
     return new
 
 
+# the keys that fix a stage's network shapes: a resumed stage must have the values its checkpoint was trained with
+SHAPE_KEYS = {"vae": ("data.channels", "vae.net"),
+              "denoiser": ("data.channels", "data.image_size", "denoiser.network", "denoiser.autoencoder",
+                           "denoiser.unet", "denoiser.toy")}
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume_fits(cfg: Config, ckpt_path: str, stage: str) -> None:
+    """Resuming with other network shapes than the checkpoint's would fail inside Lightning; name the key instead."""
+    ours = flat(to_dict(cfg))
+    theirs = flat(read_checkpoint(ckpt_path, expected=stage)["ldm_config"])
+    for key in sorted(ours):
+        if key.startswith(SHAPE_KEYS[stage]) and key in theirs and ours[key] != theirs[key]:
+            raise UserError(f"the checkpoint {ckpt_path} does not fit this config: {key} is {theirs[key]} there but "
+                            f"{ours[key]} here; resume with the checkpoint's value or start a new run with -n")
+
+
 @cli_entry
 def main(argv: list[str]) -> int:
     parser = make_parser()
@@ -63,8 +87,8 @@ def main(argv: list[str]) -> int:
         cfg = with_vae_of(cfg, args.load_vae, "vae")
     elif args.load and args.train_denoiser:
         cfg = with_vae_of(cfg, args.load, "denoiser")
-    elif args.load:
-        read_checkpoint(args.load, expected="vae")  # a clear error before Lightning tries to restore it
+    if args.load:  # a clear error before Lightning tries to restore it
+        check_resume_fits(cfg, args.load, "denoiser" if args.train_denoiser else "vae")
     if args.train_denoiser:
         check_denoiser_shapes(cfg)
 

@@ -1,78 +1,16 @@
-"""The training CLI: config parsing, overrides, one-line errors with exit code 2, run folders."""
+"""The training CLI as a process: overrides, --print_config, exit code 2 from the shell, --debug, train.sh.
+
+The one-line answers to bad input are in test_bad_inputs.py.
+"""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from model.main import main
-
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "config" / "digits.json")
-
-
-def run_main(argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    return code, err
-
-
-def write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-@pytest.mark.parametrize("argv,needles", [
-    (["-cfg", "/nonexistent/cfg.json", "--train-vae"], ["does not exist"]),
-    (["-cfg", DIGITS], ["nothing to do"]),
-    (["-cfg", DIGITS, "--train-vae", "--bogus.key", "1"], ["bogus"]),
-    (["-cfg", DIGITS, "--train-vae", "--vae.trainer.max_steps", "ten"], ["vae.trainer.max_steps"]),
-    (["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.T", "0"], ["denoiser.diffusion.T"]),
-    (["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.p_uncond", "1.5"], ["p_uncond"]),
-    (["-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "-0.1"], ["optim.lr"]),
-    (["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.clip_limit", "0"], ["clip_limit"]),
-    (["-cfg", DIGITS, "--train-vae", "--data.image_size", "30"], ["data.image_size", "divisible"]),
-    (["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
-    (["-cfg", DIGITS, "--train-vae", "--data.name", "imagenet"], ["data.name"]),
-    (["-cfg", DIGITS, "--train-vae", "--load-vae", "x.ckpt"], ["--load-vae"]),
-    (["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--load", "x.ckpt"], ["--load"]),
-    (["-cfg", DIGITS, "--train-denoiser", "--load-vae", "/nonexistent/vae.ckpt"], ["does not exist"]),
-])
-def test_bad_input_is_one_line_exit_2(argv, needles, capsys):
-    code, err = run_main(argv, capsys)
-    assert_one_line_error(code, err, *needles)
-
-
-def test_unknown_key_in_file(tmp_path, capsys):
-    cfg = write(tmp_path, "bad.json", json.dumps({"vae": {"net": {"latent_size": 4}}}))
-    code, err = run_main(["-cfg", cfg, "--train-vae"], capsys)
-    assert_one_line_error(code, err, "latent_size")
-
-
-def test_invalid_json(tmp_path, capsys):
-    cfg = write(tmp_path, "bad.json", '{"data": {"name": "digits",}')
-    code, err = run_main(["-cfg", cfg, "--train-vae"], capsys)
-    assert_one_line_error(code, err)
-
-
-def test_wrong_type_in_file(tmp_path, capsys):
-    cfg = write(tmp_path, "bad.json", json.dumps({"data": {"batch_size": "many"}}))
-    code, err = run_main(["-cfg", cfg, "--train-vae"], capsys)
-    assert_one_line_error(code, err, "batch_size")
 
 
 def test_print_config_shows_overrides():

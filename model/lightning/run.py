@@ -94,6 +94,14 @@ def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str) -> pl
     )
 
 
+def check_one_batch(dm) -> None:
+    """Training needs at least one full batch (a smaller set would train on a different batch size silently)."""
+    n, batch = len(dm.train_set), dm.cfg.batch_size
+    if n < batch:
+        raise UserError(f"data set {dm.cfg.name} has {n} training items, fewer than one batch (batch size {batch}); "
+                        f"lower data.batch_size (or the stage's trainer.batch_size) to at most {n}, or add data")
+
+
 def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = None,
                 load_vae: Optional[str] = None) -> Path:
     """Train one stage into `folder/<stage>`; returns the path of its last checkpoint."""
@@ -106,6 +114,7 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=tc.batch_size or cfg.data.batch_size))
     dm.prepare_data()
     dm.setup("fit")
+    check_one_batch(dm)
     if stage == "vae":
         system, monitor = VAESystem(to_dict(cfg)), "val/recon"
     else:

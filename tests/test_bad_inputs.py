@@ -1,0 +1,198 @@
+"""The inventory of bad inputs (issue 7): every command answers each with one line, exit code 2, no traceback.
+
+Each case runs a real entry point (`main(argv)` of model.main or a script) and checks the answer's form and that
+it names the problem. The checkpoints and data the cases need are made here, small.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from model.main import main as train_main
+from model.scripts import demo_report, sample, sample_vae, train_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "config" / "digits.json")
+TINY = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
+        "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]",
+        "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2",
+        "--vae.trainer.val_every_n_steps", "2", "--denoiser.trainer.val_every_n_steps", "2",
+        "--vae.trainer.images_every_n_steps", "0", "--denoiser.trainer.images_every_n_steps", "0",
+        "--vae.trainer.progress_bar", "false", "--denoiser.trainer.progress_bar", "false",
+        "--denoiser.diffusion.latent_stats_batches", "2"]
+COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
+            "train_classifier": train_classifier.main, "demo_report": demo_report.main}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    """Checkpoints (VAE, conditional denoiser, unconditional toy, broken copies) and small data folders."""
+    root = tmp_path_factory.mktemp("inventory")
+    assert train_main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(root),
+                       *TINY]) == 0
+    assert train_main(["-cfg", str(ROOT / "config" / "toy2d.json"), "--train-denoiser", "-n", "1",
+                       "--output_dir", str(root), "--data.toy_num_points", "600", "--denoiser.trainer.max_steps", "2",
+                       "--denoiser.trainer.progress_bar", "false"]) == 0
+    run = root / "digits-1"
+    f = {"root": str(root), "vae": str(run / "vae/checkpoints/last.ckpt"),
+         "den": str(run / "denoiser/checkpoints/last.ckpt"),
+         "toy": str(root / "toy2d-1/denoiser/checkpoints/last.ckpt")}
+    data = Path(f["den"]).read_bytes()
+    (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (root / "empty.ckpt").write_bytes(b"")
+    (root / "a_file").write_text("not a folder")
+    marker = root / "pwned"
+    torch.save({"ldm_kind": "denoiser", "payload": Evil(str(marker))}, root / "evil.ckpt")  # loading runs Evil
+    f.update(truncated=str(root / "truncated.ckpt"), empty=str(root / "empty.ckpt"), file=str(root / "a_file"),
+             evil=str(root / "evil.ckpt"), marker=str(marker))
+    for name, count in (("few", 3), ("flat", 6)):
+        (root / name).mkdir()
+        for k in range(count):
+            Image.new("L", (8, 8), 40 * k).save(root / name / f"{k}.png")
+    (root / "corrupt" / "a").mkdir(parents=True)
+    Image.new("L", (8, 8), 9).save(root / "corrupt" / "a" / "ok.png")
+    (root / "corrupt" / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (root / "empty_dir").mkdir()
+    f.update({k: str(root / k) for k in ("few", "flat", "corrupt", "empty_dir")})
+    import datasets
+
+    datasets.Dataset.from_dict({"img": [Image.new("RGB", (8, 8))] * 4, "y": [0, 1, 0, 1]}).save_to_disk(
+        str(root / "hf"))
+    f["hf"] = str(root / "hf")
+    return f
+
+
+class Evil:
+    """A pickle whose loading would run code (here: create a file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def folder_args(root: str, *extra: str) -> list[str]:
+    return ["-cfg", DIGITS, "--train-vae", "--data.name", "folder", "--data.root", root, "--data.val_fraction", "0",
+            "--data.image_size", "16", *extra]
+
+
+# (command, argv with {placeholders} from `files`, words the one line must contain)
+INVENTORY = [
+    # ---- config ----
+    ("main", ["-cfg", "/nonexistent/cfg.json", "--train-vae"], ["does not exist"]),
+    ("main", ["-cfg", "{bad_json}", "--train-vae"], ["JSON"]),
+    ("main", ["-cfg", "{unknown_key}", "--train-vae"], ["latent_size"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--bogus.key", "1"], ["bogus"]),
+    ("main", ["-cfg", "{wrong_type}", "--train-vae"], ["batch_size"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.trainer.max_steps", "ten"], ["vae.trainer.max_steps"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.T", "0"], ["denoiser.diffusion.T"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.p_uncond", "1.5"], ["p_uncond", "[0, 1]"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.p_uncond", "-0.1"], ["p_uncond"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "-0.1"], ["optim.lr"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.clip_limit", "0"], ["clip_limit"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "30"], ["data.image_size", "divisible"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "imagenet"], ["data.name"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{vae}", "--denoiser.unet.in_channels", "8"],
+     ["does not fit", "latent_channels"]),
+    # ---- modes ----
+    ("main", ["-cfg", DIGITS], ["nothing to do"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--load-vae", "{vae}"], ["--load-vae"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--load", "{vae}"], ["--load"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "-n", "-1"], ["-n"]),
+    # ---- checkpoints ----
+    ("sample", ["--load", "/nonexistent/x.ckpt"], ["does not exist"]),
+    ("sample", ["--load", "{empty}"], ["empty"]),
+    ("sample", ["--load", "{truncated}"], ["truncated or corrupt"]),
+    ("sample", ["--load", "{evil}"], ["could run code", "refused"]),
+    ("sample", ["--load", "{vae}"], ["vae checkpoint", "denoiser"]),
+    ("sample_vae", ["--load", "{den}"], ["denoiser checkpoint", "vae"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "/nonexistent/vae.ckpt"], ["does not exist"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{den}"], ["denoiser checkpoint"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--load", "{den}"], ["denoiser checkpoint"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--load", "{den}", "-n", "1", "--output_dir", "{root}", *TINY,
+              "--denoiser.unet.base_channels", "32"], ["does not fit", "base_channels"]),
+    ("demo_report", ["--load", "{den}", "--classifier", "{vae}"], ["vae checkpoint", "classifier"]),
+    # ---- sampling flags ----
+    ("sample", ["--load", "{den}", "--steps", "1001"], ["--steps", "T=1000"]),
+    ("sample", ["--load", "{den}", "--steps", "0"], ["--steps"]),
+    ("sample", ["--load", "{den}", "--clip_limit", "0"], ["--clip_limit"]),
+    ("sample", ["--load", "{den}", "--class", "10"], ["out of range"]),
+    ("sample", ["--load", "{den}", "--class", "1", "--per-class", "2"], ["not allowed with"]),
+    ("sample", ["--load", "{toy}", "--cfg-scale", "2"], ["unconditional", "--cfg-scale"]),
+    ("sample", ["--load", "{toy}", "--class", "1"], ["unconditional"]),
+    ("sample", ["--load", "{den}", "--output", "{file}"], ["is a file"]),
+    ("sample", ["--load", "{den}", "--num_samples", "0"], ["--num_samples"]),
+    ("sample", ["--load", "{den}", "--eta", "-1"], ["--eta"]),
+    ("sample", ["--load", "{den}", "--bogus"], ["unrecognized"]),
+    ("sample_vae", ["--load", "{vae}", "--output", "{file}"], ["is a file"]),
+    # ---- data ----
+    ("main", folder_args("/nonexistent/images"), ["does not exist"]),
+    ("main", folder_args("{empty_dir}", "--data.labels", "false"), ["no images"]),
+    ("main", folder_args("{corrupt}", "--data.on_corrupt", "error"), ["bad.png"]),
+    ("main", folder_args("{few}", "--data.labels", "false"), ["fewer", "batch"]),
+    ("main", folder_args("{flat}", "--data.labels", "true"), ["data.labels false"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "hf", "--data.root", "{hf}", "--data.channels", "1",
+              "--data.hf_image_column", "image"], ["hf_image_column", "img"]),
+    ("train_classifier", ["-cfg", DIGITS, "--data.labels", "false", "--output", "{root}/c.pt"], ["unlabelled"]),
+    ("train_classifier", ["-cfg", str(ROOT / "config" / "toy2d.json")], ["2-D points"]),
+    # ---- offline ----
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.loss.lpips", "1", "--vae.loss.lpips_weights", "/nowhere/a.pth",
+              "--vae.trainer.max_steps", "1"], ["/nowhere/a.pth"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.loss.lpips", "1", "--vae.trainer.max_steps", "1",
+              "--output_dir", "{root}/lpips"], ["alexnet-owt-7be5be79.pth"]),
+]
+
+
+def fill(argv: list[str], files: dict[str, str], tmp_path: Path) -> list[str]:
+    """Replace {name} by a path from `files`, or by a config file made for the case."""
+    made = {
+        "bad_json": '{"data": {"name": "digits",}',
+        "unknown_key": json.dumps({"vae": {"net": {"latent_size": 4}}}),
+        "wrong_type": json.dumps({"data": {"batch_size": "many"}}),
+    }
+    out = []
+    for a in argv:
+        for key, text in made.items():
+            if "{" + key + "}" in a:
+                (tmp_path / f"{key}.json").write_text(text)
+                a = a.replace("{" + key + "}", str(tmp_path / f"{key}.json"))
+        out.append(a.format(**files) if "{" in a and "[" not in a else a)
+    return out
+
+
+@pytest.mark.parametrize("command,argv,needles", INVENTORY,
+                         ids=[f"{i:02d}-{c}-{'-'.join(n)[:40]}" for i, (c, _, n) in enumerate(INVENTORY)])
+def test_inventory(command, argv, needles, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached backbone weights
+    monkeypatch.chdir(tmp_path)  # anything a case writes by default stays here
+    capsys.readouterr()
+    code = COMMANDS[command](fill(argv, files, tmp_path))
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not Path(files["marker"]).exists()  # the malicious pickle never ran
+
+
+def test_inventory_is_large_and_covers_every_command():
+    assert len(INVENTORY) >= 30
+    assert {c for c, _, _ in INVENTORY} == set(COMMANDS)
+
+
+def test_refused_resume_leaves_the_run_intact(files, capsys):
+    """A refused --load (wrong shapes) writes nothing: the checkpoints keep their bytes."""
+    ckpt_dir = Path(files["den"]).parent
+    before = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    argv = fill(INVENTORY[[i for i, (_, a, n) in enumerate(INVENTORY) if "base_channels" in n][0]][1], files,
+                Path(files["root"]))
+    assert train_main(argv) == 2
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before
+    assert torch.load(files["den"], weights_only=True)["global_step"] == 2
