@@ -6,6 +6,7 @@ unpickles arbitrary objects: a file that needs that is refused, because unpickli
 """
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,21 @@ def load_torch_file(path: Path) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"checkpoint {path} is not a readable torch file (truncated or corrupt): "
                         f"{str(err).splitlines()[0][:120]}") from err
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to `path` via a temporary sibling and os.replace; the temporary is removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def state_dict_under(ckpt: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.checkpoint import KIND_KEY, read_checkpoint
+from model.checkpoint import KIND_KEY, atomic_torch_save, read_checkpoint
 from model.errors import UserError
 
 KIND = "classifier"
@@ -116,9 +116,7 @@ def save_classifier(path: str | Path, model: SmallCNN, meta: dict[str, Any]) -> 
     ckpt = {KIND_KEY: KIND, "in_channels": model.in_channels, "num_classes": model.num_classes,
             "image_size": model.image_size, "width": model.width, "meta": dict(meta),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    atomic_torch_save(ckpt, path)
     return path
 
 

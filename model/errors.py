@@ -16,6 +16,14 @@ class UserError(Exception):
     """Bad input from the user (config, file, flag). The message says what is wrong and how to fix it."""
 
 
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a resumable checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def cli_entry(main: F) -> F:
     """Wrap a CLI `main` so a UserError (or a bad-argument exit) becomes `error: ...` and exit code 2.
 
@@ -34,6 +42,9 @@ def cli_entry(main: F) -> F:
                 raise
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
+        except Interrupted as stop:
+            print(str(stop), file=sys.stderr)
+            return stop.exit_code
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

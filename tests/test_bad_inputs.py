@@ -180,6 +180,11 @@ def test_inventory(command, argv, needles, files, tmp_path, capsys, monkeypatch)
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert not Path(files["marker"]).exists()  # the malicious pickle never ran
+    # nothing was written: no run folder here, no sample or report folder beside the checkpoints
+    assert not (tmp_path / "runs").exists()
+    for ckpt in ("vae", "den", "toy"):
+        stage = Path(files[ckpt]).parent.parent
+        assert sorted(p.name for p in stage.iterdir()) == ["checkpoints", "logs"], stage
 
 
 def test_inventory_is_large_and_covers_every_command():

@@ -1,13 +1,21 @@
-"""What both Lightning systems share: the stored config, the kind tag, and AdamW with linear warm-up."""
+"""What both Lightning systems share: the stored config, the kind tag, the non-finite guard, AdamW with warm-up."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 
 from model.checkpoint import CONFIG_KEY, EXTRA_KEY, KIND_KEY, Kind
 from model.config import Config, OptimConfig, from_dict
+from model.errors import UserError
+
+MAX_BAD_STEPS = 20  # consecutive skipped (NaN/Inf) steps after which the run stops: it is not recovering
+
+
+class NonFiniteTraining(UserError):
+    """The loss or the gradients stayed NaN/Inf; the run stops with the last good checkpoint on disk."""
 
 
 class System(pl.LightningModule):
@@ -19,12 +27,45 @@ class System(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg: Config = from_dict(config)
+        self.bad_steps_in_a_row = 0  # NaN/Inf steps since the last good one
+        self.skipped_steps = 0  # NaN/Inf steps in this process, logged as train/skipped_steps
 
     def extra(self) -> dict[str, Any]:
         """Plain values besides the config that rebuild this system from its checkpoint."""
         return {}
 
+    # ----- NaN / Inf: a bad step is skipped, never applied, so neither weights, EMA nor checkpoints hold NaN -----
+    def finite_or_skip(self, loss: Tensor) -> Optional[Tensor]:
+        """`loss`, or None when it is NaN/Inf: Lightning then skips the backward pass and the update."""
+        if bool(torch.isfinite(loss)):
+            return loss
+        self.count_bad_step("loss")
+        return None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # a finite loss can still give Inf gradients; dropping them makes the optimiser skip every parameter
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params and not all(bool(torch.isfinite(p.grad).all()) for p in params):
+            for p in params:
+                p.grad = None
+            self.count_bad_step("gradient")
+        elif params:
+            self.bad_steps_in_a_row = 0
+
+    def count_bad_step(self, what: str) -> None:
+        self.bad_steps_in_a_row += 1
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+        if self.bad_steps_in_a_row >= MAX_BAD_STEPS:
+            raise NonFiniteTraining(
+                f"the {what} was NaN or Inf for {MAX_BAD_STEPS} steps in a row (step {self.global_step}), so training "
+                f"stopped; the checkpoints on disk are from before; lower optim.lr or check the data for NaN")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # unreachable while bad steps are skipped; a last line of defence for the files users keep
+            raise NonFiniteTraining(f"refusing to write a checkpoint with NaN/Inf in {bad[0]}; the earlier "
+                                    f"checkpoints are intact, resume from one with a lower optim.lr")
         checkpoint[KIND_KEY] = self.kind
         checkpoint[CONFIG_KEY] = self.hparams["config"]
         checkpoint[EXTRA_KEY] = self.extra()

@@ -141,7 +141,7 @@ class DenoiserSystem(System):
         return base.diffusion_loss(pred, z0, eps, t, self.schedule, self.diff.parametrisation, self.diff.loss,
                                    self.diff.min_snr_gamma)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
         x, y = batch
         z0 = self.z0_from_batch(x, self.diff.cache_latents)
         c = self.condition(y, self.diff.p_uncond)
@@ -149,7 +149,7 @@ class DenoiserSystem(System):
         loss = self.loss_at(self.net, z0, c, t, torch.randn_like(z0)).mean()
         self.log("train/loss", loss, on_step=True)
         self.log("loss", loss, prog_bar=True, logger=False)
-        return loss
+        return self.finite_or_skip(loss)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

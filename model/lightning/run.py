@@ -12,7 +12,9 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from data import make_datamodule
 from model.config import Config, TrainerConfig, to_dict, write_json
 from model.errors import UserError
+from model.lightning.atomic_io import AtomicCheckpointIO
 from model.lightning.callbacks import ImageGrid
+from model.lightning.interrupt import GracefulStop
 
 STAGES = ("vae", "denoiser")
 
@@ -69,7 +71,8 @@ def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Cal
     return callbacks
 
 
-def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str) -> pl.Trainer:
+def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str,
+                 extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     devices = tc.devices if not tc.devices.isdigit() else int(tc.devices)
     return pl.Trainer(
         max_steps=tc.max_steps,
@@ -83,7 +86,8 @@ def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str) -> pl
         num_sanity_val_steps=0,
         log_every_n_steps=tc.log_every_n_steps,
         logger=make_logger(tc, folder, name),
-        callbacks=make_callbacks(tc, folder, monitor),
+        callbacks=make_callbacks(tc, folder, monitor) + extra_callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(folder),
         enable_progress_bar=tc.progress_bar,
         accelerator=tc.accelerator,
@@ -124,12 +128,16 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
 
             dm = CachedLatents(dm, system.encode_mean)
     write_json(cfg, folder / "config.json")
-    trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}")
+    stop = GracefulStop()
+    trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}", [stop])
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
     last = stage_dir / "checkpoints" / "last.ckpt"
     # the final step, which need not fall on a checkpoint interval (full state, so it resumes)
     trainer.save_checkpoint(last, weights_only=False)
+    interrupted = stop.interrupted(trainer.global_step, str(last))
+    if interrupted is not None:
+        raise interrupted
     if trainer.is_global_zero:
         print(f"{stage}: trained to step {trainer.global_step} in {time.perf_counter() - start:.0f} s")
     return last

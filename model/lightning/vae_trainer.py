@@ -1,7 +1,7 @@
 """Stage 1 system: the beta-VAE with a geometrically decaying KL weight (sheet 001, exercise 1)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ class VAESystem(System):
         kl = kl_divergence(mean, logvar)  # (B,)
         return recon, kl, terms, mean, x_hat
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
         x, _ = batch
         recon, kl, terms, mean, _ = self._losses(x)
         beta = self.beta()
@@ -41,7 +41,7 @@ class VAESystem(System):
                       prog_bar=False, on_step=True)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log_dict({f"train/{k}": v.mean() for k, v in terms.items()}, on_step=True)
-        return loss
+        return self.finite_or_skip(loss)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch

@@ -137,6 +137,7 @@ def main(argv: list[str]) -> int:
     ddim = args.ddim or (args.config is not None and defaults.sampler == "ddim")
     steps = args.steps if args.steps is not None else (defaults.sample_steps if ddim else None)
     clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
+    system.denoiser_fn(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     out = output_folder(args.output, args.load, "samples")
 
     frames: list[tuple[int, torch.Tensor]] = []  # (t at which x0 was predicted, x0 of the first sample)

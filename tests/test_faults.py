@@ -1,0 +1,161 @@
+"""Faults (issue 7): NaN/Inf steps, checkpoints killed mid-write, Ctrl-C/SIGTERM/SIGKILL, and reproducibility."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.lightning.denoiser_trainer import DenoiserSystem
+from model.lightning.vae_trainer import VAESystem
+from model.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "config" / "digits.json")
+TINY = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
+        "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]",
+        "--vae.trainer.val_every_n_steps", "1000", "--denoiser.trainer.val_every_n_steps", "1000",
+        "--vae.trainer.images_every_n_steps", "0", "--denoiser.trainer.images_every_n_steps", "0",
+        "--vae.trainer.progress_bar", "false", "--denoiser.trainer.progress_bar", "false",
+        "--vae.trainer.log_every_n_steps", "1", "--denoiser.trainer.log_every_n_steps", "1",
+        "--denoiser.diffusion.latent_stats_batches", "2"]
+
+
+def all_finite(path: Path) -> bool:
+    sd = torch.load(path, weights_only=True)["state_dict"]
+    return all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def logged(stage_dir: Path, key: str) -> list[float]:
+    with open(stage_dir / "logs" / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+# ---- NaN / Inf -------------------------------------------------------------------------------------------
+
+
+def test_nan_steps_are_skipped_and_never_reach_weights_ema_or_checkpoints(tmp_path, monkeypatch):
+    real = DenoiserSystem.loss_at
+
+    def nan_at_steps_3_to_5(self, *args):
+        loss = real(self, *args)
+        return loss * float("nan") if self.training and 3 <= self.global_step <= 5 else loss
+
+    monkeypatch.setattr(DenoiserSystem, "loss_at", nan_at_steps_3_to_5)
+    assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path), *TINY,
+                 "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "10",
+                 "--denoiser.trainer.checkpoint_every_n_steps", "4"]) == 0
+    stage = tmp_path / "digits-1" / "denoiser"
+    ckpts = sorted((stage / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in ckpts} >= {"last.ckpt", "step0000004.ckpt", "step0000008.ckpt"}
+    assert all(all_finite(p) for p in ckpts)  # net and EMA weights alike
+    assert torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert max(logged(stage, "train/skipped_steps")) == 3
+
+
+def test_a_loss_that_stays_nan_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(VAESystem, "beta", lambda self: float("nan"))
+    code = main(["-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir", str(tmp_path), *TINY,
+                 "--vae.trainer.max_steps", "100", "--vae.trainer.checkpoint_every_n_steps", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "NaN or Inf for 20 steps in a row" in err[0], err
+    assert all(all_finite(p) for p in (tmp_path / "digits-1" / "vae" / "checkpoints").glob("*.ckpt"))
+
+
+# ---- checkpoints killed while being written ---------------------------------------------------------------
+
+WRITER = """
+import sys, torch
+from model.checkpoint import atomic_torch_save
+k = 0
+while True:
+    k += 1
+    atomic_torch_save({"k": k, "x": torch.full((4_000_000,), float(k))}, sys.argv[1])
+    print(k, flush=True)
+"""
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):
+    target = tmp_path / "last.ckpt"
+    for delay in (0.05, 0.13, 0.21, 0.34):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                                cwd=ROOT)
+        assert proc.stdout.readline().strip()  # at least one complete save
+        time.sleep(delay)  # then die somewhere inside a later torch.save
+        proc.kill()
+        proc.wait()
+        ckpt = torch.load(target, weights_only=True)
+        assert ckpt["x"].shape == (4_000_000,) and bool((ckpt["x"] == ckpt["k"]).all())
+
+
+# ---- signals ----------------------------------------------------------------------------------------------
+
+
+def start_vae_run(out: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir", str(out),
+            *TINY, "--vae.trainer.max_steps", "100000", "--vae.trainer.checkpoint_every_n_steps", "5"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def resume_to(out: Path, ckpt: Path, steps: int) -> int:
+    return main(["-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir", str(out), *TINY, "--load", str(ckpt),
+                 "--vae.trainer.max_steps", str(steps), "--vae.trainer.checkpoint_every_n_steps", "5"])
+
+
+@pytest.mark.parametrize("sig,code,name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, sig, code, name):
+    proc = start_vae_run(tmp_path)
+    ckpts = tmp_path / "digits-1" / "vae" / "checkpoints"
+    wait_for(ckpts / "step0000005.ckpt", proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and f"stopped by {name} at step" in err.strip().splitlines()[-1]
+    step = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]
+    assert step >= 5 and f"at step {step};" in err
+    assert resume_to(tmp_path, ckpts / "last.ckpt", step + 3) == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == step + 3
+
+
+def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path):
+    proc = start_vae_run(tmp_path)
+    ckpts = tmp_path / "digits-1" / "vae" / "checkpoints"
+    wait_for(ckpts / "step0000010.ckpt", proc)
+    while torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] < 10:  # written just after step<N>
+        time.sleep(0.1)  # (reading while it is replaced is safe: the saves are atomic)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    step = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]  # whole, thanks to atomic saves
+    assert step >= 10 and step % 5 == 0
+    assert resume_to(tmp_path, ckpts / "last.ckpt", step + 2) == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == step + 2
+
+
+# ---- reproducibility --------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_loss_curve_and_weights(tmp_path):
+    for n in ("1", "2"):
+        assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", n, "--output_dir", str(tmp_path),
+                     *TINY, "--vae.trainer.max_steps", "4", "--denoiser.trainer.max_steps", "6"]) == 0
+    for stage in ("vae", "denoiser"):
+        a, b = (tmp_path / f"digits-{n}" / stage for n in ("1", "2"))
+        curve = logged(a, "train/loss")
+        assert len(curve) == {"vae": 4, "denoiser": 6}[stage] and curve == logged(b, "train/loss")
+        sd_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        sd_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
