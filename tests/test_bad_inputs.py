@@ -14,16 +14,9 @@ from PIL import Image
 
 from model.main import main as train_main
 from model.scripts import demo_report, sample, sample_vae, train_classifier
+from tiny import DIGITS, ROOT, tiny
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "config" / "digits.json")
-TINY = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
-        "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]",
-        "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2",
-        "--vae.trainer.val_every_n_steps", "2", "--denoiser.trainer.val_every_n_steps", "2",
-        "--vae.trainer.images_every_n_steps", "0", "--denoiser.trainer.images_every_n_steps", "0",
-        "--vae.trainer.progress_bar", "false", "--denoiser.trainer.progress_bar", "false",
-        "--denoiser.diffusion.latent_stats_batches", "2"]
+TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
             "train_classifier": train_classifier.main, "demo_report": demo_report.main}
 

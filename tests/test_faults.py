@@ -15,16 +15,9 @@ import torch
 from model.lightning.denoiser_trainer import DenoiserSystem
 from model.lightning.vae_trainer import VAESystem
 from model.main import main
+from tiny import DIGITS, ROOT, tiny
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "config" / "digits.json")
-TINY = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
-        "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]",
-        "--vae.trainer.val_every_n_steps", "1000", "--denoiser.trainer.val_every_n_steps", "1000",
-        "--vae.trainer.images_every_n_steps", "0", "--denoiser.trainer.images_every_n_steps", "0",
-        "--vae.trainer.progress_bar", "false", "--denoiser.trainer.progress_bar", "false",
-        "--vae.trainer.log_every_n_steps", "1", "--denoiser.trainer.log_every_n_steps", "1",
-        "--denoiser.diffusion.latent_stats_batches", "2"]
+TINY = tiny(val_every=1000, log_every=1)
 
 
 def all_finite(path: Path) -> bool:

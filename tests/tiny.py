@@ -1,0 +1,19 @@
+"""A tiny but real set-up shared by the tests that train through the CLI: 16x16 digits, narrow networks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "config" / "digits.json")
+
+
+def tiny(val_every: int, log_every: int = 20) -> list[str]:
+    """Overrides for config/digits.json: 120 images, batch 16, 8- and 16-wide networks, no grids or bars."""
+    args = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
+            "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16",
+            "--denoiser.unet.channel_mult", "[1, 2]", "--denoiser.diffusion.latent_stats_batches", "2"]
+    for stage in ("vae", "denoiser"):
+        args += [f"--{stage}.trainer.val_every_n_steps", str(val_every),
+                 f"--{stage}.trainer.images_every_n_steps", "0", f"--{stage}.trainer.progress_bar", "false",
+                 f"--{stage}.trainer.log_every_n_steps", str(log_every)]
+    return args
