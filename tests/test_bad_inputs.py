@@ -93,6 +93,9 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{vae}", "--denoiser.unet.in_channels", "8"],
      ["does not fit", "latent_channels"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.trainer.accelerator", "banana"], ["trainer.accelerator"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.trainer.accelerator", "cpu", "--vae.trainer.devices", "[0,1]"],
+     ["trainer.devices"]),
     # ---- modes ----
     ("main", ["-cfg", DIGITS], ["nothing to do"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--load-vae", "{vae}"], ["--load-vae"]),

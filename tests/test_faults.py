@@ -61,6 +61,27 @@ def test_a_loss_that_stays_nan_stops_the_run_with_one_line(tmp_path, monkeypatch
     assert all(all_finite(p) for p in (tmp_path / "digits-1" / "vae" / "checkpoints").glob("*.ckpt"))
 
 
+def test_inf_gradients_of_a_finite_loss_are_dropped_before_the_update(monkeypatch):
+    from model.config import Config, to_dict
+
+    system = VAESystem(to_dict(Config()))
+    monkeypatch.setattr(system, "log", lambda *args, **kwargs: None)  # no trainer attached
+    opt = torch.optim.SGD(system.parameters(), lr=1.0)
+    params = list(system.parameters())
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    params[0].grad[0] = float("inf")
+    system.on_before_optimizer_step(opt)
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before)) and system.skipped_steps == 1
+    for p in params:  # the next, finite step is applied and clears the run of bad steps
+        p.grad = torch.ones_like(p)
+    system.on_before_optimizer_step(opt)
+    opt.step()
+    assert not torch.equal(params[0], before[0]) and system.bad_steps_in_a_row == 0
+
+
 # ---- checkpoints killed while being written ---------------------------------------------------------------
 
 WRITER = """

@@ -8,6 +8,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from data import make_datamodule
 from model.config import Config, TrainerConfig, to_dict, write_json
@@ -73,6 +74,16 @@ def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Cal
 
 def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str,
                  extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+    try:
+        return build_trainer(tc, folder, monitor, name, extra_callbacks)
+    except (MisconfigurationException, ImportError, ValueError, TypeError, RuntimeError) as err:  # "gpu" on a CPU
+        raise UserError(f"the trainer settings do not work on this machine ({str(err).splitlines()[0][:160]}); "
+                        f"check trainer.accelerator, trainer.devices and trainer.strategy (\"auto\" fits any "
+                        f"machine)") from err
+
+
+def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str,
+                  extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     devices = tc.devices if not tc.devices.isdigit() else int(tc.devices)
     return pl.Trainer(
         max_steps=tc.max_steps,
@@ -127,9 +138,9 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
             from model.lightning.latent_cache import CachedLatents
 
             dm = CachedLatents(dm, system.encode_mean)
-    write_json(cfg, folder / "config.json")
     stop = GracefulStop()
     trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}", [stop])
+    write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
     last = stage_dir / "checkpoints" / "last.ckpt"
