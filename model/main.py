@@ -53,6 +53,14 @@ def with_vae_of(cfg: Config, ckpt_path: str, kind: str) -> Config:
     return new
 
 
+def rank_zero_print(message: str) -> None:
+    """Print once per run: under DDP every rank runs this script, and only rank zero should speak."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(message)
+
+
 # the keys that fix a stage's network shapes: a resumed stage must have the values its checkpoint was trained with
 SHAPE_KEYS = {"vae": ("data.channels", "vae.net"),
               "denoiser": ("data.channels", "data.image_size", "denoiser.network", "denoiser.autoencoder",
@@ -99,10 +107,10 @@ def main(argv: list[str]) -> int:
     vae_ckpt = args.load_vae
     if args.train_vae:
         vae_ckpt = str(train_stage("vae", cfg, folder, load=args.load if not args.train_denoiser else None))
-        print(f"VAE checkpoint: {vae_ckpt}")
+        rank_zero_print(f"VAE checkpoint: {vae_ckpt}")
     if args.train_denoiser:
         last = train_stage("denoiser", cfg, folder, load=args.load, load_vae=vae_ckpt)
-        print(f"denoiser checkpoint: {last}")
+        rank_zero_print(f"denoiser checkpoint: {last}")
     return 0
 
 

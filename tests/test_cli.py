@@ -1,4 +1,4 @@
-"""The training CLI as a process: overrides, --print_config, exit code 2 from the shell, --debug, train.sh.
+"""The training CLI as a process: overrides, --print_config, exit 2 from the shell, --debug, train.sh, 2-process DDP.
 
 The one-line answers to bad input are in test_bad_inputs.py.
 """
@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "config" / "digits.json")
@@ -48,3 +50,23 @@ def test_train_sh_runs_a_stage_and_rejects_a_bad_stage(tmp_path):
     assert not (tmp_path / "digits-7" / "denoiser").exists()
     bad = subprocess.run(["bash", script], capture_output=True, text=True, env={**env, "STAGE": "both-ish"})
     assert bad.returncode == 2 and bad.stderr.startswith("error: STAGE must be")
+
+
+def test_two_process_ddp_run_on_cpu(tmp_path):
+    """Both stages under DDP with 2 CPU processes (gloo): the run ends at the configured step, rank zero alone
+    reports, and the checkpoint holds the same step count a single process would reach."""
+    ddp = []
+    for stage in ("vae", "denoiser"):
+        for key, value in (("accelerator", "cpu"), ("devices", "2"), ("strategy", "ddp"), ("max_steps", "4"),
+                           ("val_every_n_steps", "2"), ("progress_bar", "false"), ("images_every_n_steps", "0")):
+            ddp += [f"--{stage}.trainer.{key}", value]
+    out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--train-denoiser",
+                          "-n", "1", "--output_dir", str(tmp_path), "--data.image_size", "16", "--data.max_items",
+                          "200", "--data.batch_size", "16", "--vae.net.base_channels", "8",
+                          "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]", *ddp],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("VAE checkpoint:") == 1 and out.stdout.count("denoiser checkpoint:") == 1, out.stdout
+    for stage in ("vae", "denoiser"):
+        ckpt = torch.load(tmp_path / "digits-1" / stage / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 4
