@@ -61,6 +61,41 @@ def test_a_loss_that_stays_nan_stops_the_run_with_one_line(tmp_path, monkeypatch
     assert all(all_finite(p) for p in (tmp_path / "digits-1" / "vae" / "checkpoints").glob("*.ckpt"))
 
 
+NAN_ON_RANK_1 = """
+import sys
+from model.lightning.vae_trainer import VAESystem
+from model.main import main
+
+real = VAESystem._losses
+
+
+def nan_on_rank_1_at_step_2(self, x):
+    recon, *rest = real(self, x)
+    if self.training and self.global_rank == 1 and self.global_step == 2:
+        recon = recon * float("nan")
+    return (recon, *rest)
+
+
+VAESystem._losses = nan_on_rank_1_at_step_2
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_a_nan_on_one_ddp_rank_makes_every_rank_skip_that_update(tmp_path):
+    """Under DDP the skip decision is reduced across ranks; a rank deciding alone would hang or diverge."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    out = subprocess.run([sys.executable, str(script), "-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir",
+                          str(tmp_path), *TINY, "--vae.trainer.max_steps", "5", "--vae.trainer.accelerator", "cpu",
+                          "--vae.trainer.devices", "2", "--vae.trainer.strategy", "ddp"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stage = tmp_path / "digits-1" / "vae"
+    assert torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert all_finite(stage / "checkpoints" / "last.ckpt")
+    assert logged(stage, "train/skipped_steps") and max(logged(stage, "train/skipped_steps")) == 1  # rank 0 too
+
+
 def test_inf_gradients_of_a_finite_loss_are_dropped_before_the_update(monkeypatch):
     from model.config import Config, to_dict
 

@@ -1,7 +1,7 @@
 """What both Lightning systems share: the stored config, the kind tag, the non-finite guard, AdamW with warm-up."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -29,28 +29,43 @@ class System(pl.LightningModule):
         self.cfg: Config = from_dict(config)
         self.bad_steps_in_a_row = 0  # NaN/Inf steps since the last good one
         self.skipped_steps = 0  # NaN/Inf steps in this process, logged as train/skipped_steps
+        self.skip_update = False  # a non-finite loss was seen since the last optimiser step
 
     def extra(self) -> dict[str, Any]:
         """Plain values besides the config that rebuild this system from its checkpoint."""
         return {}
 
     # ----- NaN / Inf: a bad step is skipped, never applied, so neither weights, EMA nor checkpoints hold NaN -----
-    def finite_or_skip(self, loss: Tensor) -> Optional[Tensor]:
-        """`loss`, or None when it is NaN/Inf: Lightning then skips the backward pass and the update."""
-        if bool(torch.isfinite(loss)):
+    def finite_or_skip(self, loss: Tensor) -> Tensor:
+        """`loss`; when it is NaN/Inf on any rank, a zero stand-in whose gradients the next update drops.
+
+        Backward still runs on a bad step because under DDP every rank must join the gradient all-reduce (and
+        Lightning refuses a skipped training_step there); the finiteness flag is reduced across ranks so all
+        ranks skip the same update.
+        """
+        finite = torch.isfinite(loss.detach()).float()
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if bool(finite):
             return loss
+        self.skip_update = True  # sticky until the optimiser step, so gradient accumulation skips it too
         self.count_bad_step("loss")
-        return None
+        return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # a finite loss can still give Inf gradients; dropping them makes the optimiser skip every parameter
+        # Gradients are already all-reduced here, so every rank takes the same branch. A finite loss can still
+        # give Inf gradients; dropping all gradients makes the optimiser leave every parameter (and its moments)
+        # as it was.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if params and not all(bool(torch.isfinite(p.grad).all()) for p in params):
+        bad_grads = not all(bool(torch.isfinite(p.grad).all()) for p in params)
+        if self.skip_update or bad_grads:
             for p in params:
                 p.grad = None
-            self.count_bad_step("gradient")
+            if not self.skip_update:
+                self.count_bad_step("gradient")
         elif params:
             self.bad_steps_in_a_row = 0
+        self.skip_update = False
 
     def count_bad_step(self, what: str) -> None:
         self.bad_steps_in_a_row += 1

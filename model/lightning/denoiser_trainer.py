@@ -141,7 +141,7 @@ class DenoiserSystem(System):
         return base.diffusion_loss(pred, z0, eps, t, self.schedule, self.diff.parametrisation, self.diff.loss,
                                    self.diff.min_snr_gamma)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         z0 = self.z0_from_batch(x, self.diff.cache_latents)
         c = self.condition(y, self.diff.p_uncond)

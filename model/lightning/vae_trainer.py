@@ -1,7 +1,7 @@
 """Stage 1 system: the beta-VAE with a geometrically decaying KL weight (sheet 001, exercise 1)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ class VAESystem(System):
         kl = kl_divergence(mean, logvar)  # (B,)
         return recon, kl, terms, mean, x_hat
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Optional[Tensor]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
         recon, kl, terms, mean, _ = self._losses(x)
         beta = self.beta()
