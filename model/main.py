@@ -14,7 +14,7 @@ from typing import Optional
 
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
 from model.config import Config, check_denoiser_shapes, from_dict, to_dict
-from model.checkpoint import read_checkpoint
+from model.checkpoint import CONFIG_KEY, read_checkpoint
 from model.errors import UserError, cli_entry
 
 
@@ -42,16 +42,14 @@ def check_modes(args) -> None:
         raise UserError(f"-n must be >= 0, got {args.run}")
 
 
-def with_vae_of(cfg: Config, ckpt_path: str, kind: str) -> Config:
-    """Take the VAE section from a checkpoint (a VAE, or the denoiser being resumed) so stage 2 agrees with it."""
-    stored = from_dict(read_checkpoint(ckpt_path, expected=kind)["ldm_config"])
-    new = dataclasses.replace(cfg, vae=stored.vae)
+def with_vae_of(cfg: Config, stored: dict, ckpt_path: str) -> Config:
+    """Take the VAE section from a checkpoint's config (a VAE, or the denoiser being resumed) so stage 2 agrees."""
+    new = dataclasses.replace(cfg, vae=from_dict(stored).vae)
     try:
         check_denoiser_shapes(new)
     except UserError as err:
         raise UserError(f"the checkpoint {ckpt_path} does not fit this config: {err}") from err
     return new
-
 
 def rank_zero_print(message: str) -> None:
     """Print once per run: under DDP every rank runs this script, and only rank zero should speak."""
@@ -75,15 +73,13 @@ def flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def check_resume_fits(cfg: Config, ckpt_path: str, stage: str) -> None:
+def check_resume_fits(cfg: Config, stored: dict, ckpt_path: str, stage: str) -> None:
     """Resuming with other network shapes than the checkpoint's would fail inside Lightning; name the key instead."""
-    ours = flat(to_dict(cfg))
-    theirs = flat(read_checkpoint(ckpt_path, expected=stage)["ldm_config"])
+    ours, theirs = flat(to_dict(cfg)), flat(stored)
     for key in sorted(ours):
         if key.startswith(SHAPE_KEYS[stage]) and key in theirs and ours[key] != theirs[key]:
             raise UserError(f"the checkpoint {ckpt_path} does not fit this config: {key} is {theirs[key]} there but "
                             f"{ours[key]} here; resume with the checkpoint's value or start a new run with -n")
-
 
 @cli_entry
 def main(argv: list[str]) -> int:
@@ -91,12 +87,15 @@ def main(argv: list[str]) -> int:
     args = parse(parser, argv)
     check_modes(args)
     cfg = build_config(parser, args)
+    stage = "denoiser" if args.train_denoiser else "vae"
+    # the config stored in the checkpoint being resumed, read once (a clear error before Lightning restores it)
+    resumed = read_checkpoint(args.load, expected=stage)[CONFIG_KEY] if args.load else None
     if args.load_vae:
-        cfg = with_vae_of(cfg, args.load_vae, "vae")
-    elif args.load and args.train_denoiser:
-        cfg = with_vae_of(cfg, args.load, "denoiser")
-    if args.load:  # a clear error before Lightning tries to restore it
-        check_resume_fits(cfg, args.load, "denoiser" if args.train_denoiser else "vae")
+        cfg = with_vae_of(cfg, read_checkpoint(args.load_vae, expected="vae")[CONFIG_KEY], args.load_vae)
+    elif resumed is not None and args.train_denoiser:
+        cfg = with_vae_of(cfg, resumed, args.load)
+    if resumed is not None:
+        check_resume_fits(cfg, resumed, args.load, stage)
     if args.train_denoiser:
         check_denoiser_shapes(cfg)
 

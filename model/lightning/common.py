@@ -55,9 +55,9 @@ class System(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # Gradients are already all-reduced here, so every rank takes the same branch. A finite loss can still
         # give Inf gradients; dropping all gradients makes the optimiser leave every parameter (and its moments)
-        # as it was.
+        # as it was. One stacked check: a single device sync, not one per parameter.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        bad_grads = not all(bool(torch.isfinite(p.grad).all()) for p in params)
+        bad_grads = bool(params) and not bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all())
         if self.skip_update or bad_grads:
             for p in params:
                 p.grad = None

@@ -29,6 +29,7 @@ else is deterministic: eval mode, posterior means).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from typing import Optional
@@ -80,17 +81,18 @@ def data_config(config_path: Optional[str], ckpt_cfg):
         raise UserError(f"{config_path}: {one_line(err)}") from err
 
 
-def check_data_fits(data, vae_cfg, source: str) -> None:
-    """The VAE is convolutional: any image size divisible by its factor works, the channels must agree."""
+def check_data_fits(data, ckpt_cfg, source: str) -> None:
+    """The VAE is convolutional: any image size divisible by its factor works; the channels must agree.
+
+    The checkpoint's config with this data section goes through the training CLI's own stage-1 check
+    (`Config.__post_init__` runs `check_vae_shapes`).
+    """
     if data.name == "toy2d":
         raise UserError(f"the data of {source} is toy2d (2-D points, no images); pass -cfg with image data")
-    if data.channels != vae_cfg.in_channels:
-        raise UserError(f"the data of {source} has {data.channels} channels but the VAE takes "
-                        f"{vae_cfg.in_channels}; pass a -cfg whose data.channels is {vae_cfg.in_channels}")
-    f = vae_cfg.downsample_factor
-    if data.image_size % f:
-        raise UserError(f"data.image_size {data.image_size} of {source} is not divisible by the VAE's "
-                        f"downsampling factor {f}; pass a -cfg with a divisible data.image_size")
+    try:
+        dataclasses.replace(ckpt_cfg, data=data)
+    except UserError as err:
+        raise UserError(f"the data of {source} does not fit the VAE: {err}") from err
 
 
 def load_vae(path: str, device: str):
@@ -205,7 +207,7 @@ def main(argv: list[str]) -> int:
     device = resolve_device(args.device)
     vae, ckpt_cfg = load_vae(args.load, device)
     data = data_config(args.config, ckpt_cfg)
-    check_data_fits(data, ckpt_cfg.vae.net, args.config or f"the checkpoint {args.load}")
+    check_data_fits(data, ckpt_cfg, args.config or f"the checkpoint {args.load}")
     out = output_folder(args.output, args.load, "samples")
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = False  # the same algorithms every run, for identical files
