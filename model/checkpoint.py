@@ -1,7 +1,8 @@
 """Reading our checkpoints safely: `weights_only=True`, a kind tag, and one-line errors for bad files.
 
-Every checkpoint this package writes carries `ldm_kind` ("vae", "denoiser" or "classifier") and `ldm_config` (the resolved
-config as plain JSON types), so a file knows what it is and how to rebuild its networks. Loading never
+Every checkpoint this package writes carries `ldm_kind` ("vae", "denoiser", "classifier" or "fid_stats"); the two
+training systems also carry `ldm_config` (the resolved config as plain JSON types), so a file knows what it is and
+how to rebuild its networks. Loading never
 unpickles arbitrary objects: a file that needs that is refused, because unpickling can run code.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 
 from model.errors import UserError
 
-Kind = Literal["vae", "denoiser", "classifier"]
+Kind = Literal["vae", "denoiser", "classifier", "fid_stats"]
+UNCONFIGURED: tuple[Kind, ...] = ("classifier", "fid_stats")  # plain files; every other kind carries its config
 KIND_KEY = "ldm_kind"
 CONFIG_KEY = "ldm_config"
 EXTRA_KEY = "ldm_extra"  # small plain values a system needs to rebuild itself (e.g. num_classes)
@@ -24,13 +26,14 @@ EXTRA_KEY = "ldm_extra"  # small plain values a system needs to rebuild itself (
 # where each kind of file goes, for the error when one is passed where another kind is needed
 USED_WITH = {"vae": "a vae checkpoint goes to --load-vae (or sample_vae --load)",
              "denoiser": "a denoiser checkpoint goes to sample --load or to --train-denoiser --load",
-             "classifier": "a classifier goes to --classifier"}
+             "classifier": "a classifier goes to --classifier",
+             "fid_stats": "FID reference statistics are read by model.scripts.evaluate from its --stats-cache folder"}
 
 
 def read_checkpoint(path: str | Path, expected: Kind | None = None) -> dict[str, Any]:
     """Load a checkpoint dict of this package on CPU with `weights_only=True` and check its kind.
 
-    Every kind but the classifier (a plain network) must also carry its config.
+    Every kind but those in UNCONFIGURED must also carry its config.
     """
     path = Path(path)
     ckpt = load_torch_file(path)
@@ -40,7 +43,7 @@ def read_checkpoint(path: str | Path, expected: Kind | None = None) -> dict[str,
     if expected is not None and kind != expected:
         raise UserError(f"{path} is a {kind} checkpoint, but a {expected} is needed here; "
                         f"{USED_WITH.get(kind, 'pass a file of the right kind')}")
-    if kind != "classifier" and CONFIG_KEY not in ckpt:
+    if kind not in UNCONFIGURED and CONFIG_KEY not in ckpt:
         raise UserError(f"checkpoint {path} has no stored config ('{CONFIG_KEY}'); it was not written by this package")
     return ckpt
 

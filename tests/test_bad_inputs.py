@@ -13,12 +13,13 @@ import torch
 from PIL import Image
 
 from model.main import main as train_main
-from model.scripts import demo_report, sample, sample_vae, train_classifier
+from model.scripts import demo_report, evaluate, plots, reimagine, sample, sample_vae, train_classifier
 from tiny import DIGITS, ROOT, tiny
 
 TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
-            "train_classifier": train_classifier.main, "demo_report": demo_report.main}
+            "train_classifier": train_classifier.main, "demo_report": demo_report.main, "evaluate": evaluate.main,
+            "plots": plots.main, "reimagine": reimagine.main}
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,30 @@ INVENTORY = [
               "--data.hf_image_column", "image"], ["hf_image_column", "img"]),
     ("train_classifier", ["-cfg", DIGITS, "--data.labels", "false", "--output", "{root}/c.pt"], ["unlabelled"]),
     ("train_classifier", ["-cfg", str(ROOT / "config" / "toy2d.json")], ["2-D points"]),
+    # ---- evaluation, plots, reimagining ----
+    ("evaluate", ["--load", "{den}", "--num_samples", "1"], ["--num_samples", "at least 2"]),
+    ("evaluate", ["--load", "{den}", "--steps", "0"], ["--steps"]),
+    ("evaluate", ["--load", "{toy}", "--cfg-scale", "0", "2"], ["unconditional", "--cfg-scale"]),
+    ("evaluate", ["--load", "{den}", "--extractor", "classifier"], ["--classifier"]),
+    ("evaluate", ["--load", "{den}", "--classifier", "{vae}"], ["vae checkpoint", "classifier"]),
+    ("evaluate", ["--load", "{den}", "--loss-timesteps", "0", "10"], ["--loss-timesteps"]),
+    ("evaluate", ["--load", "{den}", "--inception-features", "100"], ["--inception-features"]),
+    ("evaluate", ["--load", "{den}", "--inception-weights", "/nowhere/inception.pth"], ["/nowhere/inception.pth"]),
+    ("evaluate", ["--load", "{den}", "--inception-weights", "{evil}"], ["could run code"]),
+    ("evaluate", ["--load", "{den}", "--inception-weights", "{vae}"], ["not torch-fidelity's Inception-v3"]),
+    ("plots", ["noising", "--load", "{den}", "--T", "0"], ["--T"]),
+    ("plots", ["denoising", "--load", "{toy}"], ["2-D toy"]),
+    ("plots", ["loss", "--run", "{empty_dir}"], ["metrics.csv"]),
+    ("reimagine", ["--load", "{den}", "--strengths", "1.5"], ["strength", "[0, 1]"]),
+    ("reimagine", ["--load", "{den}", "--image", "/nowhere/x.png"], ["does not exist"]),
+    ("reimagine", ["--load", "{toy}"], ["2-D toy"]),
     # ---- offline ----
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.loss.lpips", "1", "--vae.loss.lpips_weights", "/nowhere/a.pth",
               "--vae.trainer.max_steps", "1"], ["/nowhere/a.pth"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.loss.lpips", "1", "--vae.trainer.max_steps", "1",
               "--output_dir", "{root}/lpips"], ["alexnet-owt-7be5be79.pth"]),
+    ("evaluate", ["--load", "{den}", "--num_samples", "4"], ["weights-inception-2015-12-05-6726825d.pth",
+                                                              "--inception-weights"]),
 ]
 
 

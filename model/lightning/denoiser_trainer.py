@@ -157,18 +157,26 @@ class DenoiserSystem(System):
         # because the weights are.
         ema_update(self.ema, self.net, ema_decay_at(self.global_step, self.diff.ema_decay))
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """The EMA network's loss at fixed timesteps with fixed noise (sheet 000, 2.2e)."""
-        x, y = batch
+    @torch.no_grad()
+    def timestep_losses(self, x: Tensor, y: Tensor, timesteps: list[int], batch_idx: int) -> Tensor:
+        """The EMA network's per-sample loss on images x at each fixed t, with noise fixed by the batch index.
+
+        Returns (len(timesteps), B). The same noise for every t and every evaluation, so the figures of two
+        checkpoints differ only by their networks (sheet 000, 2.2e: the loss of a test set at fixed timesteps).
+        """
         z0 = self.z0_from_batch(x, cached=False)
         c = self.condition(y, p_uncond=0.0)
         gen = torch.Generator(device="cpu").manual_seed(10_000 + batch_idx)
         eps = torch.randn(z0.shape, generator=gen).to(z0)
-        losses = {}
-        for t_val in self.diff.fixed_val_timesteps():
-            t = torch.full((z0.shape[0],), t_val, device=z0.device, dtype=torch.long)
-            losses[f"val/loss_t{t_val}"] = self.loss_at(self.ema, z0, c, t, eps).mean()
-        losses["val/loss"] = torch.stack(list(losses.values())).mean()
+        full = [torch.full((z0.shape[0],), t, device=z0.device, dtype=torch.long) for t in timesteps]
+        return torch.stack([self.loss_at(self.ema, z0, c, t, eps) for t in full])  # (len(timesteps), B)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The EMA network's loss at fixed timesteps with fixed noise, and their mean."""
+        timesteps = self.diff.fixed_val_timesteps()
+        per_t = self.timestep_losses(*batch, timesteps, batch_idx).mean(1)  # (len(timesteps),)
+        losses = {f"val/loss_t{t}": loss for t, loss in zip(timesteps, per_t)}
+        losses["val/loss"] = per_t.mean()
         self.log_dict(losses, sync_dist=True)
 
     def configure_optimizers(self):

@@ -1,10 +1,12 @@
-"""What the command-line scripts share: the device to run on and the output folder beside a checkpoint."""
+"""What the command-line scripts share: the device, the output folder beside a checkpoint, and input images."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from model.errors import UserError
 
@@ -25,3 +27,54 @@ def output_folder(output: Optional[str], checkpoint: str, default_name: str) -> 
         raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def held_out(data):
+    """The data module of a checkpoint's data config, set up as its training run split it, with a validation split."""
+    from data import make_datamodule
+
+    dm = make_datamodule(data)
+    dm.prepare_data()
+    dm.setup("fit")
+    if len(dm.val_set) == 0:
+        raise UserError(f"the validation split of the checkpoint's data ({data.name}) is empty (data.val_fraction "
+                        f"is 0); use a checkpoint trained with data.val_fraction > 0")
+    return dm
+
+
+def validation_item(data, index: int) -> tuple[Tensor, int]:
+    """Item `index` of the validation split: (1, C, S, S) in [-1, 1] and its label (-1: unlabelled)."""
+    val = held_out(data).val_set
+    if not 0 <= index < len(val):
+        raise UserError(f"--index {index} is out of range: the validation split has {len(val)} items "
+                        f"(0..{len(val) - 1}); pass a smaller --index or an --image file")
+    x, y = val[index]  # (C, S, S), int
+    return x[None], int(y)  # (1, C, S, S)
+
+
+def image_file(path: str, data) -> Tensor:
+    """An image file as the folder data set reads one (data.channels, square by data.crop, data.image_size).
+
+    Returns (1, C, S, S) in [-1, 1].
+    """
+    from PIL import Image
+
+    from data.base import describe
+    from data.transforms import ImageTransform
+
+    file = Path(path)
+    if not file.is_file():
+        what = "is a folder, not a file" if file.is_dir() else "does not exist"
+        raise UserError(f"--image {file} {what}; pass the path of an image file (PNG, JPEG, ...)")
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return ImageTransform(data.image_size, data.channels, crop=data.crop)(img)[None]  # (1, C, S, S)
+    except OSError as err:  # Pillow's UnidentifiedImageError and truncated files are OSErrors
+        raise UserError(f"--image {file} is not a readable image ({describe(err)}); pass a PNG or JPEG file") from err
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """At most `count` items, evenly spaced over the list, the first and the last included."""
+    idx = np.unique(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int))
+    return [items[i] for i in idx]

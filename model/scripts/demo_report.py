@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.evaluation import check_classifier_fits, generate, per_class_accuracy, predict
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
 
@@ -51,40 +52,12 @@ def check_args(args, T: int) -> None:
 
 def check_fit(system, clf) -> None:
     """The denoiser must be a class-conditional image model whose images the classifier can read."""
-    data = system.cfg.data
     if system.cfg.denoiser.network == "toy_mlp":
         raise UserError("this denoiser samples 2-D points, not images; the report needs an image model")
     if system.num_classes == 0:
         raise UserError("the report needs a class-conditional denoiser, but this one is unconditional "
                         "(train with denoiser.unet.num_classes set)")
-    theirs = (clf.num_classes, clf.in_channels, clf.image_size)
-    ours = (system.num_classes, data.channels, data.image_size)
-    if theirs != ours:
-        raise UserError(f"the classifier (classes, channels, size) {theirs} does not fit the denoiser's data {ours}; "
-                        f"train one with python -m model.scripts.train_classifier on the denoiser's config")
-
-
-@torch.no_grad()
-def generate(system, labels: Tensor, cfg_scale: float, steps: int, seed: int, batch_size: int) -> Tensor:
-    """Decoded DDIM samples (N, C, H, W) in [-1, 1] on CPU, drawn `batch_size` at a time from one seeded generator."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for chunk in labels.split(batch_size):
-        z = system.sample(len(chunk), chunk, ddim=True, steps=steps, clip_limit=system.diff.clip_limit,
-                          cfg_scale=cfg_scale, generator=gen)
-        out.append(system.decode(z).cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def predict(clf, images: Tensor, device: str, batch_size: int = 500) -> Tensor:
-    """The classifier's label for every image (N,)."""
-    return torch.cat([clf(x.to(device)).argmax(1).cpu() for x in images.split(batch_size)])
-
-
-def per_class_accuracy(pred: Tensor, labels: Tensor, num_classes: int) -> list[float]:
-    """For each class k, the share of samples asked to be k that the classifier assigns to k."""
-    return [float((pred[labels == k] == k).float().mean()) for k in range(num_classes)]
+    check_classifier_fits(clf, system, conditional=True)
 
 
 @torch.no_grad()
@@ -198,7 +171,8 @@ def main(argv: list[str]) -> int:
     labels = torch.arange(K).repeat_interleave(args.per_class)  # (K * per_class,), class-major
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
-        x = generate(system, labels, w, args.steps, args.seed, args.batch_size)
+        x = generate(system, len(labels), labels, w, ddim=True, steps=args.steps, seed=args.seed,
+                     batch_size=args.batch_size)
         samples.append(x)
         preds.append(predict(clf, x, device))
         keep = torch.arange(len(labels)) % args.per_class < GRID_PER_CLASS  # the first few of every class

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
-from model.scripts.common import output_folder, resolve_device
+from model.scripts.common import evenly_spaced, output_folder, resolve_device
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
 GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
@@ -100,12 +100,11 @@ def write_reverse_process(out: Path, system, frames: list[tuple[int, torch.Tenso
     """The decoded prediction of x0 for the first sample at t = T, T−n, …, 0, as a strip and a GIF."""
     from model.images import grid_array, save_gif, save_grid
 
-    strip_idx = np.unique(np.linspace(0, len(frames) - 1, min(STRIP_FRAMES, len(frames))).round().astype(int))
-    strip = torch.cat([system.decode(frames[i][1]) for i in strip_idx])
-    save_grid(strip, out / "reverse_process.png", nrow=len(strip_idx))
-    (out / "reverse_process_t.json").write_text(json.dumps([frames[i][0] for i in strip_idx]) + "\n")
-    gif_idx = np.unique(np.linspace(0, len(frames) - 1, min(GIF_FRAMES, len(frames))).round().astype(int))
-    save_gif([grid_array(system.decode(frames[i][1]), nrow=1) for i in gif_idx], out / "reverse_process.gif")
+    strip = evenly_spaced(frames, STRIP_FRAMES)
+    save_grid(torch.cat([system.decode(z) for _, z in strip]), out / "reverse_process.png", nrow=len(strip))
+    (out / "reverse_process_t.json").write_text(json.dumps([t for t, _ in strip]) + "\n")
+    gif = evenly_spaced(frames, GIF_FRAMES)
+    save_gif([grid_array(system.decode(z), nrow=1) for _, z in gif], out / "reverse_process.gif")
 
 
 def write_points(out: Path, system, points: torch.Tensor) -> None:

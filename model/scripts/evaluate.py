@@ -1,0 +1,278 @@
+"""Evaluate a trained denoiser: FID per guidance scale, class accuracy, loss per timestep, the toy's Chamfer distance.
+
+    python -m model.scripts.evaluate --load runs/digits-1/denoiser/checkpoints/last.ckpt \
+        --classifier runs/classifiers/digits.pt --num_samples 500 --cfg-scale 0 7.5 --ddim --steps 25
+    python -m model.scripts.evaluate --load <ckpt> --inception-weights weights-inception-2015-12-05-6726825d.pth
+
+Image models: for each guidance scale w, `--num_samples` samples (classes cycling 0..K-1 on a conditional model; the
+same seed, so the same starting noise, for every w) against the real validation set. FID goes through torchmetrics
+with Inception-v3 (downloaded by torch-fidelity, or a local file) or, with `--classifier`, the domain features of a
+classifier trained by this package; `--extractor` picks one when both are available. With a classifier and a
+conditional model it also reports the class accuracy of the samples. Then the EMA network's loss on the validation
+set at fixed timesteps (sheet 000, 2.2e). The 2-D toy instead gets the Chamfer distance of DDPM (all T steps) and
+DDIM (`--steps`) samples to the data, with both point clouds plotted.
+
+Writes evaluation.json, evaluation.md, loss_per_timestep.csv and samples_w<w>.png / .npz (toy: chamfer.png and
+samples_ddpm.npz / samples_ddim.npz) to
+`--output` (default: evaluation/ beside the checkpoints folder). The real set's FID statistics are cached in
+`--stats-cache` per data set, resolution and extractor.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.errors import ArgParser, UserError, cli_entry
+
+GRID_MAX = 100  # samples shown in each samples_w<w>.png
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = ArgParser(prog="python -m model.scripts.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    p.add_argument("--num_samples", "--num-samples", type=int, default=500, help="samples per guidance scale")
+    p.add_argument("--cfg-scale", "--cfg_scale", type=float, nargs="+", default=[0.0],
+                   help="guidance scales w, one FID each: (1+w)·cond − w·uncond")
+    p.add_argument("--ddim", action="store_true", help="DDIM (eta 0) instead of ancestral DDPM")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (DDPM default: all T; DDIM default: the checkpoint's sample_steps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
+    p.add_argument("--classifier", default=None, help="classifier .pt from model.scripts.train_classifier")
+    p.add_argument("--extractor", choices=["auto", "inception", "classifier"], default="auto",
+                   help="FID features; auto: the classifier when given, else Inception-v3")
+    p.add_argument("--inception-weights", "--inception_weights", default=None,
+                   help="local torch-fidelity Inception-v3 weights (default: download to the torch hub cache)")
+    p.add_argument("--inception-features", "--inception_features", type=int, default=2048,
+                   help="Inception pool features: 64, 192, 768 or 2048 (the standard)")
+    p.add_argument("--stats-cache", "--stats_cache", default="runs/fid_stats",
+                   help="folder for the cached FID statistics of real data sets")
+    p.add_argument("--loss-timesteps", "--loss_timesteps", type=int, nargs="+", default=None,
+                   help="timesteps of the loss table (default: 1 and T/10, 2T/10, ..., T)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
+    p.add_argument("--output", default=None, help="output folder (default: evaluation/ beside the checkpoints)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    return p
+
+
+def check_args(args, system) -> None:
+    T = system.diff.T
+    if args.num_samples < 2:
+        raise UserError(f"--num_samples must be at least 2 (FID needs a covariance), got {args.num_samples}")
+    if args.steps is not None and not 0 < args.steps <= T:
+        raise UserError(f"--steps must be in [1, T={T}], got {args.steps}")
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
+    bad = [t for t in args.loss_timesteps or [] if not 1 <= t <= T]
+    if bad:
+        raise UserError(f"--loss-timesteps must lie in [1, T={T}], got {bad}")
+    if system.num_classes == 0 and any(w != 0 for w in args.cfg_scale):
+        raise UserError("--cfg-scale other than 0 needs a class-conditional model, but this one is unconditional; "
+                        "use --cfg-scale 0")
+    if args.extractor == "classifier" and args.classifier is None:
+        raise UserError("--extractor classifier needs --classifier PATH (train one with model.scripts.train_classifier)")
+
+
+def choose_extractor(args) -> str:
+    if args.extractor == "auto":
+        return "classifier" if args.classifier else "inception"
+    return args.extractor
+
+
+# ----- image models ---------------------------------------------------------------------------------------------
+def real_stats(fid, args, system, extractor: str, val_loader) -> tuple[int, str]:
+    """Load the real set's statistics from the cache, or compute and cache them; (number of images, where from)."""
+    from model import fid as fidlib
+
+    ident = fidlib.extractor_id(extractor, args.classifier, args.inception_weights, args.inception_features)
+    path = fidlib.stats_file(args.stats_cache, system.cfg.data, "val", ident)
+    if fidlib.load_real_stats(fid, path):
+        return int(fid.real_features_num_samples), f"cached {path}"
+    fidlib.update(fid, (x for x, _ in val_loader), real=True, extractor=extractor)
+    n_real = int(fid.real_features_num_samples)
+    fidlib.save_real_stats(fid, path, {"extractor": ident, "images": n_real, "data": system.cfg.data.name})
+    return n_real, f"computed, cached to {path}"
+
+
+def scale_result(args, system, fid, extractor: str, clf, w: float, out: Path, device: str) -> dict[str, Any]:
+    """Draw the samples of one guidance scale, write them, and measure FID (and class accuracy)."""
+    from model import fid as fidlib
+    from model.evaluation import balanced_labels, generate, per_class_accuracy, predict
+    from model.images import save_grid, to_uint8
+
+    labels = balanced_labels(args.num_samples, system.num_classes)
+    x = generate(system, args.num_samples, labels, w, ddim=args.ddim, steps=args.steps, seed=args.seed,
+                 batch_size=args.batch_size)
+    save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=system.num_classes or 10)
+    np.savez_compressed(out / f"samples_w{w:g}.npz", images=to_uint8(x),
+                        labels=(labels if labels is not None else torch.full((len(x),), -1)).numpy())
+    fid.reset()  # drops the generated statistics of the previous w, keeps the real ones
+    fidlib.update(fid, x.split(args.batch_size), real=False, extractor=extractor)
+    result: dict[str, Any] = {"cfg_scale": w, "fid": float(fid.compute())}
+    if clf is not None and labels is not None:
+        pred = predict(clf, x, device)
+        result["accuracy"] = float((pred == labels).float().mean())
+        result["per_class_accuracy"] = per_class_accuracy(pred, labels, system.num_classes)
+    return result
+
+
+def real_baseline(args, fid, extractor: str, train_set) -> dict[str, Any]:
+    """FID of up to num_samples real training images against the validation statistics: the floor that a finite
+    sample sets under this protocol (a perfect model would score about this, not 0)."""
+    from model import fid as fidlib
+
+    n = min(args.num_samples, len(train_set))
+    images = torch.stack([train_set[i][0] for i in range(n)])  # (n, C, H, W)
+    fid.reset()
+    fidlib.update(fid, images.split(args.batch_size), real=False, extractor=extractor)
+    return {"images": n, "fid": float(fid.compute())}
+
+
+def evaluate_images(args, system, dm, clf, extractor: str, fid, out: Path, device: str) -> dict[str, Any]:
+    from model import fid as fidlib
+
+    n_real, source = real_stats(fid, args, system, extractor, dm.val_dataloader())
+    scales = [scale_result(args, system, fid, extractor, clf, w, out, device) for w in args.cfg_scale]
+    return {"fid_protocol": {**fidlib.protocol(extractor, n_real, args.num_samples, dm.data_shape, args.classifier,
+                                              args.inception_features, args.inception_weights),
+                             "real_statistics": source},
+            "scales": scales, "real_baseline": real_baseline(args, fid, extractor, dm.train_set),
+            **loss_table(args, system, dm, out)}
+
+
+# ----- the 2-D toy ----------------------------------------------------------------------------------------------
+def evaluate_points(args, system, dm, out: Path) -> dict[str, Any]:
+    """Chamfer distance of DDPM and DDIM samples to the data (sheet 004), with both point clouds plotted."""
+    from data.toy2d import chamfer_distance
+    from model.evaluation import generate
+    from model.plots import scatter_panels
+
+    data = dm.points()
+    ddim_steps = args.steps or system.diff.sample_steps
+    results, panels = [], []
+    for name, ddim, steps in (("DDPM", False, None), ("DDIM", True, ddim_steps)):
+        points = generate(system, args.num_samples, None, 0.0, ddim=ddim, steps=steps, seed=args.seed,
+                          batch_size=args.batch_size)
+        cd = chamfer_distance(points, data[: args.num_samples])
+        steps_used = steps or system.diff.T
+        np.savez_compressed(out / f"samples_{name.lower()}.npz", points=points.numpy())
+        results.append({"sampler": name, "steps": steps_used, "chamfer_distance": cd})
+        panels.append((f"{name}, {steps_used} steps: Chamfer distance {cd:.4f}", points.numpy()))
+    scatter_panels(panels, data.numpy(), out / "chamfer.png")
+    return {"chamfer": results, **loss_table(args, system, dm, out)}
+
+
+# ----- shared ---------------------------------------------------------------------------------------------------
+def loss_table(args, system, dm, out: Path) -> dict[str, Any]:
+    """The EMA network's validation loss at fixed timesteps, also written as loss_per_timestep.csv."""
+    from model.evaluation import loss_per_timestep, loss_timesteps
+
+    timesteps = sorted(set(args.loss_timesteps)) if args.loss_timesteps else loss_timesteps(system.diff.T)
+    losses = loss_per_timestep(system, dm.val_dataloader(), timesteps)
+    with open(out / "loss_per_timestep.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["t", "alpha_bar", "loss"])
+        writer.writerows([t, f"{float(system.schedule.alpha_bar[t]):.6g}", f"{loss:.6g}"]
+                         for t, loss in zip(timesteps, losses))
+    return {"loss_per_timestep": [{"t": t, "loss": loss} for t, loss in zip(timesteps, losses)],
+            "loss": system.diff.loss, "parametrisation": system.diff.parametrisation}
+
+
+def sampler_text(args, system) -> str:
+    if system.cfg.denoiser.network == "toy_mlp":  # the toy compares both samplers
+        return f"DDPM {system.diff.T} steps and DDIM {args.steps or system.diff.sample_steps} steps (eta 0)"
+    if args.ddim:
+        return f"DDIM {args.steps or system.diff.sample_steps} steps (eta 0)"
+    return f"DDPM {args.steps or system.diff.T} steps"
+
+
+def table(report: dict[str, Any]) -> str:
+    """A short plain-text summary for the terminal."""
+    lines = []
+    if "scales" in report:
+        lines.append(f"{'w':>6} {'FID':>10} {'accuracy':>9}")
+        for s in report["scales"]:
+            acc = f"{s['accuracy']:.3f}" if "accuracy" in s else "n/a"
+            lines.append(f"{s['cfg_scale']:>6g} {s['fid']:>10.4f} {acc:>9}")
+        base = report["real_baseline"]
+        lines.append(f"{'real':>6} {base['fid']:>10.4f} {'':>9}  ({base['images']} training images: the floor)")
+        lines.append("protocol: " + "; ".join(f"{k} {v}" for k, v in report["fid_protocol"].items()))
+    for c in report.get("chamfer", []):
+        lines.append(f"{c['sampler']} ({c['steps']} steps): Chamfer distance {c['chamfer_distance']:.4f}")
+    lines.append("loss per timestep: " + ", ".join(f"t={r['t']} {r['loss']:.4f}" for r in report["loss_per_timestep"]))
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# Evaluation", "", f"Denoiser `{report['denoiser']}`; {report['sampler']}, {report['num_samples']} "
+             f"samples per setting, seed {report['seed']}.", ""]
+    if "scales" in report:
+        lines += ["## FID per guidance scale", "", "| w | FID | class accuracy |", "|---|---|---|"]
+        lines += [f"| {s['cfg_scale']:g} | {s['fid']:.4f} | "
+                  + (f"{s['accuracy']:.3f}" if "accuracy" in s else "n/a") + " |" for s in report["scales"]]
+        base = report["real_baseline"]
+        lines += ["", f"Real baseline: {base['images']} real training images score {base['fid']:.4f} against the "
+                  f"same validation statistics, the floor that a finite sample sets.", "",
+                  "Protocol (FID figures compare only under the same one):", ""]
+        lines += [f"- {k}: {v}" for k, v in report["fid_protocol"].items()]
+        lines += ["", *[f"![samples w={s['cfg_scale']:g}](samples_w{s['cfg_scale']:g}.png)" for s in report["scales"]]]
+    if "chamfer" in report:
+        lines += ["## Chamfer distance to the data", "", "| sampler | steps | Chamfer distance |", "|---|---|---|"]
+        lines += [f"| {c['sampler']} | {c['steps']} | {c['chamfer_distance']:.4f} |" for c in report["chamfer"]]
+        lines += ["", "![samples over the data](chamfer.png)"]
+    lines += ["", f"## Validation loss per timestep ({report['loss']} loss on the {report['parametrisation']} target, "
+              f"EMA network, fixed noise)", "", "| t | loss |", "|---|---|"]
+    lines += [f"| {r['t']} | {r['loss']:.5f} |" for r in report["loss_per_timestep"]]
+    return "\n".join(lines) + "\n"
+
+
+def load_judges(args, system, device: str):
+    """(classifier or None, extractor name, FID metric or None), every check done before anything is written."""
+    from model.classifier import load_classifier
+    from model.evaluation import check_classifier_fits
+    from model.fid import make_fid
+
+    if system.cfg.denoiser.network == "toy_mlp":
+        return None, None, None
+    clf = None
+    if args.classifier is not None:
+        clf = load_classifier(args.classifier)[0].to(device)
+        check_classifier_fits(clf, system, conditional=system.num_classes > 0)
+    extractor = choose_extractor(args)
+    fid = make_fid(extractor, clf, args.inception_weights, args.inception_features).to(device)
+    return clf, extractor, fid
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    args = make_parser().parse_args(argv)
+    from model.lightning.denoiser_trainer import load_denoiser
+    from model.scripts.common import held_out, output_folder, resolve_device
+
+    device = resolve_device(args.device)
+    system = load_denoiser(args.load, map_location=device)
+    check_args(args, system)
+    clf, extractor, fid = load_judges(args, system, device)
+    dm = held_out(system.cfg.data)  # refuses an empty validation split before the output folder exists
+    out = output_folder(args.output, args.load, "evaluation")
+
+    report: dict[str, Any] = {"denoiser": str(args.load), "sampler": sampler_text(args, system),
+                              "num_samples": args.num_samples, "seed": args.seed}
+    if fid is None:
+        report.update(evaluate_points(args, system, dm, out))
+    else:
+        report.update(evaluate_images(args, system, dm, clf, extractor, fid, out, device))
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "evaluation.md").write_text(markdown(report))
+    print(table(report))
+    print(f"wrote evaluation.json and evaluation.md to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

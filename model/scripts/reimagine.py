@@ -1,0 +1,340 @@
+"""Reimagine an image (sheet 001, bonus): noise its latent to t_s = round(s·T), then denoise it with DDPM and DDIM.
+
+    python -m model.scripts.reimagine --load runs/digits-1/denoiser/checkpoints/last.ckpt --index 0
+    python -m model.scripts.reimagine --load <ckpt> --image face.png --strengths 0.25 0.5 0.75 1 --ddim-steps 10 50 100
+    python -m model.scripts.reimagine --load <ckpt> --index 3 --class 5 --cfg-scale 2 --seed 1 --output reimagined/
+
+The image is a file (`--image`, converted to the checkpoint's data.channels and made square and resized to
+data.image_size by the folder data module's `ImageTransform`) or item I of the checkpoint data set's validation
+split (`--index`, default 0). It is encoded to the normalised latent z0 = normalise(encode_mean(x)) (pixel-space
+models: z0 = x). One seeded eps ~ N(0, I) is drawn, and for each strength s in [0, 1]:
+
+- t_s = round(s·T) (rounded half up) and z_t = q_sample(z0, t_s, eps) = sqrt(ab_t) z0 + sqrt(1 − ab_t) eps;
+  the same eps at every strength and the same z_t for every sampler, so the comparison is fair.
+- DDPM (Ho et al. 2020, Alg. 2) from x_T = z_t at t_start = t_s, every one of the t_s steps, ancestral noise from
+  a generator seeded by --seed (the same noise stream at every strength).
+- DDIM (Song et al. 2021, eta 0) from the same z_t for each n in --ddim-steps. n counts steps over the full T, so
+  strength s uses max(1, round(n·s)) of them (rounded half up), capped at t_s: the convention of diffusers' img2img,
+  where strength s runs that fraction of the n inference steps (diffusers truncates n·s instead of rounding).
+- Strength 0 is t_s = 0: no noise and no sampling; every reconstruction is z0 itself, so the row shows the input
+  (exactly for a pixel model, the VAE reconstruction for a latent model).
+
+The condition is --class K on a class-conditional model, else the validation item's own label, else (a file) the
+null class, i.e. unconditional; --cfg-scale w applies classifier-free guidance. The predicted x0 is clamped to the
+checkpoint's denoiser.diffusion.clip_limit, as `sample` does by default. Written to the output folder (default:
+`reimagine/` beside the checkpoint's `checkpoints/` folder):
+
+- `reimagine.png`: one row per strength, columns original | noised (decoded z_t) | DDPM | DDIM-n for each n.
+- `reimagine.json`: the image, the condition and, per strength, t_s, the steps each sampler used and the MSE in pixel
+  space ([−1, 1], images clamped as in the PNGs) of each reconstruction (and of the noised image) against the
+  original; `intermediates` lists the times of the frames in intermediates.png.
+- `intermediates.png`: at --intermediates-strength, the decoded states x_t (not the x0 predictions) at about
+  STRIP_FRAMES evenly spaced times t = t_s, t_s − n, …, 0: top row DDPM, bottom row the first DDIM setting (padded
+  with white frames when it has fewer states). The first frame is the noised image, the last the reconstruction.
+
+A short table (strength, t, MSE per sampler) goes to stdout. The same --seed gives identical files. The 2-D toy is
+refused: it has no images to reimagine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from model import base
+from model.errors import ArgParser, UserError, cli_entry
+from model.scripts.common import evenly_spaced, image_file, output_folder, resolve_device, validation_item
+from model.scripts.sample import class_labels
+
+STRIP_FRAMES = 10  # frames per row of intermediates.png (t = t_s, ..., 0)
+BLANK = 1.0  # padding frame of intermediates.png: white in [-1, 1], like the grid's background
+DDPM = "DDPM"
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A column of the comparison: DDPM (ddim_steps None, all t_s steps) or DDIM with n steps over the full T."""
+
+    name: str
+    ddim_steps: Optional[int] = None
+
+    @property
+    def ddim(self) -> bool:
+        return self.ddim_steps is not None
+
+
+@dataclass
+class Reimagining:
+    """One strength: its start time, the noised latent and, per sampler name, the steps, result and kept frames."""
+
+    strength: float
+    t_start: int
+    z_t: Tensor  # (1, C, h, w) normalised latent at t_start
+    steps: dict[str, int]
+    z0_hat: dict[str, Tensor]  # (1, C, h, w) each
+    frames: dict[str, list[tuple[int, Tensor]]]  # (t, x_t) at the kept times, t descending
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = ArgParser(prog="python -m model.scripts.reimagine", description=__doc__.split("\n")[0])
+    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--image", default=None, help="an image file to reimagine")
+    source.add_argument("--index", type=int, default=None, help="item I of the validation split (default 0)")
+    p.add_argument("--strengths", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
+                   help="noise strengths s in [0, 1]; t_s = round(s·T)")
+    p.add_argument("--ddim-steps", "--ddim_steps", type=int, nargs="+", default=[10, 50, 100],
+                   help="DDIM steps over the full T; strength s uses max(1, round(n·s)), at most t_s")
+    p.add_argument("--intermediates-strength", "--intermediates_strength", type=float, default=0.5,
+                   help="the strength whose reverse process intermediates.png shows")
+    p.add_argument("--class", dest="class_", type=int, default=None,
+                   help="condition on class K (default: the validation item's label, else unconditional)")
+    p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0,
+                   help="classifier-free guidance w: (1+w)·cond − w·uncond")
+    p.add_argument("--seed", type=int, default=0, help="seeds eps and the DDPM noise")
+    p.add_argument("--output", default=None, help="output folder (default: reimagine/ beside the run's checkpoints)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def check_args(args) -> None:
+    """The numbers on the command line, before anything is loaded."""
+    for s in [*args.strengths, args.intermediates_strength]:
+        if not 0.0 <= s <= 1.0:
+            raise UserError(f"strength {s} is outside [0, 1]; pass --strengths (and --intermediates-strength) "
+                            f"between 0 (no noise) and 1 (t = T)")
+    bad = [n for n in args.ddim_steps if n <= 0]
+    if bad:
+        raise UserError(f"--ddim-steps must be > 0, got {bad[0]}; pass step counts such as 10 50 100")
+    if len(set(args.ddim_steps)) < len(args.ddim_steps):
+        raise UserError(f"--ddim-steps lists a number twice ({args.ddim_steps}); give each step count once")
+    if args.index is not None and args.index < 0:
+        raise UserError(f"--index must be >= 0, got {args.index}; pass the position of a validation item")
+
+
+def round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def start_time(strength: float, T: int) -> int:
+    """t_s = round(s·T), rounded half up: 0 at strength 0 (the data), T at strength 1 (pure noise)."""
+    return round_half_up(strength * T)
+
+
+def sampler_steps(sampler: Sampler, strength: float, t_start: int) -> int:
+    """DDPM: all t_s steps. DDIM: max(1, round(n·s)) of n steps over the full T, capped at t_s (0 when t_s = 0)."""
+    if not sampler.ddim:
+        return t_start
+    return min(t_start, max(1, round_half_up(sampler.ddim_steps * strength)))
+
+
+def sampler_times(sampler: Sampler, T: int, t_start: int, steps: int) -> list[int]:
+    """The descending times the sampler visits, [t_s, ..., 0]; [0] when t_s = 0 (nothing to denoise)."""
+    if t_start == 0:
+        return [0]
+    if sampler.ddim:
+        return base.timesteps_ddim(T, steps, t_start)
+    return base.timesteps_ddpm(T, steps, t_start)
+
+
+def refuse_toy(system) -> None:
+    if system.cfg.denoiser.network == "toy_mlp":
+        raise UserError("this is the 2-D toy (denoiser.network toy_mlp): it has points, no images to reimagine; "
+                        "pass an image denoiser checkpoint")
+
+
+def input_image(args, data) -> tuple[Tensor, Optional[int], str]:
+    """The image to reimagine (1, C, S, S), its label (None for a file) and a description of where it came from."""
+    if args.image is not None:
+        return image_file(args.image, data), None, f"file {args.image}"
+    index = 0 if args.index is None else args.index
+    x, y = validation_item(data, index)
+    return x, y, f"validation item {index}"
+
+
+def condition(class_: Optional[int], item_label: Optional[int], num_classes: int) -> tuple[Optional[int], str]:
+    """The class to condition on (None: the null class, or no class for an unconditional model) and its origin.
+
+    --class K is checked by `sample.class_labels` (a class-conditional model, K in range).
+    """
+    labels, _ = class_labels(argparse.Namespace(class_=class_, per_class=None, num_samples=1), num_classes)
+    if labels is not None:
+        return int(labels[0]), f"class {int(labels[0])} (--class)"
+    if num_classes == 0:
+        return None, "none (unconditional model)"
+    if item_label is not None and item_label >= 0:
+        return item_label, f"class {item_label} (the validation item's label)"
+    return None, "the null class (unconditional; pass --class K to condition on class K)"
+
+
+def encode(system, x: Tensor) -> Tensor:
+    """Images (B, C, H, W) → normalised latents z0 (pixel-space models: z0 = x)."""
+    return system.normalise(system.encode_mean(x))
+
+
+def to_image(system, z: Tensor) -> Tensor:
+    """Normalised latents → images clamped to [-1, 1], as the PNGs show them (pixel samples may overshoot)."""
+    return system.decode(z).clamp(-1, 1)
+
+
+def draw_noise(z0: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """eps ~ N(0, I) shaped like z0, from a CPU generator seeded with `seed`, and the generator's state after it.
+
+    That state seeds every DDPM run, so DDPM's noise never repeats eps and does not depend on the other strengths.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    eps = base.sample_noise(tuple(z0.shape), gen, z0.device, z0.dtype)
+    return eps, gen.get_state()
+
+
+def generator_at(state: Tensor) -> torch.Generator:
+    """A CPU generator restarted at `state` (from `draw_noise`)."""
+    gen = torch.Generator()
+    gen.set_state(state)
+    return gen
+
+
+def denoise(system, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, labels: Optional[Tensor],
+            cfg_scale: float, ddpm_state: Tensor, keep: set[int]) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+    """Run `sampler` from x_T = z_t at t_start; the result and the states (t, x_t) at the times in `keep`."""
+    frames = [(t_start, z_t)] if t_start in keep else []
+    if t_start == 0:
+        return z_t, frames  # strength 0: z_t is z0, nothing to denoise
+
+    def keep_state(i: int, t: int, x_t: Tensor, x0_pred: Tensor) -> None:
+        if t in keep:
+            frames.append((t, x_t.detach().clone()))
+
+    z0_hat = system.sample(1, labels, ddim=sampler.ddim, steps=steps, eta=0.0, clip_limit=system.diff.clip_limit,
+                           cfg_scale=cfg_scale, generator=generator_at(ddpm_state), x_T=z_t, t_start=t_start,
+                           callback=keep_state)
+    return z0_hat, frames
+
+
+def reimagine_at(system, z0: Tensor, eps: Tensor, strength: float, samplers: list[Sampler],
+                 labels: Optional[Tensor], cfg_scale: float, ddpm_state: Tensor,
+                 frames: int = 0) -> Reimagining:
+    """Noise z0 once to z_t = q_sample(z0, t_s, eps) and denoise that z_t with every sampler.
+
+    `frames` > 0 keeps about that many evenly spaced states of each sampler's trajectory (t_s and 0 included).
+    """
+    T = system.schedule.T
+    t_start = start_time(strength, T)
+    z_t = base.q_sample(z0, t_start, eps, system.schedule)  # (1, C, h, w); z0 itself at t = 0
+    result = Reimagining(strength, t_start, z_t, steps={}, z0_hat={}, frames={})
+    for sampler in samplers:
+        steps = sampler_steps(sampler, strength, t_start)
+        keep = set(evenly_spaced(sampler_times(sampler, T, t_start, steps), frames)) if frames else set()
+        z0_hat, kept = denoise(system, z_t, t_start, sampler, steps, labels, cfg_scale, ddpm_state, keep)
+        result.steps[sampler.name] = steps
+        result.z0_hat[sampler.name] = z0_hat
+        result.frames[sampler.name] = kept
+    return result
+
+
+def make_samplers(ddim_steps: list[int]) -> list[Sampler]:
+    """DDPM, then DDIM-n for each n, in the order of the grid's columns."""
+    return [Sampler(DDPM), *[Sampler(f"DDIM-{n}", n) for n in ddim_steps]]
+
+
+def pixel_mse(system, x: Tensor, z: Tensor) -> float:
+    """Mean squared error between the original image x and the decoded latent z, both in [-1, 1]."""
+    return float((to_image(system, z) - x).pow(2).mean())
+
+
+def strength_record(system, x: Tensor, r: Reimagining) -> dict:
+    """The JSON entry of one strength: t_s, steps per sampler, MSE per reconstruction (and of the noised image)."""
+    return {"strength": r.strength, "t": r.t_start, "steps": dict(r.steps),
+            "mse": {name: pixel_mse(system, x, z) for name, z in r.z0_hat.items()},
+            "mse_noised": pixel_mse(system, x, r.z_t)}
+
+
+def comparison_grid(system, x: Tensor, results: list[Reimagining], samplers: list[Sampler]) -> Tensor:
+    """(S·(3 + D), C, H, W): per strength the original | noised | DDPM | DDIM-n ... (D DDIM settings)."""
+    rows = [torch.cat([x, to_image(system, r.z_t), *[to_image(system, r.z0_hat[s.name]) for s in samplers]])
+            for r in results]  # S × (3 + D, C, H, W)
+    return torch.cat(rows)
+
+
+def intermediates_grid(system, r: Reimagining, names: list[str]) -> tuple[Tensor, int]:
+    """(len(names)·W, C, H, W): one row of decoded states per sampler, padded with blank frames to width W."""
+    width = max(len(r.frames[name]) for name in names)
+    rows = []
+    for name in names:
+        images = torch.cat([to_image(system, z) for _, z in r.frames[name]])  # (F, C, H, W)
+        blank = torch.full((width - len(images), *images.shape[1:]), BLANK, device=images.device)
+        rows += [images, blank]
+    return torch.cat(rows), width
+
+
+def table(records: list[dict], names: list[str]) -> str:
+    """strength, t and the MSE of every sampler, one line per strength."""
+    head = f"{'strength':>8} {'t':>5} " + " ".join(f"{name:>10}" for name in names)
+    lines = [f"{rec['strength']:8.3f} {rec['t']:5d} " + " ".join(f"{rec['mse'][name]:10.5f}" for name in names)
+             for rec in records]
+    return "\n".join([head, *lines])
+
+
+def reimagine_all(system, z0: Tensor, args, samplers: list[Sampler], label: Optional[int]) -> dict[float, Reimagining]:
+    """Every strength of --strengths and --intermediates-strength once, from one eps; frames only for the latter."""
+    labels = None if label is None else torch.tensor([label])  # (1,)
+    eps, ddpm_state = draw_noise(z0, args.seed)
+    results = {}
+    for s in dict.fromkeys([*args.strengths, args.intermediates_strength]):  # each strength once, in order
+        frames = STRIP_FRAMES if s == args.intermediates_strength else 0
+        results[s] = reimagine_at(system, z0, eps, s, samplers, labels, args.cfg_scale, ddpm_state, frames)
+    return results
+
+
+def write_intermediates(out: Path, system, r: Reimagining, names: list[str]) -> dict:
+    """intermediates.png (one row per sampler in `names`); returns the times of its frames for the JSON."""
+    from model.images import save_grid
+
+    strip, width = intermediates_grid(system, r, names)
+    save_grid(strip, out / "intermediates.png", nrow=width)
+    return {"strength": r.strength, "t": r.t_start, "shows": "decoded states x_t",
+            "rows": {name: [t for t, _ in r.frames[name]] for name in names}}
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    args = make_parser().parse_args(argv)
+    check_args(args)
+    from model.images import save_grid
+    from model.lightning.denoiser_trainer import load_denoiser
+
+    device = resolve_device(args.device)
+    system = load_denoiser(args.load, map_location=device)
+    refuse_toy(system)
+    x, item_label, source = input_image(args, system.cfg.data)
+    label, why = condition(args.class_, item_label, system.num_classes)
+    system.denoiser_fn(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
+    out = output_folder(args.output, args.load, "reimagine")
+
+    x = x.to(device)  # (1, C, S, S)
+    samplers = make_samplers(args.ddim_steps)
+    results = reimagine_all(system, encode(system, x), args, samplers, label)
+    rows = [results[s] for s in args.strengths]
+    save_grid(comparison_grid(system, x, rows, samplers), out / "reimagine.png", nrow=2 + len(samplers))
+    intermediates = write_intermediates(out, system, results[args.intermediates_strength], [DDPM, samplers[1].name])
+    records = [strength_record(system, x, r) for r in rows]
+    report = {"checkpoint": str(args.load), "image": source, "condition": why, "class": label,
+              "cfg_scale": args.cfg_scale, "seed": args.seed, "T": system.schedule.T,
+              "columns": ["original", "noised", *[s.name for s in samplers]], "strengths": records,
+              "intermediates": intermediates}
+    (out / "reimagine.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"reimagined {source}, condition: {why}, seed {args.seed}; MSE in pixel space against the original:")
+    print(table(records, [s.name for s in samplers]))
+    print(f"wrote reimagine.png, reimagine.json and intermediates.png to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Tiny trained runs shared by the evaluation, plot and reimagining tests (trained once per test session)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiny import DIGITS, ROOT, tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints of three tiny runs trained for a few steps (not converged; the tests check the plumbing):
+
+    - "vae", "latent", "latent_run": digits 16x16, VAE + class-conditional latent denoiser (4 steps each),
+      with metrics.csv logged every step;
+    - "pixel": a class-conditional pixel-space denoiser on the same digits (no autoencoder);
+    - "toy": the 2-D toy (MLP on points), T = 100 so that full DDPM runs are quick.
+    """
+    from model.main import main
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    common = ["--output_dir", str(root), *tiny(val_every=2, log_every=1)]
+    assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", *common,
+                 "--vae.trainer.max_steps", "4", "--denoiser.trainer.max_steps", "4"]) == 0
+    assert main(["-cfg", DIGITS, "--train-denoiser", "-n", "2", *common, "--denoiser.autoencoder", "none",
+                 "--denoiser.unet.in_channels", "1", "--denoiser.diffusion.cache_latents", "false",
+                 "--denoiser.trainer.max_steps", "2"]) == 0
+    assert main(["-cfg", str(ROOT / "config" / "toy2d.json"), "--train-denoiser", "-n", "1", "--output_dir",
+                 str(root), "--data.toy_num_points", "600", "--denoiser.trainer.max_steps", "2", "--denoiser.diffusion.T", "100",
+                 "--denoiser.trainer.progress_bar", "false"]) == 0
+    last = Path("checkpoints") / "last.ckpt"
+    return {"vae": root / "digits-1" / "vae" / last, "latent": root / "digits-1" / "denoiser" / last,
+            "latent_run": root / "digits-1" / "denoiser", "pixel": root / "digits-2" / "denoiser" / last,
+            "toy": root / "toy2d-1" / "denoiser" / last}

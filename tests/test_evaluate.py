@@ -1,0 +1,116 @@
+"""`model.scripts.evaluate`: FID per guidance scale with cached real statistics, class accuracy, the loss table
+(checked against its closed form for a zero network), and the 2-D toy's Chamfer distance."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.toy2d import chamfer_distance
+from model.classifier import SmallCNN, save_classifier
+from model.evaluation import balanced_labels, loss_per_timestep, loss_timesteps
+from model.lightning.denoiser_trainer import load_denoiser
+from model.scripts.evaluate import main
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_runs, tmp_path_factory) -> dict:
+    """One evaluation of the tiny latent model (two guidance scales, DDIM-3), run twice: the second uses the cache."""
+    root = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    clf = save_classifier(root / "clf.pt", SmallCNN(1, 10, 16, width=8), {})  # untrained: any accuracy will do
+    argv = ["--load", str(tiny_runs["latent"]), "--classifier", str(clf), "--num_samples", "20", "--cfg-scale",
+            "0", "3", "--ddim", "--steps", "3", "--stats-cache", str(root / "stats"), "--loss-timesteps", "1", "500"]
+    assert main(argv + ["--output", str(root / "first")]) == 0
+    assert main(argv + ["--output", str(root / "second")]) == 0
+    return {"root": root, "first": root / "first", "second": root / "second"}
+
+
+def report(folder: Path) -> dict:
+    return json.loads((folder / "evaluation.json").read_text())
+
+
+def test_writes_every_file_with_one_fid_per_scale(evaluated):
+    out = evaluated["first"]
+    assert {p.name for p in out.iterdir()} == {"evaluation.json", "evaluation.md", "loss_per_timestep.csv",
+                                               "samples_w0.png", "samples_w0.npz", "samples_w3.png", "samples_w3.npz"}
+    r = report(out)
+    assert [s["cfg_scale"] for s in r["scales"]] == [0.0, 3.0]
+    for s in r["scales"]:
+        assert np.isfinite(s["fid"]) and s["fid"] > -1e-9
+        assert 0 <= s["accuracy"] <= 1 and len(s["per_class_accuracy"]) == 10
+    assert r["sampler"] == "DDIM 3 steps (eta 0)" and r["num_samples"] == 20
+    assert r["real_baseline"]["images"] == 20 and np.isfinite(r["real_baseline"]["fid"])
+    protocol = r["fid_protocol"]
+    assert protocol["real_images"] == 12 and protocol["generated_images"] == 20  # 120 items, 10 % held out
+    assert "domain classifier" in protocol["extractor"] and "float64" in protocol["dtype"]
+
+
+def test_samples_are_class_balanced_uint8(evaluated):
+    w0 = np.load(evaluated["first"] / "samples_w0.npz")
+    assert w0["images"].shape == (20, 16, 16, 1) and w0["images"].dtype == np.uint8
+    assert w0["labels"].tolist() == balanced_labels(20, 10).tolist() == [k % 10 for k in range(20)]
+
+
+def test_second_run_reads_the_cached_real_statistics_and_repeats_every_figure(evaluated):
+    first, second = report(evaluated["first"]), report(evaluated["second"])
+    assert first["fid_protocol"]["real_statistics"].startswith("computed")
+    assert second["fid_protocol"]["real_statistics"].startswith("cached")
+    assert len(list((evaluated["root"] / "stats").iterdir())) == 1
+    assert first["scales"] == second["scales"] and first["loss_per_timestep"] == second["loss_per_timestep"]
+
+
+def test_loss_table_csv_matches_the_report(evaluated):
+    rows = list(csv.DictReader(open(evaluated["first"] / "loss_per_timestep.csv")))
+    r = report(evaluated["first"])
+    assert [int(row["t"]) for row in rows] == [1, 500] == [e["t"] for e in r["loss_per_timestep"]]
+    assert [float(row["loss"]) for row in rows] == pytest.approx([e["loss"] for e in r["loss_per_timestep"]],
+                                                                 rel=1e-5)
+    assert float(rows[0]["alpha_bar"]) > float(rows[1]["alpha_bar"])
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x_t, t, c=None):
+        return torch.zeros_like(x_t)
+
+
+def test_loss_table_of_a_zero_network_is_the_closed_form(tiny_runs):
+    """With v-target, l2 and a network that outputs 0, the loss at t is E[v^2] with v = sqrt(ab) eps - sqrt(1-ab) x0:
+    L(t) = ab A + (1 - ab) B - 2 sqrt(ab (1 - ab)) C, with A = E[eps^2], B = E[x0^2], C = E[eps x0] the same at every t
+    because the noise is fixed. Fit A, B, C on 11 timesteps: the fit must be exact."""
+    from data import make_datamodule
+
+    system = load_denoiser(str(tiny_runs["pixel"]))
+    assert (system.diff.parametrisation, system.diff.loss, system.diff.min_snr_gamma) == ("v", "l2", None)
+    system.ema = Zero()
+    dm = make_datamodule(system.cfg.data)
+    dm.setup("fit")
+    timesteps = loss_timesteps(system.diff.T)
+    losses = torch.tensor(loss_per_timestep(system, dm.val_dataloader(), timesteps), dtype=torch.float64)
+    ab = system.schedule.alpha_bar[timesteps].double()
+    design = torch.stack([ab, 1 - ab, -2 * (ab * (1 - ab)).sqrt()], dim=1)  # (11, 3)
+    coef = torch.linalg.lstsq(design, losses.unsqueeze(1)).solution
+    assert torch.allclose(design @ coef, losses.unsqueeze(1), atol=1e-6, rtol=0)
+    assert coef[0].item() == pytest.approx(1.0, abs=0.05)  # E[eps^2] of 12 * 256 Gaussian draws
+
+
+def test_toy_reports_ddpm_and_ddim_chamfer_distances(tiny_runs, tmp_path):
+    out = tmp_path / "toy"
+    assert main(["--load", str(tiny_runs["toy"]), "--num_samples", "200", "--steps", "5", "--output", str(out),
+                 "--loss-timesteps", "10", "90"]) == 0
+    r = report(out)
+    assert [(c["sampler"], c["steps"]) for c in r["chamfer"]] == [("DDPM", 100), ("DDIM", 5)]
+    assert r["sampler"] == "DDPM 100 steps and DDIM 5 steps (eta 0)"
+    from data import make_datamodule
+
+    system = load_denoiser(str(tiny_runs["toy"]))
+    data = make_datamodule(system.cfg.data).points()
+    for c in r["chamfer"]:
+        points = torch.from_numpy(np.load(out / f"samples_{c['sampler'].lower()}.npz")["points"])
+        assert points.shape == (200, 2)
+        assert c["chamfer_distance"] == pytest.approx(chamfer_distance(points, data[:200]), rel=1e-6)
+    assert (out / "chamfer.png").stat().st_size > 0 and "scales" not in r

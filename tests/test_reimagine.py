@@ -1,0 +1,305 @@
+"""`python -m model.scripts.reimagine`: noise an image to t_s = round(s·T), then denoise it with DDPM and DDIM.
+
+The checkpoints are the shared tiny runs (conftest.py `tiny_runs`, T = 1000 as in config/digits.json). DDPM runs all
+t_s steps, so the command-line runs use strengths up to 0.01 (t_s <= 10); strength 1 is checked on a shortened
+schedule. The tiny networks are barely trained: the tests check the plumbing, not the quality of the images.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from model import base
+from model.errors import UserError
+from model.images import to_uint8
+from model.scripts import reimagine
+from model.scripts.common import image_file, validation_item
+
+S = 16  # data.image_size of the tiny runs
+PAD = 2  # model.images.grid_array's default padding
+LATENT_ARGS = ["--strengths", "0", "0.005", "0.01", "--ddim-steps", "200", "2000", "--intermediates-strength", "0.01"]
+
+
+def run_cli(argv: list[str]) -> str:
+    """reimagine.main(argv), which must succeed; its stdout."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert reimagine.main(argv) == 0
+    return buf.getvalue()
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))  # (H, W) grey
+
+
+def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:
+    """The S×S image at (row, col) of a save_grid mosaic."""
+    top, left = PAD + row * (S + PAD), PAD + col * (S + PAD)
+    return grid[top: top + S, left: left + S]
+
+
+def grid_size(rows: int, cols: int) -> tuple[int, int]:
+    """(width, height) in pixels of a save_grid mosaic of S×S images."""
+    return cols * (S + PAD) + PAD, rows * (S + PAD) + PAD
+
+
+@pytest.fixture(scope="module")
+def latent_out(tiny_runs, tmp_path_factory) -> tuple[Path, str]:
+    """The latent model's run on validation item 0 (the default image): its output folder and stdout."""
+    out = tmp_path_factory.mktemp("reimagine") / "latent"
+    stdout = run_cli(["--load", str(tiny_runs["latent"]), *LATENT_ARGS, "--output", str(out)])
+    return out, stdout
+
+
+@pytest.fixture(scope="module")
+def systems(tiny_runs) -> dict:
+    from model.lightning.denoiser_trainer import load_denoiser
+
+    return {kind: load_denoiser(str(tiny_runs[kind])) for kind in ("latent", "pixel")}
+
+
+def first_validation_image(system) -> torch.Tensor:
+    x, _ = validation_item(system.cfg.data, 0)
+    return x  # (1, 1, S, S)
+
+
+def reimagine_image(system, x, strength: float, ddim_steps: list[int], seed: int = 0):
+    z0 = reimagine.encode(system, x)
+    eps, state = reimagine.draw_noise(z0, seed)
+    return reimagine.reimagine_at(system, z0, eps, strength, reimagine.make_samplers(ddim_steps), None, 0.0, state)
+
+
+class Recorder(nn.Module):
+    """Wraps the network and records the (t, x_t) of every call."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x_t, t, c):
+        self.calls.append((int(t[0]), x_t.clone()))
+        return self.net(x_t, t, c)
+
+
+# ----- the schedule of strengths and steps ---------------------------------------------------------------------
+def test_start_time_and_steps_follow_the_documented_rounding():
+    assert [reimagine.start_time(s, 1000) for s in (0.0, 0.25, 0.0125, 1.0)] == [0, 250, 13, 1000]  # half up
+    ddim = reimagine.Sampler("DDIM-10", 10)
+    assert reimagine.sampler_steps(ddim, 0.25, 250) == 3  # round(2.5) half up, not Python's banker's 2
+    assert reimagine.sampler_steps(ddim, 0.01, 10) == 1  # max(1, round(0.1))
+    assert reimagine.sampler_steps(reimagine.Sampler("DDIM-2000", 2000), 0.01, 10) == 10  # capped at t_s
+    assert reimagine.sampler_steps(reimagine.Sampler("DDPM"), 0.5, 500) == 500
+    assert reimagine.sampler_steps(ddim, 0.0, 0) == 0
+
+
+# ----- strength 0: the input comes back ----------------------------------------------------------------------------
+def test_strength_zero_returns_the_input_exactly_for_a_pixel_model(systems):
+    system = systems["pixel"]
+    x = first_validation_image(system)
+    r = reimagine_image(system, x, 0.0, [2, 4])
+    assert r.t_start == 0 and set(r.steps.values()) == {0}
+    assert torch.equal(reimagine.to_image(system, r.z_t), x)
+    for name, z in r.z0_hat.items():
+        assert torch.equal(reimagine.to_image(system, z), x), name
+
+
+def test_strength_zero_returns_the_vae_reconstruction_for_a_latent_model(systems):
+    system = systems["latent"]
+    x = first_validation_image(system)
+    vae_recon = system.autoencoder.decode(system.autoencoder.encode(x)[0]).clamp(-1, 1)  # posterior mean, decoded
+    r = reimagine_image(system, x, 0.0, [2, 4])
+    for name, z in r.z0_hat.items():
+        torch.testing.assert_close(reimagine.to_image(system, z), vae_recon, atol=1e-5, rtol=0, msg=name)
+    assert float((vae_recon - x).pow(2).mean()) > 1e-4  # the tiny VAE is lossy: this is not the input itself
+
+
+# ----- the samplers start from the same z_t at t_s -----------------------------------------------------------------
+def test_every_sampler_starts_from_z_t_at_t_start(systems, monkeypatch):
+    system = systems["latent"]
+    spy = Recorder(system.ema)
+    monkeypatch.setattr(system, "ema", spy)
+    x = first_validation_image(system)
+    z0 = reimagine.encode(system, x)
+    eps, state = reimagine.draw_noise(z0, 0)
+    ab = float(system.schedule.alpha_bar[10])
+    z_t = ab ** 0.5 * z0 + (1 - ab) ** 0.5 * eps  # the forward process at t = 10, written out
+    ddim = reimagine.Sampler("DDIM-500", 500)  # strength 0.01 uses round(500 · 0.01) = 5 of the 500 steps
+    r = reimagine.reimagine_at(system, z0, eps, 0.01, [ddim], torch.tensor([3]), 0.0, state)
+    torch.testing.assert_close(r.z_t, z_t)
+    assert r.steps == {"DDIM-500": 5}
+    assert [t for t, _ in spy.calls] == [10, 8, 6, 4, 2]  # t_s, then evenly spaced down to 0
+    assert torch.equal(spy.calls[0][1], r.z_t)
+
+    spy.calls.clear()
+    r = reimagine.reimagine_at(system, z0, eps, 0.01, [reimagine.Sampler("DDPM")], torch.tensor([3]), 0.0, state)
+    assert [t for t, _ in spy.calls] == list(range(10, 0, -1))  # all t_s steps
+    assert torch.equal(spy.calls[0][1], r.z_t)
+
+
+def test_strength_one_starts_from_noise_at_T(systems, monkeypatch):
+    # A 10-step schedule keeps DDPM at strength 1 short; the network takes any integer t.
+    system = systems["pixel"]
+    monkeypatch.setattr(system, "schedule", base.make_schedule("cosine", 10))
+    x = first_validation_image(system)
+    z0 = reimagine.encode(system, x)
+    eps, state = reimagine.draw_noise(z0, 0)
+    r = reimagine.reimagine_at(system, z0, eps, 1.0, reimagine.make_samplers([2, 40]), None, 0.0, state)
+    assert r.t_start == 10
+    assert r.steps == {"DDPM": 10, "DDIM-2": 2, "DDIM-40": 10}
+    torch.testing.assert_close(r.z_t, eps, atol=0.02, rtol=0)  # sqrt(alpha_bar_T) ≈ 0: pure noise
+
+
+# ----- randomness ------------------------------------------------------------------------------------------------
+def test_ddpm_noise_follows_the_seed_and_ddim_is_deterministic(systems):
+    system = systems["pixel"]
+    x = first_validation_image(system)
+    z0 = reimagine.encode(system, x)
+    eps, state = reimagine.draw_noise(z0, 0)
+    _, other_state = reimagine.draw_noise(z0, 1)
+    samplers = reimagine.make_samplers([2])
+    a, b, c = (reimagine.reimagine_at(system, z0, eps, 0.005, samplers, None, 0.0, s)
+               for s in (state, state, other_state))
+    assert torch.equal(a.z0_hat["DDPM"], b.z0_hat["DDPM"])
+    assert not torch.equal(a.z0_hat["DDPM"], c.z0_hat["DDPM"])
+    assert torch.equal(a.z0_hat["DDIM-2"], c.z0_hat["DDIM-2"])  # eta 0: the same z_t gives the same result
+    assert not torch.equal(eps, reimagine.draw_noise(z0, 1)[0])
+
+
+def test_the_same_seed_gives_identical_files(tiny_runs, latent_out, tmp_path):
+    first, _ = latent_out
+    again = tmp_path / "again"
+    run_cli(["--load", str(tiny_runs["latent"]), *LATENT_ARGS, "--output", str(again)])
+    for name in ("reimagine.png", "reimagine.json", "intermediates.png"):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+
+
+# ----- what the command writes -----------------------------------------------------------------------------------
+def test_grid_has_a_row_per_strength_and_the_original_first(systems, latent_out):
+    out, _ = latent_out
+    grid = png(out / "reimagine.png")
+    assert Image.open(out / "reimagine.png").size == grid_size(rows=3, cols=3 + 2)
+    original = to_uint8(first_validation_image(systems["latent"]))[0, ..., 0]  # (S, S)
+    for row in range(3):
+        assert np.array_equal(cell(grid, row, 0), original)
+    for col in range(1, 5):  # strength 0: noised, DDPM and DDIM all show the VAE reconstruction
+        assert np.array_equal(cell(grid, 0, col), cell(grid, 0, 1))
+
+
+def test_json_records_t_steps_and_mse(latent_out):
+    out, stdout = latent_out
+    report = json.loads((out / "reimagine.json").read_text())
+    assert report["columns"] == ["original", "noised", "DDPM", "DDIM-200", "DDIM-2000"]
+    assert report["T"] == 1000 and report["image"] == "validation item 0"
+    assert "validation item's label" in report["condition"] and 0 <= report["class"] < 10
+    rows = report["strengths"]
+    assert [(r["strength"], r["t"]) for r in rows] == [(0.0, 0), (0.005, 5), (0.01, 10)]
+    # DDIM-n uses max(1, round(n·s)) steps, capped at t_s; DDPM all t_s
+    assert [r["steps"] for r in rows] == [{"DDPM": 0, "DDIM-200": 0, "DDIM-2000": 0},
+                                          {"DDPM": 5, "DDIM-200": 1, "DDIM-2000": 5},
+                                          {"DDPM": 10, "DDIM-200": 2, "DDIM-2000": 10}]
+    assert len(set(rows[0]["mse"].values())) == 1 and rows[0]["mse"]["DDPM"] == rows[0]["mse_noised"]
+    assert all(v >= 0 for r in rows for v in r["mse"].values())
+    lines = stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["strength", "t"])
+    assert lines[head].split()[2:] == ["DDPM", "DDIM-200", "DDIM-2000"]
+    assert [line.split()[1] for line in lines[head + 1: head + 4]] == ["0", "5", "10"]
+    assert float(lines[head + 2].split()[2]) == pytest.approx(rows[1]["mse"]["DDPM"], abs=1e-5)
+
+
+def test_intermediates_run_from_the_noised_image_to_the_reconstruction(latent_out):
+    out, _ = latent_out
+    report = json.loads((out / "reimagine.json").read_text())["intermediates"]
+    assert report["t"] == 10 and report["shows"] == "decoded states x_t"
+    ddpm, ddim = report["rows"]["DDPM"], report["rows"]["DDIM-200"]
+    assert len(ddpm) == reimagine.STRIP_FRAMES and ddpm[0] == 10 and ddpm[-1] == 0 and ddpm == sorted(ddpm)[::-1]
+    assert ddim == base.timesteps_ddim(1000, 2, 10)  # [10, 5, 0]: the 2 steps strength 0.01 gives DDIM-200
+    strip, grid = png(out / "intermediates.png"), png(out / "reimagine.png")
+    assert Image.open(out / "intermediates.png").size == grid_size(rows=2, cols=reimagine.STRIP_FRAMES)
+    assert np.array_equal(cell(strip, 0, 0), cell(grid, 2, 1))  # t_s: the noised image
+    assert np.array_equal(cell(strip, 0, len(ddpm) - 1), cell(grid, 2, 2))  # t = 0: the DDPM result
+    assert np.array_equal(cell(strip, 1, len(ddim) - 1), cell(grid, 2, 3))  # t = 0: the DDIM-200 result
+    assert (cell(strip, 1, len(ddim)) == 255).all()  # padding after DDIM's 3 states
+
+
+def test_an_image_file_is_converted_and_resized(tiny_runs, systems, tmp_path):
+    path = tmp_path / "wide.png"
+    rgb = np.zeros((24, 40, 3), dtype=np.uint8)
+    rgb[:, :, 0] = np.linspace(0, 255, 40, dtype=np.uint8)  # a red ramp, 40 wide and 24 high
+    Image.fromarray(rgb).save(path)
+    x = image_file(str(path), systems["pixel"].cfg.data)
+    assert x.shape == (1, 1, S, S) and -1 <= float(x.min()) < float(x.max()) <= 1
+    out = tmp_path / "out"
+    run_cli(["--load", str(tiny_runs["pixel"]), "--image", str(path), "--class", "7", "--cfg-scale", "1",
+             "--strengths", "0", "0.01", "--ddim-steps", "2", "4", "--intermediates-strength", "0.01",
+             "--output", str(out)])
+    report = json.loads((out / "reimagine.json").read_text())
+    assert report["image"] == f"file {path}" and report["class"] == 7 and "--class" in report["condition"]
+    assert report["cfg_scale"] == 1.0
+    assert report["strengths"][0]["mse"] == {"DDPM": 0.0, "DDIM-2": 0.0, "DDIM-4": 0.0}  # pixel model, strength 0
+    grid = png(out / "reimagine.png")
+    assert Image.open(out / "reimagine.png").size == grid_size(rows=2, cols=3 + 2)
+    assert np.array_equal(cell(grid, 0, 0), to_uint8(x)[0, ..., 0])
+    for col in range(1, 5):
+        assert np.array_equal(cell(grid, 0, col), cell(grid, 0, 0))
+
+
+def test_condition_comes_from_class_label_or_null():
+    assert reimagine.condition(4, 6, 10) == (4, "class 4 (--class)")
+    assert reimagine.condition(None, 6, 10)[0] == 6
+    label, why = reimagine.condition(None, None, 10)
+    assert label is None and "null class" in why
+    assert reimagine.condition(None, 6, 0)[0] is None  # an unconditional model ignores the item's label
+    with pytest.raises(UserError, match="unconditional"):
+        reimagine.condition(3, None, 0)
+
+
+# ----- bad inputs: one line, exit 2, nothing written ---------------------------------------------------------------
+def check_one_line_error(capsys, argv: list[str], needle: str) -> None:
+    assert reimagine.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert needle in err, err
+    assert captured.out == ""
+
+
+@pytest.fixture
+def bad_png(tmp_path) -> Path:
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"this is not an image")
+    return path
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--strengths", "0.5", "1.5"], "outside [0, 1]"),
+    (["--strengths", "-0.1"], "outside [0, 1]"),
+    (["--intermediates-strength", "2"], "outside [0, 1]"),
+    (["--ddim-steps", "10", "0"], "--ddim-steps must be > 0"),
+    (["--ddim-steps", "10", "10"], "lists a number twice"),
+    (["--class", "10"], "out of range"),
+    (["--index", "100000"], "out of range"),
+    (["--index", "-1"], "--index must be >= 0"),
+    (["--image", "MISSING"], "does not exist"),
+    (["--image", "BROKEN"], "not a readable image"),
+    (["--index", "0", "--image", "BROKEN"], "not allowed with"),
+])
+def test_bad_inputs_are_one_line_errors(capsys, tiny_runs, tmp_path, bad_png, extra, needle):
+    extra = [str(tmp_path / "missing.png") if a == "MISSING" else str(bad_png) if a == "BROKEN" else a
+             for a in extra]
+    out = tmp_path / "out"
+    check_one_line_error(capsys, ["--load", str(tiny_runs["latent"]), *extra, "--output", str(out)], needle)
+    assert not out.exists()
+
+
+def test_missing_checkpoint_and_toy_are_refused(capsys, tiny_runs, tmp_path):
+    check_one_line_error(capsys, ["--load", str(tmp_path / "nope.ckpt")], "does not exist")
+    check_one_line_error(capsys, ["--load", str(tiny_runs["toy"])], "toy")
+    assert not (Path(tiny_runs["toy"]).parent.parent / "reimagine").exists()  # the default output folder
