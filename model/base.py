@@ -11,7 +11,8 @@ No Lightning, no module state. Conventions (DESIGN.md section 2):
 - Denoiser callables follow `denoiser(x_t, t, c) -> Tensor`, t int64 (B,), c int64 (B,) or None.
 
 Papers: Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule), Song et al. 2021 (DDIM),
-Salimans & Ho 2022 (v-parametrisation), Ho & Salimans 2022 (classifier-free guidance), Hang et al. 2023 (min-SNR-γ).
+Salimans & Ho 2022 (v-parametrisation), Ho & Salimans 2022 (classifier-free guidance), Hang et al. 2023 (min-SNR-γ),
+Lu et al. 2022 (DPM-Solver++).
 """
 from __future__ import annotations
 
@@ -393,6 +394,48 @@ def ddim_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, eps: Tenso
     return x_next
 
 
+def alpha_sigma_lambda(schedule: Schedule, t: TimeLike, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(alpha_t, sigma_t, lambda_t), float64 (B, 1, ..): sqrt(ab_t), sqrt(1 - ab_t), log(alpha_t / sigma_t).
+
+    lambda is half the log-SNR (Lu et al. 2022, Sec. 2); it is +inf at t = 0 (sigma_0 = 0).
+    """
+    ab = _gather64(schedule.alpha_bar, t, like)
+    alpha, sigma = ab.sqrt(), (1.0 - ab).clamp_min(0.0).sqrt()
+    return alpha, sigma, alpha.log() - sigma.log()
+
+
+def dpmpp_2m_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, schedule: Schedule,
+                  x0_prev: Optional[Tensor] = None, t_prev: Optional[TimeLike] = None) -> Tensor:
+    """One DPM-Solver++(2M) step (Lu et al. 2022, Alg. 2) from t to t_next < t with the data prediction x0 at t:
+
+    x_next = (sigma_next / sigma_t) x_t - alpha_next (e^{-h} - 1) D,  h = lambda_next - lambda_t,
+    D = x0 (first order, = DDIM with eta = 0) without x0_prev, else D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with
+    r = h_prev / h, h_prev = lambda_t - lambda_prev, x0_prev the prediction at the previous time t_prev > t.
+    At t_next = 0 (sigma = 0, lambda = +inf, r = 0) the step is first order and returns x0 exactly.
+    """
+    t_, n_ = _check_order(t, t_next, x_t, schedule.T)
+    if not bool((n_ > 0).any()):
+        return x0
+    _, sigma_t, lam_t = alpha_sigma_lambda(schedule, t_, x_t)
+    alpha_n, sigma_n, lam_n = alpha_sigma_lambda(schedule, n_, x_t)
+    h = lam_n - lam_t  # (B, 1, ..) float64, +inf where t_next = 0
+    d = x0
+    if x0_prev is not None:
+        if t_prev is None:
+            raise UserError("a second-order DPM-Solver++ step needs t_prev, the time of x0_prev")
+        p_, _ = _check_order(t_prev, t_, x_t, schedule.T)
+        _, _, lam_p = alpha_sigma_lambda(schedule, p_, x_t)
+        r = (lam_t - lam_p) / h  # h_prev / h; 0 where t_next = 0
+        inner = (n_ > 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
+        k = torch.where(inner, 0.5 / r, torch.zeros_like(r))  # 1/(2r); the last step stays first order
+        d = x0 + k.to(x_t.dtype) * (x0 - x0_prev)
+    x_next = (sigma_n / sigma_t).to(x_t.dtype) * x_t - (alpha_n * torch.expm1(-h)).to(x_t.dtype) * d
+    if not bool((n_ > 0).all()):  # per-sample t_next = 0 gets x0 exactly
+        done = (n_ == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
+        x_next = torch.where(done, x0, x_next)
+    return x_next
+
+
 def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
     """Clamp every element of the predicted x0 (data or latent) to [-clip_limit, clip_limit]; None or inf: no-op."""
     if clip_limit is None or clip_limit == math.inf:
@@ -477,6 +520,13 @@ def timesteps_ddim(T: int, steps: int, t_start: Optional[int] = None) -> list[in
     return _spaced(T, steps, t_start)
 
 
+def timesteps_dpm_solver(T: int, steps: int, t_start: Optional[int] = None) -> list[int]:
+    """Descending times [t_start, ..., 0] for DPM-Solver++: `steps` evenly spaced jumps, the same times as DDIM."""
+    if steps is None:
+        raise UserError("DPM-Solver++ needs a number of steps, e.g. 20")
+    return _spaced(T, steps, t_start)
+
+
 def sample_ddpm(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
                 parametrisation: Parametrisation = "v", steps: Optional[int] = None, t_start: Optional[int] = None,
                 clip_limit: Optional[float] = None, variance: Literal["beta_tilde", "beta"] = "beta_tilde",
@@ -516,6 +566,32 @@ def sample_ddim(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optio
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
             x0, eps = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
             x = ddim_step(x, t, t_next, x0, eps, schedule, eta=eta, generator=generator)
+            if callback is not None:
+                callback(i, t_next, x, x0)
+    return x
+
+
+def sample_dpmpp_2m(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
+                    parametrisation: Parametrisation = "v", steps: int = 20, t_start: Optional[int] = None,
+                    clip_limit: Optional[float] = None, callback: Optional[Callback] = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): x_next = (sigma_next / sigma_t) x_t - alpha_next (e^-h - 1) D.
+
+    Deterministic multistep solver of the probability-flow ODE in lambda with the data prediction, one network call
+    per step over `timesteps_dpm_solver` (`dpmpp_2m_step`). D is the (clipped) x0 predicted at t on the first step
+    (= DDIM, eta 0) and on the last step to t = 0, where sigma = 0 and lambda = +inf make r = h_prev / h = 0, so that
+    step is first order and returns x_0 = x0 (as diffusers' lower_order_final with final_sigmas_type="zero", and
+    k-diffusion); in between D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with the previous step's prediction.
+    x_T is pure noise when starting at T, or a given x_t at t_start (reimagining). callback(i, t, x_t, x0_pred) runs
+    after step i with the new state x_t at time t and the x0 predicted on the way there.
+    """
+    _check_parametrisation(parametrisation)
+    times = timesteps_dpm_solver(schedule.T, steps, t_start)
+    x, x0_prev, t_prev = x_T, None, None
+    with torch.no_grad():
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            x0, _ = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
+            x = dpmpp_2m_step(x, t, t_next, x0, schedule, x0_prev=x0_prev, t_prev=t_prev)
+            x0_prev, t_prev = x0, t
             if callback is not None:
                 callback(i, t_next, x, x0)
     return x

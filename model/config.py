@@ -92,8 +92,9 @@ class DiffusionConfig:
     p_uncond: float = 0.1  # label dropout to the null class for classifier-free guidance (Ho & Salimans)
     ema_decay: float = 0.999  # EMA of the weights used for sampling
     clip_limit: Optional[float] = None  # default sampling clamp of the predicted x0; None = no clamp
-    sampler: Literal["ddpm", "ddim"] = "ddim"  # for the sample grids written during training
-    sample_steps: int = 50  # DDIM steps for those grids
+    # the sampler of the sample grids written during training and the default of `sample -cfg`
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddim"
+    sample_steps: int = 50  # DDIM / DPM-Solver++ steps for those grids
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
     cache_latents: bool = False  # encode the training set once instead of every epoch (no flips then)
     latent_stats_batches: int = 20  # batches used to estimate the latent shift and scale

@@ -19,7 +19,7 @@ def balanced_labels(n: int, num_classes: int) -> Optional[Tensor]:
 
 
 @torch.no_grad()
-def generate(system, n: int, labels: Optional[Tensor], cfg_scale: float, *, ddim: bool, steps: Optional[int],
+def generate(system, n: int, labels: Optional[Tensor], cfg_scale: float, *, sampler: str, steps: Optional[int],
              seed: int, batch_size: int) -> Tensor:
     """n decoded samples (n, ...) on CPU, drawn `batch_size` at a time from one generator seeded with `seed`.
 
@@ -30,8 +30,8 @@ def generate(system, n: int, labels: Optional[Tensor], cfg_scale: float, *, ddim
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         chunk = labels[start: start + m] if labels is not None else None
-        z = system.sample(m, chunk, ddim=ddim, steps=steps, clip_limit=system.diff.clip_limit, cfg_scale=cfg_scale,
-                          generator=gen)
+        z = system.sample(m, chunk, sampler=sampler, steps=steps, clip_limit=system.diff.clip_limit,
+                          cfg_scale=cfg_scale, generator=gen)
         out.append(system.decode(z).cpu())
     return torch.cat(out)
 

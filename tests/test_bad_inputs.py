@@ -140,6 +140,8 @@ INVENTORY = [
     ("train_classifier", ["-cfg", str(ROOT / "config" / "toy2d.json")], ["2-D points"]),
     # ---- evaluation, plots, reimagining ----
     ("evaluate", ["--load", "{den}", "--num_samples", "1"], ["--num_samples", "at least 2"]),
+    ("sample", ["--load", "{den}", "--ddim", "--sampler", "dpmpp_2m"], ["--ddim", "disagree"]),
+    ("sample", ["--load", "{den}", "--sampler", "euler"], ["--sampler", "invalid choice"]),
     ("evaluate", ["--load", "{den}", "--steps", "0"], ["--steps"]),
     ("evaluate", ["--load", "{toy}", "--cfg-scale", "0", "2"], ["unconditional", "--cfg-scale"]),
     ("evaluate", ["--load", "{den}", "--extractor", "classifier"], ["--classifier"]),

@@ -50,6 +50,16 @@ def test_writes_every_file_with_one_fid_per_scale(evaluated):
     assert "domain classifier" in protocol["extractor"] and "float64" in protocol["dtype"]
 
 
+def test_dpm_solver_samples_through_the_same_command(tiny_runs, tmp_path):
+    out = tmp_path / "dpm"
+    clf = save_classifier(tmp_path / "clf.pt", SmallCNN(1, 10, 16, width=8), {})
+    assert main(["--load", str(tiny_runs["latent"]), "--num_samples", "10", "--sampler", "dpmpp_2m", "--steps", "3",
+                 "--stats-cache", str(tmp_path / "stats"), "--classifier", str(clf), "--output", str(out),
+                 "--loss-timesteps", "500"]) == 0
+    r = report(out)
+    assert r["sampler"] == "DPM-Solver++(2M) 3 steps" and np.isfinite(r["scales"][0]["fid"])
+
+
 def test_samples_are_class_balanced_uint8(evaluated):
     w0 = np.load(evaluated["first"] / "samples_w0.npz")
     assert w0["images"].shape == (20, 16, 16, 1) and w0["images"].dtype == np.uint8
@@ -103,14 +113,14 @@ def test_toy_reports_ddpm_and_ddim_chamfer_distances(tiny_runs, tmp_path):
     assert main(["--load", str(tiny_runs["toy"]), "--num_samples", "200", "--steps", "5", "--output", str(out),
                  "--loss-timesteps", "10", "90"]) == 0
     r = report(out)
-    assert [(c["sampler"], c["steps"]) for c in r["chamfer"]] == [("DDPM", 100), ("DDIM", 5)]
+    assert [(c["sampler"], c["steps"]) for c in r["chamfer"]] == [("ddpm", 100), ("ddim", 5)]
     assert r["sampler"] == "DDPM 100 steps and DDIM 5 steps (eta 0)"
     from data import make_datamodule
 
     system = load_denoiser(str(tiny_runs["toy"]))
     data = make_datamodule(system.cfg.data).points()
     for c in r["chamfer"]:
-        points = torch.from_numpy(np.load(out / f"samples_{c['sampler'].lower()}.npz")["points"])
+        points = torch.from_numpy(np.load(out / f"samples_{c['sampler']}.npz")["points"])
         assert points.shape == (200, 2)
         assert c["chamfer_distance"] == pytest.approx(chamfer_distance(points, data[:200]), rel=1e-6)
     assert (out / "chamfer.png").stat().st_size > 0 and "scales" not in r

@@ -22,6 +22,9 @@ from model.lightning.common import System, adamw_with_warmup
 from model.lightning.ema import ema_decay_at, ema_update
 
 
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # the names `DenoiserSystem.sample` and the scripts' --sampler take
+
+
 def build_network(cfg, num_classes: int) -> nn.Module:
     """The denoiser network named by `denoiser.network`, with the data's number of classes."""
     den = cfg.denoiser
@@ -203,22 +206,29 @@ class DenoiserSystem(System):
         return fn
 
     @torch.no_grad()
-    def sample(self, n: int, labels: Optional[Tensor] = None, *, ddim: bool = True, steps: Optional[int] = None,
+    def sample(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim", steps: Optional[int] = None,
                eta: float = 0.0, clip_limit: Optional[float] = None, cfg_scale: float = 0.0,
                generator: Optional[torch.Generator] = None, x_T: Optional[Tensor] = None,
                t_start: Optional[int] = None, callback=None) -> Tensor:
-        """Draw n samples; returns normalised latents (decode them with `decode`). labels None → null class."""
+        """Draw n samples with `sampler` (ddpm, ddim or dpmpp_2m); returns normalised latents (decode them with
+        `decode`). labels None → the null class. DDPM runs every step unless `steps` is given; the others default
+        to the config's sample_steps. `eta` is DDIM's; the generator draws x_T and DDPM's noise."""
         if self.num_classes and labels is None:
             labels = torch.full((n,), self.null_class, dtype=torch.long)
         c = labels.to(self.device) if (labels is not None and self.num_classes) else None
         if x_T is None:
             x_T = torch.randn(self.sample_shape(n), generator=generator).to(self.device)
         common = dict(c=c, parametrisation=self.diff.parametrisation, t_start=t_start, clip_limit=clip_limit,
-                      generator=generator, callback=callback)
+                      callback=callback)
         fn = self.denoiser_fn(cfg_scale)
-        if ddim:
-            return base.sample_ddim(fn, x_T, self.schedule, steps=steps or self.diff.sample_steps, eta=eta, **common)
-        return base.sample_ddpm(fn, x_T, self.schedule, steps=steps, **common)
+        if sampler == "ddpm":
+            return base.sample_ddpm(fn, x_T, self.schedule, steps=steps, generator=generator, **common)
+        steps = steps or self.diff.sample_steps
+        if sampler == "ddim":
+            return base.sample_ddim(fn, x_T, self.schedule, steps=steps, eta=eta, generator=generator, **common)
+        if sampler == "dpmpp_2m":
+            return base.sample_dpmpp_2m(fn, x_T, self.schedule, steps=steps, **common)
+        raise UserError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
 
     @torch.no_grad()
     def image_grid_rows(self, x: Tensor) -> list[Tensor]:
@@ -228,7 +238,7 @@ class DenoiserSystem(System):
         labels = None
         if self.num_classes:
             labels = torch.arange(n) % self.num_classes
-        z = self.sample(n, labels, ddim=self.diff.sampler == "ddim", clip_limit=self.diff.clip_limit, generator=gen)
+        z = self.sample(n, labels, sampler=self.diff.sampler, clip_limit=self.diff.clip_limit, generator=gen)
         return [x, self.decode(z)]
 
 

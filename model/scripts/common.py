@@ -78,3 +78,35 @@ def evenly_spaced(items: list, count: int) -> list:
     """At most `count` items, evenly spaced over the list, the first and the last included."""
     idx = np.unique(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int))
     return [items[i] for i in idx]
+
+
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
+
+
+def add_sampler_arguments(p) -> None:
+    """--sampler, its shorthand --ddim, and --steps, as `sample` and `evaluate` take them."""
+    p.add_argument("--sampler", choices=list(SAMPLER_NAMES), default=None,
+                   help="ddpm (ancestral), ddim (Song et al.) or dpmpp_2m (DPM-Solver++(2M), Lu et al.)")
+    p.add_argument("--ddim", action="store_true", help="shorthand for --sampler ddim")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (ddpm default: all T; ddim and dpmpp_2m: the config's sample_steps)")
+
+
+def chosen_sampler(args, default: str) -> str:
+    """--sampler, else ddim for --ddim, else `default`; --ddim with another --sampler is a UserError."""
+    if args.ddim and args.sampler not in (None, "ddim"):
+        raise UserError(f"--ddim and --sampler {args.sampler} disagree; pass one of them")
+    return args.sampler or ("ddim" if args.ddim else default)
+
+
+def sampler_steps(sampler: str, steps: Optional[int], sample_steps: int, T: int) -> int:
+    """The number of steps a sampler runs: --steps, else all T for DDPM, else the config's sample_steps."""
+    if steps is not None:
+        return steps
+    return T if sampler == "ddpm" else sample_steps
+
+
+def describe_sampler(sampler: str, steps: int, eta: float = 0.0) -> str:
+    """e.g. "DDIM 25 steps (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps"."""
+    text = f"{SAMPLER_NAMES[sampler]} {steps} steps"
+    return text + (f" (eta {eta:g})" if sampler == "ddim" else "")

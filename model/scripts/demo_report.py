@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
     labels = torch.arange(K).repeat_interleave(args.per_class)  # (K * per_class,), class-major
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
-        x = generate(system, len(labels), labels, w, ddim=True, steps=args.steps, seed=args.seed,
+        x = generate(system, len(labels), labels, w, sampler="ddim", steps=args.steps, seed=args.seed,
                      batch_size=args.batch_size)
         samples.append(x)
         preds.append(predict(clf, x, device))

@@ -5,17 +5,17 @@
     python -m model.scripts.evaluate --load <ckpt> --inception-weights weights-inception-2015-12-05-6726825d.pth
 
 Image models: for each guidance scale w, `--num_samples` samples (classes cycling 0..K-1 on a conditional model; the
-same seed, so the same starting noise, for every w) against the real validation set. FID goes through torchmetrics
+same seed, so the same starting noise, for every w; `--sampler ddpm|ddim|dpmpp_2m`, default DDPM with all T steps)
+against the real validation set. FID goes through torchmetrics
 with Inception-v3 (downloaded by torch-fidelity, or a local file) or, with `--classifier`, the domain features of a
 classifier trained by this package; `--extractor` picks one when both are available. With a classifier and a
 conditional model it also reports the class accuracy of the samples. Then the EMA network's loss on the validation
 set at fixed timesteps (sheet 000, 2.2e). The 2-D toy instead gets the Chamfer distance of DDPM (all T steps) and
-DDIM (`--steps`) samples to the data, with both point clouds plotted.
+DDIM (or `--sampler`, with `--steps`) samples to the data, with both point clouds plotted.
 
 Writes evaluation.json, evaluation.md, loss_per_timestep.csv and samples_w<w>.png / .npz (toy: chamfer.png and
-samples_ddpm.npz / samples_ddim.npz) to
-`--output` (default: evaluation/ beside the checkpoints folder). The real set's FID statistics are cached in
-`--stats-cache` per data set, resolution and extractor.
+samples_ddpm.npz / samples_ddim.npz) to `--output` (default: evaluation/ beside the checkpoints folder). The real
+set's FID statistics are cached in `--stats-cache` per data set, resolution and extractor.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.scripts.common import add_sampler_arguments, chosen_sampler, describe_sampler, sampler_steps
 
 GRID_MAX = 100  # samples shown in each samples_w<w>.png
 
@@ -39,9 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", "--num-samples", type=int, default=500, help="samples per guidance scale")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, nargs="+", default=[0.0],
                    help="guidance scales w, one FID each: (1+w)·cond − w·uncond")
-    p.add_argument("--ddim", action="store_true", help="DDIM (eta 0) instead of ancestral DDPM")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (DDPM default: all T; DDIM default: the checkpoint's sample_steps)")
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--classifier", default=None, help="classifier .pt from model.scripts.train_classifier")
     p.add_argument("--extractor", choices=["auto", "inception", "classifier"], default="auto",
@@ -106,7 +105,7 @@ def scale_result(args, system, fid, extractor: str, clf, w: float, out: Path, de
     from model.images import save_grid, to_uint8
 
     labels = balanced_labels(args.num_samples, system.num_classes)
-    x = generate(system, args.num_samples, labels, w, ddim=args.ddim, steps=args.steps, seed=args.seed,
+    x = generate(system, args.num_samples, labels, w, sampler=args.sampler, steps=args.steps, seed=args.seed,
                  batch_size=args.batch_size)
     save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=system.num_classes or 10)
     np.savez_compressed(out / f"samples_w{w:g}.npz", images=to_uint8(x),
@@ -146,6 +145,12 @@ def evaluate_images(args, system, dm, clf, extractor: str, fid, out: Path, devic
 
 
 # ----- the 2-D toy ----------------------------------------------------------------------------------------------
+def toy_samplers(args, system) -> list[tuple[str, int]]:
+    """DDPM with all T steps, then the chosen sampler (DDIM unless --sampler says otherwise) with its steps."""
+    other = args.sampler if args.sampler != "ddpm" else "ddim"
+    return [("ddpm", system.diff.T), (other, sampler_steps(other, args.steps, system.diff.sample_steps, system.diff.T))]
+
+
 def evaluate_points(args, system, dm, out: Path) -> dict[str, Any]:
     """Chamfer distance of DDPM and DDIM samples to the data (sheet 004), with both point clouds plotted."""
     from data.toy2d import chamfer_distance
@@ -153,16 +158,14 @@ def evaluate_points(args, system, dm, out: Path) -> dict[str, Any]:
     from model.plots import scatter_panels
 
     data = dm.points()
-    ddim_steps = args.steps or system.diff.sample_steps
     results, panels = [], []
-    for name, ddim, steps in (("DDPM", False, None), ("DDIM", True, ddim_steps)):
-        points = generate(system, args.num_samples, None, 0.0, ddim=ddim, steps=steps, seed=args.seed,
+    for sampler, steps in toy_samplers(args, system):
+        points = generate(system, args.num_samples, None, 0.0, sampler=sampler, steps=steps, seed=args.seed,
                           batch_size=args.batch_size)
         cd = chamfer_distance(points, data[: args.num_samples])
-        steps_used = steps or system.diff.T
-        np.savez_compressed(out / f"samples_{name.lower()}.npz", points=points.numpy())
-        results.append({"sampler": name, "steps": steps_used, "chamfer_distance": cd})
-        panels.append((f"{name}, {steps_used} steps: Chamfer distance {cd:.4f}", points.numpy()))
+        np.savez_compressed(out / f"samples_{sampler}.npz", points=points.numpy())
+        results.append({"sampler": sampler, "steps": steps, "chamfer_distance": cd})
+        panels.append((f"{describe_sampler(sampler, steps)}: Chamfer distance {cd:.4f}", points.numpy()))
     scatter_panels(panels, data.numpy(), out / "chamfer.png")
     return {"chamfer": results, **loss_table(args, system, dm, out)}
 
@@ -184,11 +187,10 @@ def loss_table(args, system, dm, out: Path) -> dict[str, Any]:
 
 
 def sampler_text(args, system) -> str:
-    if system.cfg.denoiser.network == "toy_mlp":  # the toy compares both samplers
-        return f"DDPM {system.diff.T} steps and DDIM {args.steps or system.diff.sample_steps} steps (eta 0)"
-    if args.ddim:
-        return f"DDIM {args.steps or system.diff.sample_steps} steps (eta 0)"
-    return f"DDPM {args.steps or system.diff.T} steps"
+    if system.cfg.denoiser.network == "toy_mlp":  # the toy compares two samplers
+        return " and ".join(describe_sampler(s, n) for s, n in toy_samplers(args, system))
+    return describe_sampler(args.sampler, sampler_steps(args.sampler, args.steps, system.diff.sample_steps,
+                                                        system.diff.T))
 
 
 def table(report: dict[str, Any]) -> str:
@@ -203,7 +205,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{'real':>6} {base['fid']:>10.4f} {'':>9}  ({base['images']} training images: the floor)")
         lines.append("protocol: " + "; ".join(f"{k} {v}" for k, v in report["fid_protocol"].items()))
     for c in report.get("chamfer", []):
-        lines.append(f"{c['sampler']} ({c['steps']} steps): Chamfer distance {c['chamfer_distance']:.4f}")
+        lines.append(f"{describe_sampler(c['sampler'], c['steps'])}: Chamfer distance {c['chamfer_distance']:.4f}")
     lines.append("loss per timestep: " + ", ".join(f"t={r['t']} {r['loss']:.4f}" for r in report["loss_per_timestep"]))
     return "\n".join(lines)
 
@@ -222,8 +224,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"- {k}: {v}" for k, v in report["fid_protocol"].items()]
         lines += ["", *[f"![samples w={s['cfg_scale']:g}](samples_w{s['cfg_scale']:g}.png)" for s in report["scales"]]]
     if "chamfer" in report:
-        lines += ["## Chamfer distance to the data", "", "| sampler | steps | Chamfer distance |", "|---|---|---|"]
-        lines += [f"| {c['sampler']} | {c['steps']} | {c['chamfer_distance']:.4f} |" for c in report["chamfer"]]
+        lines += ["## Chamfer distance to the data", "", "| sampler | Chamfer distance |", "|---|---|"]
+        lines += [f"| {describe_sampler(c['sampler'], c['steps'])} | {c['chamfer_distance']:.4f} |"
+                  for c in report["chamfer"]]
         lines += ["", "![samples over the data](chamfer.png)"]
     lines += ["", f"## Validation loss per timestep ({report['loss']} loss on the {report['parametrisation']} target, "
               f"EMA network, fixed noise)", "", "| t | loss |", "|---|---|"]
@@ -257,6 +260,7 @@ def main(argv: list[str]) -> int:
     device = resolve_device(args.device)
     system = load_denoiser(args.load, map_location=device)
     check_args(args, system)
+    args.sampler = chosen_sampler(args, "ddpm")
     clf, extractor, fid = load_judges(args, system, device)
     dm = held_out(system.cfg.data)  # refuses an empty validation split before the output folder exists
     out = output_folder(args.output, args.load, "evaluation")

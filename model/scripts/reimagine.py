@@ -212,9 +212,9 @@ def denoise(system, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, lab
         if t in keep:
             frames.append((t, x_t.detach().clone()))
 
-    z0_hat = system.sample(1, labels, ddim=sampler.ddim, steps=steps, eta=0.0, clip_limit=system.diff.clip_limit,
-                           cfg_scale=cfg_scale, generator=generator_at(ddpm_state), x_T=z_t, t_start=t_start,
-                           callback=keep_state)
+    z0_hat = system.sample(1, labels, sampler="ddim" if sampler.ddim else "ddpm", steps=steps, eta=0.0,
+                           clip_limit=system.diff.clip_limit, cfg_scale=cfg_scale, generator=generator_at(ddpm_state),
+                           x_T=z_t, t_start=t_start, callback=keep_state)
     return z0_hat, frames
 
 

@@ -2,9 +2,11 @@
 
     python -m model.scripts.sample --load runs/digits-1/denoiser/checkpoints/last.ckpt --ddim --steps 25 --per-class 4
     python -m model.scripts.sample -cfg config/ffhq-ddim.json --load <ckpt> --num_samples 25 --seed 42 --clip_limit 1.5 --ddim
+    python -m model.scripts.sample --load <ckpt> --sampler dpmpp_2m --steps 10 --per-class 4
 
 The checkpoint carries its config; `-cfg` only supplies sampling defaults (sampler, steps, clip_limit) from its
-`denoiser.diffusion` section. DDPM runs all T steps unless `--steps` is given.
+`denoiser.diffusion` section. Without `-cfg` the sampler is DDPM unless `--sampler` or `--ddim` says otherwise;
+DDPM runs all T steps unless `--steps` is given.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
-from model.scripts.common import evenly_spaced, output_folder, resolve_device
+from model.scripts.common import (add_sampler_arguments, chosen_sampler, describe_sampler, evenly_spaced,
+                                  output_folder, resolve_device, sampler_steps)
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
 GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
@@ -27,8 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m model.scripts.sample", description=__doc__.split("\n")[0])
     p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
     p.add_argument("-cfg", "--config", default=None, help="JSON config whose denoiser.diffusion gives defaults")
-    p.add_argument("--ddim", action="store_true", help="DDIM (Song et al.) instead of ancestral DDPM")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (DDPM default: all T)")
+    add_sampler_arguments(p)
     p.add_argument("--num_samples", "--num-samples", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip_limit", "--clip-limit", type=float, default=None,
@@ -133,8 +135,8 @@ def main(argv: list[str]) -> int:
     T = system.diff.T
     check_args(args, T)
     labels, n = class_labels(args, system.num_classes)
-    ddim = args.ddim or (args.config is not None and defaults.sampler == "ddim")
-    steps = args.steps if args.steps is not None else (defaults.sample_steps if ddim else None)
+    sampler = chosen_sampler(args, defaults.sampler if args.config is not None else "ddpm")
+    steps = sampler_steps(sampler, args.steps, defaults.sample_steps, T)
     clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
     system.denoiser_fn(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     out = output_folder(args.output, args.load, "samples")
@@ -147,7 +149,7 @@ def main(argv: list[str]) -> int:
         t_now[0] = t_next
 
     gen = torch.Generator().manual_seed(args.seed)
-    z = system.sample(n, labels, ddim=ddim, steps=steps, eta=args.eta, clip_limit=clip_limit,
+    z = system.sample(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
                       cfg_scale=args.cfg_scale, generator=gen, callback=keep_first)
     frames.append((0, z[:1]))
     if system.cfg.denoiser.network == "toy_mlp":
@@ -157,8 +159,8 @@ def main(argv: list[str]) -> int:
         nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(n))))
         write_images(out, system.decode(z), labels, nrow=nrow)
         write_reverse_process(out, system, frames)
-    sampler = f"DDIM {steps} steps, eta {args.eta}" if ddim else f"DDPM {steps or T} steps"
-    print(f"wrote {n} samples ({sampler}, w = {args.cfg_scale}, seed {args.seed}) to {out}")
+    print(f"wrote {n} samples ({describe_sampler(sampler, steps, args.eta)}, w = {args.cfg_scale}, "
+          f"seed {args.seed}) to {out}")
     return 0
 
 
