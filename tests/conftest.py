@@ -1,11 +1,22 @@
-"""Tiny trained runs shared by the evaluation, plot and reimagining tests (trained once per test session)."""
+"""Fixtures shared by several test files: one torch thread for tiny-tensor math, and tiny trained runs."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny import DIGITS, ROOT, tiny
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny tensors: with more, the OpenMP threads' spin-waits on a busy 2-core
+    machine made test_base.py 10x slower (114 s instead of 12 s). Restored afterwards for the other files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

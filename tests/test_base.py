@@ -20,14 +20,7 @@ from model.errors import UserError
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are tiny; with more than one OpenMP thread on a busy 2-core machine the threads' spin-waits
-    # made this file 10x slower (114 s instead of 12 s). Restored afterwards so other test files keep their setting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,13 +27,7 @@ diffusers = pytest.importorskip("diffusers")
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra OpenMP threads only spin on a busy 2-core machine (see test_base.py)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 class TinyVNet:

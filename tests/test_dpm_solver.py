@@ -28,13 +28,7 @@ MU = torch.tensor([0.5, -1.0, 0.25], dtype=f64)
 S = 0.5  # data std: small enough that x0_hat changes a lot along the trajectory (a hard ODE for the solvers)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra OpenMP threads only spin on a busy 2-core machine (see test_base.py)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 @pytest.fixture(scope="module")
