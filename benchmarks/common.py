@@ -243,6 +243,12 @@ def build_unet(cfg, in_channels: Optional[int] = None) -> nn.Module:
     return build_network(cfg, cfg.denoiser.unet.num_classes)
 
 
+def latent_shape(cfg, image_size: Optional[int] = None) -> tuple[int, int, int]:
+    """(C, H, W) of the VAE's latents for square images of `image_size` (default: the config's data.image_size)."""
+    size = (image_size or cfg.data.image_size) // cfg.vae.net.downsample_factor
+    return cfg.vae.net.latent_channels, size, size
+
+
 def schedule_of(cfg) -> base.Schedule:
     return base.make_schedule(cfg.denoiser.diffusion.schedule, cfg.denoiser.diffusion.T)
 

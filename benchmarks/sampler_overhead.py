@@ -24,12 +24,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import Report, build_unet, load_config, make_parser, measure, parse, random_batch, schedule_of
+from benchmarks.common import (Report, build_unet, latent_shape, load_config, make_parser, measure, parse,
+                               random_batch, schedule_of)
 from model import base
 from model.errors import UserError, cli_entry
 
 NAME = "sampler_overhead"
-LATENT_SHAPE = (4, 4, 4)  # the digits config's latents: 16×16 images through the f = 4 VAE, 4 channels
 
 
 def parse_args(argv: list[str]):
@@ -50,7 +50,7 @@ def parse_args(argv: list[str]):
 # diffusers' side
 # ----------------------------------------------------------------------------------------------------------------
 def make_schedulers(T: int) -> dict[str, object]:
-    """diffusers' DDPM and DDIM schedulers configured like our samplers (v, cosine, no clipping, no noise at the end)."""
+    """diffusers' DDPM and DDIM schedulers set up like our samplers (v, cosine, no clipping, no noise at the end)."""
     try:
         from diffusers import DDIMScheduler, DDPMScheduler
     except ImportError as err:
@@ -113,10 +113,10 @@ def side_by_side(kind: str, denoiser, x_T: Tensor, c: Optional[Tensor], schedule
     }
 
 
-def overhead_rows(args, schedule, schedulers) -> list[dict]:
+def overhead_rows(args, shape: tuple, schedule, schedulers) -> list[dict]:
     """(a) microseconds per step of each loop around a denoiser that costs almost nothing."""
     denoiser = lambda x, t, c: x * 0.1  # noqa: E731  (a few µs: the time left is the loop's own)
-    x_T = torch.randn(1, *LATENT_SHAPE, device=args.device)
+    x_T = torch.randn(1, *shape, device=args.device)
     rows = []
     for kind, steps in (("ddpm", schedule.T), ("ddim", args.ddim_steps)):
         fns = side_by_side(kind, denoiser, x_T, None, schedule, schedulers[kind], steps, args.seed)
@@ -136,11 +136,11 @@ def unet(args, cfg) -> nn.Module:
     return net
 
 
-def unet_rows(args, net, schedule, schedulers) -> list[dict]:
+def unet_rows(args, net, shape: tuple, schedule, schedulers) -> list[dict]:
     """(b) seconds per batch and milliseconds per sample of each loop with the real UNet."""
     rows = []
     for batch in args.batch_sizes:
-        x_T, c = random_batch((batch, *LATENT_SHAPE), net.cfg.num_classes, args.device)
+        x_T, c = random_batch((batch, *shape), net.cfg.num_classes, args.device)
         for kind, steps in (("ddim", args.ddim_steps), ("ddpm", args.ddpm_steps)):
             fns = side_by_side(kind, net, x_T, c, schedule, schedulers[kind], steps, args.seed)
             res = measure(fns, args.device, warmup=args.warmup, repeats=args.repeats)
@@ -153,10 +153,10 @@ def unet_rows(args, net, schedule, schedulers) -> list[dict]:
     return rows
 
 
-def difference_rows(args, net, schedule, schedulers) -> list[dict]:
+def difference_rows(args, net, shape: tuple, schedule, schedulers) -> list[dict]:
     """(c) max |ours - diffusers| of the final samples from the same x_T (and the same noise seed for DDPM)."""
     batch = max(args.batch_sizes)
-    x_T, c = random_batch((batch, *LATENT_SHAPE), net.cfg.num_classes, args.device)
+    x_T, c = random_batch((batch, *shape), net.cfg.num_classes, args.device)
     rows = []
     for kind, steps in (("ddim", args.ddim_steps), ("ddpm", args.ddpm_steps)):
         fns = side_by_side(kind, net, x_T, c, schedule, schedulers[kind], steps, args.seed)
@@ -176,17 +176,22 @@ def main(argv: list[str]) -> int:
         raise UserError("this comparison is set up for the v-target and the cosine schedule; use a config with "
                         "denoiser.diffusion.parametrisation 'v' and schedule 'cosine' (config/digits.json)")
     schedulers = make_schedulers(schedule.T)
+    shape = latent_shape(cfg)
+    dims = "×".join(map(str, shape))
     report = Report(NAME, args.device)
     print(check_agreement(schedule, schedulers, [("ddpm", schedule.T), ("ddim", args.ddim_steps),
                                                  ("ddpm", args.ddpm_steps)]))
-    report.table("(a) per-step overhead, near-zero-cost denoiser (batch 1, 4×4×4)", overhead_rows(
-        args, schedule, schedulers), note="µs/step = median wall time of one whole sampling call / steps; "
-                                          "ours/diffusers < 1 means our loop costs less per step.")
+    report.table(f"(a) per-step overhead, near-zero-cost denoiser (batch 1, {dims})",
+                 overhead_rows(args, shape, schedule, schedulers),
+                 note="µs/step = median wall time of one whole sampling call / steps; ours/diffusers < 1 means our "
+                      "loop costs less per step.")
     net = unet(args, cfg)
-    report.table("(b) wall time with the digits ConvNeXt UNet (random weights, 4×4×4 latents)",
-                 unet_rows(args, net, schedule, schedulers),
-                 note="median (and min) of the repeats, ours and diffusers interleaved; per sample = per batch / batch.")
-    report.table("(c) final samples, ours against diffusers (float32)", difference_rows(args, net, schedule, schedulers),
+    report.table(f"(b) wall time with the digits ConvNeXt UNet (random weights, {dims} latents)",
+                 unet_rows(args, net, shape, schedule, schedulers),
+                 note="median (and min) of the repeats, ours and diffusers interleaved; per sample = per batch / "
+                      "batch.")
+    report.table("(c) final samples, ours against diffusers (float32)",
+                 difference_rows(args, net, shape, schedule, schedulers),
                  note="a sanity figure, not a test: float32 rounding, and diffusers' float32 alphas_cumprod.")
     report.save()
     return 0

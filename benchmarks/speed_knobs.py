@@ -30,13 +30,12 @@ from typing import Callable, ContextManager, Optional
 import torch
 from torch import nn
 
-from benchmarks.common import (Report, build_unet, diffusion_train_step, load_config, make_parser, measure,
-                               parse, random_batch, schedule_of, timed)
+from benchmarks.common import (Report, build_unet, diffusion_train_step, latent_shape, load_config, make_parser,
+                               measure, parse, random_batch, schedule_of, timed)
 from model import base
 from model.errors import UserError, cli_entry
 
 NAME = "speed_knobs"
-LATENT_SHAPE = (4, 4, 4)  # the digits config's latents: 16×16 images through the f = 4 VAE, 4 channels
 
 
 def parse_args(argv: list[str]):
@@ -205,10 +204,11 @@ def main(argv: list[str]) -> int:
     report = Report(NAME, args.device)
     if "torch.compile" in args.knobs:
         print(compile_cache(args.cold_compile))
-    batch = random_batch((args.batch, *LATENT_SHAPE), cfg.denoiser.unet.num_classes, args.device)
+    shape = latent_shape(cfg)
+    batch = random_batch((args.batch, *shape), cfg.denoiser.unet.num_classes, args.device)
     knobs = {name: KNOBS[name] for name in args.knobs}
     rows, samplers, skip = probe_rows(knobs, cfg, batch, args)
-    report.table(f"one UNet call, no grad (batch {args.batch}, 4×4×4 latents)", rows,
+    report.table(f"one UNet call, no grad (batch {args.batch}, {'×'.join(map(str, shape))} latents)", rows,
                  note="first UNet call s holds torch.compile's compilation of the inference graph.")
     train = {k: training(knob, cfg, schedule, batch, args.seed, args.device) for k, knob in knobs.items()}
     report.table(f"training step (batch {args.batch})", knob_rows(train, skip, args, "ms/step", 1e3),
