@@ -125,8 +125,9 @@ def failure(err: Exception) -> str:
 
 def forward_probe(knob: Knob, net: nn.Module, x: torch.Tensor, c, device: torch.device,
                   limit: float) -> tuple[float, float]:
-    """(first, steady) seconds of one no-grad UNet call under the knob. The first call holds any compilation;
-    when it alone is over `limit` on a knob that does not compile, it is not repeated (steady = first)."""
+    """(first, steady) seconds of one no-grad UNet call under the knob: the first call (it holds any compilation
+    and one-off set-up) and a second one, unless the first alone, on a knob that does not compile, took longer
+    than `limit` (a whole DDIM call's budget; steady = first then)."""
     t = torch.full((x.shape[0],), 500, dtype=torch.int64, device=device)  # any t: the cost does not depend on it
     autocast = knob.autocast(device)
 
@@ -149,9 +150,9 @@ def probe_rows(knobs: dict[str, Knob], cfg, batch, args) -> tuple[list[dict], di
     for name, knob in knobs.items():
         try:
             net, x_T = knob.prepare(fresh_unet(cfg, args.seed, args.device).eval(), batch[0])
-            first, steady = forward_probe(knob, net, x_T, batch[1], args.device, limit)
+            first, steady = forward_probe(knob, net, x_T, batch[1], args.device, args.slow_limit)
         except Exception as err:  # a knob the machine cannot run is a figure, not a crash
-            rows.append({"knob": name, "status": failure(err)})
+            rows.append({"knob": name, "first UNet call s": "", "UNet call ms": "", "status": failure(err)})
             skip[name] = failure(err)
             continue
         samplers[name] = sampling(knob, net, x_T, batch[1], schedule_of(cfg), args.steps, args.device)
@@ -181,13 +182,14 @@ def knob_rows(fns: dict[str, Callable], skip: dict[str, str], args, per: str, sc
     base_time: Optional[float] = steady["fp32"].median if "fp32" in steady else None
     rows = []
     for name in fns:
-        row: dict = {"knob": name}
+        row: dict = dict.fromkeys(["knob", per, f"min {per}", "speed-up vs fp32", "first call s",
+                                   "first call minus steady s", "status"], "")  # the same columns on every row
+        row["knob"], row["status"] = name, skip.get(name) or failed.get(name) or "ok"
         if name in steady:
             t = steady[name]
             row.update({per: scale * t.median, f"min {per}": scale * t.min,
                         "speed-up vs fp32": base_time / t.median if base_time else "",
                         "first call s": first[name], "first call minus steady s": first[name] - t.median})
-        row["status"] = skip.get(name) or failed.get(name) or "ok"
         rows.append(row)
     return rows
 
