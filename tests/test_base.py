@@ -623,6 +623,19 @@ def _den(x, t, c):
     lambda s, x: base.diffusion_loss(x, x, x, 3, s, "v", "l2", min_snr_gamma=0.0),
     lambda s, x: base.clip_x0(x, -1.0),
     lambda s, x: base.classifier_free_guidance(_den, 1.0, null_class=-1),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=0),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=11),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=None),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2.5),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=6, t_start=5),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, t_start=0),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, t_start=11),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, parametrisation="score"),
+    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, clip_limit=-1.0),
+    lambda s, x: base.timesteps_dpm_solver(10, 0),
+    lambda s, x: base.dpmpp_2m_step(x, 5, 5, x, s),
+    lambda s, x: base.dpmpp_2m_step(x, 5, 3, x, s, x0_prev=x),
+    lambda s, x: base.dpmpp_2m_step(x, 5, 3, x, s, x0_prev=x, t_prev=5),
 ])
 def test_bad_inputs_raise_user_error(call):
     s = base.make_schedule("cosine", 10)

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from model import base
-from model.errors import UserError
 from test_base import GaussianOracle
 
 f64 = torch.float64
@@ -239,28 +238,5 @@ def test_clip_limit(cosine):
 # ----------------------------------------------------------------------------------------------------------------
 # (e) bad arguments
 # ----------------------------------------------------------------------------------------------------------------
-def _den(x, t, c):
-    return torch.zeros_like(x)
-
-
-@pytest.mark.parametrize("call", [
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=0),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=11),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=None),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2.5),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=6, t_start=5),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, t_start=0),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, t_start=11),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, parametrisation="score"),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, clip_limit=-1.0),
-    lambda s, x: base.timesteps_dpm_solver(10, 0),
-    lambda s, x: base.dpmpp_2m_step(x, 5, 5, x, s),
-    lambda s, x: base.dpmpp_2m_step(x, 5, 3, x, s, x0_prev=x),
-    lambda s, x: base.dpmpp_2m_step(x, 5, 3, x, s, x0_prev=x, t_prev=5),
-])
-def test_bad_inputs_raise_user_error(call):
-    s = base.make_schedule("cosine", 10)
-    x = torch.zeros(2, 3)
-    with pytest.raises(UserError) as info:
-        call(s, x)
-    assert "\n" not in str(info.value)
+# the bad-argument cases of sample_dpmpp_2m, timesteps_dpm_solver and dpmpp_2m_step are in
+# test_base.py's test_bad_inputs_raise_user_error, with those of every other function of model/base.py
