@@ -152,12 +152,13 @@ class LightningRunner:
     def run(self, steps: int) -> StepClock:
         from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-        from model.lightning.run import make_trainer
+        from model.lightning.run import make_logger, make_trainer
 
         clock = lightning_clock(self.device)
         with tempfile.TemporaryDirectory() as folder:
             tc = dataclasses.replace(self.tc, max_steps=steps)
-            trainer = make_trainer(tc, Path(folder), self.monitor, NAME, [clock])
+            logger = make_logger(tc, Path(folder), NAME, resume_step=None)
+            trainer = make_trainer(tc, Path(folder), self.monitor, logger, [clock])
             if not self.keep:  # the loop alone: no logger, so no LR monitor (it needs one), no checkpoint callbacks
                 trainer.loggers = []
                 trainer.callbacks = [cb for cb in trainer.callbacks

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.config import DataConfig
+from data.resumable import ResumableLoader, batches_done
 from data.transforms import random_hflip, tensor_to_model_range
 from model.errors import UserError
 
@@ -130,16 +131,12 @@ class BaseDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         nw = self.cfg.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.cfg.batch_size,
-            shuffle=train,
-            drop_last=False,
-            num_workers=nw,
-            persistent_workers=nw > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.cfg.seed) if train else None,
-        )
+        common = dict(batch_size=self.cfg.batch_size, num_workers=nw, persistent_workers=nw > 0,
+                      pin_memory=torch.cuda.is_available())
+        if train:  # an order a resumed run rebuilds exactly (data/resumable.py)
+            return ResumableLoader(ds, seed=self.cfg.seed, batches_done=lambda: batches_done(self.trainer), **common)
+        # a generator of its own: iterating validation must not draw from the global stream training uses
+        return DataLoader(ds, shuffle=False, generator=torch.Generator().manual_seed(self.cfg.seed), **common)
 
     def train_dataloader(self) -> DataLoader:
         self._ensure_setup()

@@ -82,6 +82,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimiser step a checkpoint was saved at (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+
+
 def state_dict_under(ckpt: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of the module state dict that start with `prefix.`, with the prefix removed."""
     start = prefix + "."

@@ -4,18 +4,21 @@
     python -m model.main -cfg config/ffhq-beta-vae.json --train-vae -n 1
     python -m model.main -cfg config/ffhq-denoiser.json --train-denoiser --load-vae <vae.ckpt> -n 1
     python -m model.main -cfg ... --train-denoiser --load <denoiser last.ckpt> -n 1      (resume)
+    python -m model.main -cfg ... --train-vae --train-denoiser -n 1 --auto-resume     (what train.sbatch runs)
 
 Any config key can follow as `--dotted.key value`; `--print_config` prints the resolved config and exits.
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
 from model.config import Config, check_denoiser_shapes, from_dict, to_dict
 from model.checkpoint import CONFIG_KEY, read_checkpoint
 from model.errors import UserError, cli_entry
+from model.run_folder import last_checkpoint, next_run_number, run_dir
 
 
 def make_parser():
@@ -25,6 +28,9 @@ def make_parser():
     p.add_argument("--train-denoiser", action="store_true", help="train stage 2, the denoiser")
     p.add_argument("--load-vae", type=Optional[str], default=None, help="stage-1 checkpoint the denoiser uses")
     p.add_argument("--load", type=Optional[str], default=None, help="checkpoint of the stage to resume")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue each stage from <run>/<stage>/checkpoints/last.ckpt when an earlier start of this "
+                        "run (-n) wrote one, and skip a stage that reached its max_steps (a requeued SLURM job)")
     p.add_argument("-n", "--run", type=Optional[int], default=None,
                    help="run number: the run folder is <output_dir>/<config name>-<n> (default: next free)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -40,6 +46,10 @@ def check_modes(args) -> None:
         raise UserError("--load-vae conflicts with --train-vae (which trains a new VAE); drop one of them")
     if args.run is not None and args.run < 0:
         raise UserError(f"-n must be >= 0, got {args.run}")
+    if args.auto_resume and args.run is None:
+        raise UserError("--auto-resume continues a numbered run: pass -n too (train.sbatch uses the SLURM job id)")
+    if args.auto_resume and args.load:
+        raise UserError("--auto-resume finds the checkpoint itself in the run folder; drop --load")
 
 
 def with_vae_of(cfg: Config, stored: dict, ckpt_path: str) -> Config:
@@ -81,34 +91,63 @@ def check_resume_fits(cfg: Config, stored: dict, ckpt_path: str, stage: str) -> 
             raise UserError(f"the checkpoint {ckpt_path} does not fit this config: {key} is {theirs[key]} there but "
                             f"{ours[key]} here; resume with the checkpoint's value or start a new run with -n")
 
+def resume_points(args, folder: Path) -> dict[str, Optional[str]]:
+    """The checkpoint each stage continues from: --load for the one stage trained, or with --auto-resume the
+    stage's own last.ckpt in the run folder (None: a fresh start)."""
+    if not args.auto_resume:
+        stage = "denoiser" if args.train_denoiser else "vae"
+        return {stage: args.load, ("vae" if stage == "denoiser" else "denoiser"): None}
+    found = {stage: last_checkpoint(folder, stage) for stage in ("vae", "denoiser")}
+    return {stage: str(path) if path else None for stage, path in found.items()}
+
+
+def read_resumed(args, loads: dict[str, Optional[str]]) -> dict[str, tuple[dict, int]]:
+    """(stored config, global step) of each checkpoint a trained stage resumes from: read once, before Lightning."""
+    out = {}
+    for stage, path in loads.items():
+        if path and getattr(args, f"train_{stage}"):
+            ckpt = read_checkpoint(path, expected=stage)
+            out[stage] = (ckpt[CONFIG_KEY], int(ckpt.get("global_step", 0)))
+    return out
+
+
+def checked_config(cfg: Config, args, loads: dict[str, Optional[str]], stored: dict[str, dict]) -> Config:
+    """The config with the VAE section of the stage-1 checkpoint in use, checked against what is resumed."""
+    if args.load_vae:
+        cfg = with_vae_of(cfg, read_checkpoint(args.load_vae, expected="vae")[CONFIG_KEY], args.load_vae)
+    elif "denoiser" in stored:
+        cfg = with_vae_of(cfg, stored["denoiser"], loads["denoiser"])
+    for stage, config in stored.items():
+        check_resume_fits(cfg, config, loads[stage], stage)
+    if args.train_denoiser:
+        check_denoiser_shapes(cfg)
+    return cfg
+
+
 @cli_entry
 def main(argv: list[str]) -> int:
     parser = make_parser()
     args = parse(parser, argv)
     check_modes(args)
     cfg = build_config(parser, args)
-    stage = "denoiser" if args.train_denoiser else "vae"
-    # the config stored in the checkpoint being resumed, read once (a clear error before Lightning restores it)
-    resumed = read_checkpoint(args.load, expected=stage)[CONFIG_KEY] if args.load else None
-    if args.load_vae:
-        cfg = with_vae_of(cfg, read_checkpoint(args.load_vae, expected="vae")[CONFIG_KEY], args.load_vae)
-    elif resumed is not None and args.train_denoiser:
-        cfg = with_vae_of(cfg, resumed, args.load)
-    if resumed is not None:
-        check_resume_fits(cfg, resumed, args.load, stage)
-    if args.train_denoiser:
-        check_denoiser_shapes(cfg)
-
-    from model.lightning.run import next_run_number, run_dir, train_stage
-
     n = args.run if args.run is not None else next_run_number(cfg)
     folder = run_dir(cfg, n)
+    loads = resume_points(args, folder)
+    resumed = read_resumed(args, loads)
+    cfg = checked_config(cfg, args, loads, {stage: config for stage, (config, _) in resumed.items()})
+    # a requeued job whose stage had reached its max_steps goes on to the next stage
+    finished = {stage: step >= getattr(cfg, stage).trainer.max_steps for stage, (_, step) in resumed.items()}
+
+    from model.lightning.run import train_stage
+
     vae_ckpt = args.load_vae
     if args.train_vae:
-        vae_ckpt = str(train_stage("vae", cfg, folder, load=args.load if not args.train_denoiser else None))
+        vae_ckpt = loads["vae"] if finished.get("vae") else str(train_stage("vae", cfg, folder, load=loads["vae"]))
         rank_zero_print(f"VAE checkpoint: {vae_ckpt}")
     if args.train_denoiser:
-        last = train_stage("denoiser", cfg, folder, load=args.load, load_vae=vae_ckpt)
+        last = loads["denoiser"]
+        if not finished.get("denoiser"):
+            last = str(train_stage("denoiser", cfg, folder, load=last, load_vae=vae_ckpt))
         rank_zero_print(f"denoiser checkpoint: {last}")
     return 0
 

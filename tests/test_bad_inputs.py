@@ -101,6 +101,8 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS], ["nothing to do"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--load-vae", "{vae}"], ["--load-vae"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--load", "{vae}"], ["--load"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--auto-resume"], ["--auto-resume", "-n"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--auto-resume", "-n", "1", "--load", "{vae}"], ["--auto-resume", "--load"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "-n", "-1"], ["-n"]),
     # ---- checkpoints ----
     ("sample", ["--load", "/nonexistent/x.ckpt"], ["does not exist"]),

@@ -54,7 +54,8 @@ def test_train_sh_runs_a_stage_and_rejects_a_bad_stage(tmp_path):
 
 def test_two_process_ddp_run_on_cpu(tmp_path):
     """Both stages under DDP with 2 CPU processes (gloo): the run ends at the configured step, rank zero alone
-    reports, and the checkpoint holds the same step count a single process would reach."""
+    reports, the checkpoint holds the same step count a single process would reach, and both ranks end with the
+    same weights, EMA and latent statistics."""
     ddp = []
     for stage in ("vae", "denoiser"):
         for key, value in (("accelerator", "cpu"), ("devices", "2"), ("strategy", "ddp"), ("max_steps", "4"),
@@ -70,3 +71,5 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     for stage in ("vae", "denoiser"):
         ckpt = torch.load(tmp_path / "digits-1" / stage / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["global_step"] == 4
+        digests = ckpt["callbacks"]["SameWeightsOnEveryRank"]["digests"]  # net, EMA, latent statistics per rank
+        assert len(digests) == 2 and digests[0] == digests[1]

@@ -63,12 +63,13 @@ class DenoiserSystem(System):
         return self.num_classes
 
     # ----- the frozen autoencoder and the latent statistics --------------------------------------------------
-    def load_vae(self, path: str) -> None:
-        """Take the VAE weights from a stage-1 checkpoint (its config must match `vae.net`)."""
+    def load_vae(self, path: str, kind: str = "vae") -> None:
+        """Take the VAE weights from a stage-1 checkpoint (its config must match `vae.net`), or with
+        kind="denoiser" from the denoiser checkpoint being resumed."""
         if self.autoencoder is None:
             raise UserError("--load-vae was given but denoiser.autoencoder is 'none'; drop --load-vae or set it to 'vae'")
-        ckpt = read_checkpoint(path, expected="vae")
-        load_weights(self.autoencoder, state_dict_under(ckpt, "vae"), path)
+        ckpt = read_checkpoint(path, expected=kind)
+        load_weights(self.autoencoder, state_dict_under(ckpt, "vae" if kind == "vae" else "autoencoder"), path)
 
     def train(self, mode: bool = True):
         super().train(mode)

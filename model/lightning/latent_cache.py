@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from data.resumable import ResumableLoader, batches_done
+
 
 class CachedLatents(pl.LightningDataModule):
     """Wraps an image datamodule; its training batches are (z, y) with z the raw latent posterior mean."""
@@ -35,8 +37,9 @@ class CachedLatents(pl.LightningDataModule):
         self._train = TensorDataset(torch.cat(zs), torch.cat(ys))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._train, batch_size=self.images.cfg.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(self.images.cfg.seed))
+        cfg = self.images.cfg
+        return ResumableLoader(self._train, batch_size=cfg.batch_size, seed=cfg.seed,
+                               batches_done=lambda: batches_done(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self.images.val_dataloader()

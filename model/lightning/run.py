@@ -1,7 +1,8 @@
-"""Running a stage: run folders, loggers, checkpoint callbacks and the Lightning Trainer."""
+"""Running a stage: loggers, checkpoint callbacks and the Lightning Trainer."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -11,38 +12,21 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from data import make_datamodule
+from model.checkpoint import checkpoint_step
 from model.config import Config, TrainerConfig, to_dict, write_json
 from model.errors import UserError
+from model.run_folder import check_stage_folder
 from model.lightning.atomic_io import AtomicCheckpointIO
 from model.lightning.callbacks import ImageGrid
 from model.lightning.interrupt import GracefulStop
+from model.lightning.ranks import SameWeightsOnEveryRank
+from model.lightning.rng_state import RNGState
+from model.lightning.slurm import cluster_plugins, job_id, requeue
 
 STAGES = ("vae", "denoiser")
 
 
-def run_dir(cfg: Config, n: int) -> Path:
-    """`<output_dir>/<name>-<n>`: one folder per run, with a sub-folder per stage."""
-    return Path(cfg.output_dir) / f"{cfg.name}-{n}"
-
-
-def next_run_number(cfg: Config) -> int:
-    n = 1
-    while run_dir(cfg, n).exists():
-        n += 1
-    return n
-
-
-def check_stage_folder(folder: Path, resuming: bool) -> None:
-    """Refuse to write a fresh run over an earlier one's checkpoints (nothing written is lost)."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder} is a file, not a folder; remove it or choose another -n / output_dir")
-    ckpts = list((folder / "checkpoints").glob("*.ckpt")) if folder.is_dir() else []
-    if ckpts and not resuming:
-        raise UserError(f"{folder} already holds checkpoints; resume with --load {folder}/checkpoints/last.ckpt "
-                        f"or pick a new run number with -n")
-
-
-def make_logger(tc: TrainerConfig, folder: Path, name: str):
+def make_logger(tc: TrainerConfig, folder: Path, name: str, resume_step: Optional[int]):
     if tc.logger == "tensorboard":
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -51,6 +35,10 @@ def make_logger(tc: TrainerConfig, folder: Path, name: str):
         from pytorch_lightning.loggers import WandbLogger
 
         return WandbLogger(project=tc.wandb_project, name=name, save_dir=str(folder), offline=tc.wandb_offline)
+    if resume_step is not None:
+        from model.lightning.csv_log import ResumedCSVLogger
+
+        return ResumedCSVLogger(str(folder), name="logs", version="", resume_step=resume_step)
     from pytorch_lightning.loggers import CSVLogger
 
     return CSVLogger(str(folder), name="logs", version="")
@@ -72,17 +60,17 @@ def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Cal
     return callbacks
 
 
-def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str,
+def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
                  extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     try:
-        return build_trainer(tc, folder, monitor, name, extra_callbacks)
+        return build_trainer(tc, folder, monitor, logger, extra_callbacks)
     except (MisconfigurationException, ImportError, ValueError, TypeError, RuntimeError) as err:  # "gpu" on a CPU
         raise UserError(f"the trainer settings do not work on this machine ({str(err).splitlines()[0][:160]}); "
                         f"check trainer.accelerator, trainer.devices and trainer.strategy (\"auto\" fits any "
                         f"machine)") from err
 
 
-def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str,
+def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
                   extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     devices = tc.devices if not tc.devices.isdigit() else int(tc.devices)
     return pl.Trainer(
@@ -96,9 +84,9 @@ def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, name: str,
         limit_val_batches=tc.limit_val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=tc.log_every_n_steps,
-        logger=make_logger(tc, folder, name),
+        logger=logger,
         callbacks=make_callbacks(tc, folder, monitor) + extra_callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         default_root_dir=str(folder),
         enable_progress_bar=tc.progress_bar,
         accelerator=tc.accelerator,
@@ -139,19 +127,40 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
 
             dm = CachedLatents(dm, system.encode_mean)
     stop = GracefulStop()
-    trainer = make_trainer(tc, stage_dir, monitor, f"{cfg.name}-{folder.name}-{stage}", [stop])
+    callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank()]
+    logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
+    trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before
+    if trainer.is_global_zero:
+        print(describe_batch(stage, cfg, tc, trainer.world_size))
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
     last = stage_dir / "checkpoints" / "last.ckpt"
     # the final step, which need not fall on a checkpoint interval (full state, so it resumes)
     trainer.save_checkpoint(last, weights_only=False)
-    interrupted = stop.interrupted(trainer.global_step, str(last))
+    interrupted = stop.interrupted(trainer.global_step, str(last), requeued=requeue_after(stop, trainer))
     if interrupted is not None:
         raise interrupted
     if trainer.is_global_zero:
         print(f"{stage}: trained to step {trainer.global_step} in {time.perf_counter() - start:.0f} s")
     return last
+
+
+def describe_batch(stage: str, cfg: Config, tc: TrainerConfig, world_size: int) -> str:
+    """The global batch and what the learning rate applies to: the numbers a scaled-out run must keep in mind."""
+    per_device = tc.batch_size or cfg.data.batch_size
+    lr = (cfg.vae.optim if stage == "vae" else cfg.denoiser.optim).lr
+    return (f"{stage}: global batch {per_device * world_size * tc.accumulate_grad_batches} = {per_device} per process "
+            f"x {world_size} process(es) x {tc.accumulate_grad_batches} accumulated; lr {lr:g} per optimiser step "
+            f"(not rescaled with the batch)")
+
+
+def requeue_after(stop: GracefulStop, trainer: pl.Trainer) -> Optional[str]:
+    """After SLURM's time-limit warning (SIGUSR1) inside a job: put the job back in the queue, once (rank zero)."""
+    job = job_id()
+    if stop.received != signal.SIGUSR1 or job is None:
+        return None
+    return requeue(job) if trainer.is_global_zero else "rank zero requeues the SLURM job"
 
 
 def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):
@@ -163,9 +172,13 @@ def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str])
         raise UserError(f"the denoiser is configured for {wanted} classes but the data has {dm.num_classes}; "
                         f"set denoiser.unet.num_classes to {dm.num_classes} (or 0 for unconditional)")
     system = DenoiserSystem(to_dict(cfg), num_classes=num_classes)
-    if cfg.denoiser.autoencoder == "vae" and load is None:
-        if load_vae is None:
-            raise UserError("training the denoiser on latents needs a VAE: pass --load-vae <vae .ckpt>, add "
-                            "--train-vae to train one first, or set denoiser.autoencoder 'none'")
+    if cfg.denoiser.autoencoder != "vae":
+        return system
+    if load is not None:  # now, not when Lightning restores the rest: cached latents are encoded before that
+        system.load_vae(load, kind="denoiser")
+    elif load_vae is None:
+        raise UserError("training the denoiser on latents needs a VAE: pass --load-vae <vae .ckpt>, add "
+                        "--train-vae to train one first, or set denoiser.autoencoder 'none'")
+    else:
         system.load_vae(load_vae)
     return system

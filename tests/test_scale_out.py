@@ -1,0 +1,177 @@
+"""Scaling out without SLURM (issue 6): resumable data order, exact resume, 2-process DDP on CPU, auto-resume, knobs.
+
+The SLURM side (sbatch, requeue, SIGUSR1) is in test_slurm.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data.resumable as resumable
+from data.resumable import ResumableLoader
+from model.main import main
+from tiny import DIGITS, ROOT, tiny
+
+TINY = tiny(val_every=3, log_every=1)
+
+
+def indices(loader) -> list[list[int]]:
+    return [y.tolist() for _, y in loader]  # the dataset below returns its index as the label
+
+
+class Numbered(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.zeros(1), i
+
+
+def loader(n: int = 23, batch: int = 4, seed: int = 0, done: int = 0) -> ResumableLoader:
+    return ResumableLoader(Numbered(n), batch_size=batch, seed=seed, batches_done=lambda: done)
+
+
+# ---- the resumable data order --------------------------------------------------------------------------------
+
+
+def test_each_epoch_is_a_fresh_seeded_permutation():
+    dl = loader()
+    e0, e1 = indices(dl), indices(dl)
+    assert sorted(sum(e0, [])) == list(range(23)) == sorted(sum(e1, []))
+    assert e0 != e1  # a new order per epoch
+    again = loader()
+    assert indices(again) == e0 and indices(again) == e1  # a function of (seed, epoch) only
+    assert indices(loader(seed=1)) != e0
+
+
+@pytest.mark.parametrize("epoch, done", [(0, 2), (1, 5), (1, 6)])
+def test_a_restored_loader_yields_exactly_the_rest(epoch, done):
+    """State saved after `done` batches of `epoch`: the new loader continues there (6 = after the epoch's last
+    batch: the next epoch), and the epochs after it are the uninterrupted run's."""
+    ref = loader()
+    epochs = [indices(ref) for _ in range(4)]
+    first = loader(done=done)
+    for _ in range(epoch + 1):
+        indices(first)  # the epochs up to the one the state is saved in
+    state = first.state_dict()
+    assert state == {"epoch": epoch, "batches": done}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    e, d = (epoch + 1, 0) if done == len(ref) else (epoch, done)  # 6 batches per epoch of 23 items
+    assert indices(resumed) == epochs[e][d:]
+    assert indices(resumed) == epochs[e + 1]
+
+
+def test_ranks_read_disjoint_shares_of_each_epoch(monkeypatch):
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(resumable, "world", lambda rank=rank: (rank, 2))
+        shares.append(sum(indices(loader(n=24)), []))
+    assert len(shares[0]) == len(shares[1]) == 12
+    assert sorted(shares[0] + shares[1]) == list(range(24))
+
+
+# ---- exact resume ----------------------------------------------------------------------------------------------
+
+
+def train(out: Path, n: str, *args: str) -> int:
+    return main(["-cfg", DIGITS, "--output_dir", str(out), "-n", n, *TINY, *args])
+
+
+def last(out: Path, n: str, stage: str) -> dict:
+    return torch.load(out / f"digits-{n}" / stage / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Bit-equal weights (network, EMA, latent statistics), AdamW moments and step."""
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i][m], sb[i][m]) for i in sa for m in sa[i])
+
+
+def train_losses(out: Path, n: str, stage: str) -> list[tuple[int, str]]:
+    import csv
+
+    with open(out / f"digits-{n}" / stage / "logs" / "metrics.csv") as f:
+        return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path):
+    """Run 2 stops each stage at step 5 and resumes to 12 (the VAE by --auto-resume, the denoiser on cached latents
+    by --load): weights, EMA, AdamW state and the logged loss curve equal the uninterrupted run 1 bit for bit."""
+    to = {stage: ("--vae.trainer.max_steps" if stage == "vae" else "--denoiser.trainer.max_steps") for stage in
+          ("vae", "denoiser")}
+    assert train(tmp_path, "1", "--train-vae", "--train-denoiser", to["vae"], "12", to["denoiser"], "12") == 0
+    assert train(tmp_path, "2", "--train-vae", to["vae"], "5") == 0
+    assert train(tmp_path, "2", "--train-vae", "--auto-resume", to["vae"], "12") == 0
+    vae = str(tmp_path / "digits-2" / "vae" / "checkpoints" / "last.ckpt")
+    assert train(tmp_path, "2", "--train-denoiser", "--load-vae", vae, to["denoiser"], "5") == 0
+    den = str(tmp_path / "digits-2" / "denoiser" / "checkpoints" / "last.ckpt")
+    assert train(tmp_path, "2", "--train-denoiser", "--load", den, to["denoiser"], "12") == 0
+    for stage in ("vae", "denoiser"):
+        assert_same_training_state(last(tmp_path, "1", stage), last(tmp_path, "2", stage))
+        curve = train_losses(tmp_path, "2", stage)  # both starts' rows in one metrics.csv
+        assert [step for step, _ in curve] == list(range(12)) and curve == train_losses(tmp_path, "1", stage)
+
+
+def test_auto_resume_skips_finished_stages(tmp_path, capsys):
+    steps = ["--vae.trainer.max_steps", "3", "--denoiser.trainer.max_steps", "3"]
+    assert train(tmp_path, "1", "--train-vae", "--train-denoiser", *steps) == 0
+    ckpts = tmp_path / "digits-1"
+    before = {stage: (ckpts / stage / "checkpoints" / "last.ckpt").stat().st_mtime_ns for stage in ("vae", "denoiser")}
+    capsys.readouterr()
+    assert train(tmp_path, "1", "--train-vae", "--train-denoiser", "--auto-resume", *steps) == 0
+    out = capsys.readouterr().out
+    assert "trained to step" not in out and out.count("checkpoint: ") == 2
+    assert before == {stage: (ckpts / stage / "checkpoints" / "last.ckpt").stat().st_mtime_ns for stage in before}
+
+
+def test_accumulation_counts_optimiser_steps_and_resumes_at_a_step_boundary(tmp_path):
+    """accumulate_grad_batches 2: 6 optimiser steps read 11 batches (7 per epoch of 108 images; Lightning closes an
+    epoch's odd last batch with a step of its own); stopped at 3 and resumed, the same state."""
+    acc = ["--train-vae", "--vae.trainer.accumulate_grad_batches", "2", "--vae.trainer.gradient_clip_val", "0.5"]
+    assert train(tmp_path, "1", *acc, "--vae.trainer.max_steps", "6") == 0
+    full = last(tmp_path, "1", "vae")
+    loader = full["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert full["global_step"] == 6 and (loader["epoch"], loader["batches"]) == (1, 4)
+    assert train(tmp_path, "2", *acc, "--vae.trainer.max_steps", "3") == 0
+    assert train(tmp_path, "2", *acc, "--auto-resume", "--vae.trainer.max_steps", "6") == 0
+    assert_same_training_state(full, last(tmp_path, "2", "vae"))
+
+
+# ---- 2-process DDP on CPU --------------------------------------------------------------------------------------
+
+
+def ddp_vae(out: Path, n: str, steps: int, *extra: str) -> None:
+    args = []
+    for key, value in (("accelerator", "cpu"), ("devices", "2"), ("strategy", "ddp"), ("max_steps", str(steps))):
+        args += [f"--vae.trainer.{key}", value]
+    done = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "-n", n,
+                           "--output_dir", str(out), *TINY, *args, *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "global batch 32 = 16 per process x 2 process(es) x 1 accumulated" in done.stdout
+
+
+def test_two_process_ddp_resume_matches_the_uninterrupted_run(tmp_path):
+    """gloo on CPU: both ranks end with the same weights (digests in the checkpoint), the run stopped at step 5 and
+    resumed ends where the uninterrupted one does, and each rank's random stream is stored."""
+    ddp_vae(tmp_path, "1", 8)
+    ddp_vae(tmp_path, "2", 5)
+    ddp_vae(tmp_path, "2", 8, "--auto-resume")
+    a, b = last(tmp_path, "1", "vae"), last(tmp_path, "2", "vae")
+    assert_same_training_state(a, b)
+    for ckpt in (a, b):
+        digests = ckpt["callbacks"]["SameWeightsOnEveryRank"]["digests"]
+        assert len(digests) == 2 and digests[0] == digests[1]
+        rng = ckpt["callbacks"]["RNGState"]["cpu"]
+        assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # each rank draws its own noise
