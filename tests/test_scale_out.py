@@ -175,3 +175,17 @@ def test_two_process_ddp_resume_matches_the_uninterrupted_run(tmp_path):
         assert len(digests) == 2 and digests[0] == digests[1]
         rng = ckpt["callbacks"]["RNGState"]["cpu"]
         assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # each rank draws its own noise
+
+
+def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):
+    """precision bf16-mixed: the forward pass runs in bfloat16 (the first loss differs from float32's by rounding
+    only), while the weights, EMA and checkpoint stay float32."""
+    for n, precision in (("1", "32"), ("2", "bf16-mixed")):
+        assert train(tmp_path, n, "--train-vae", "--train-denoiser", "--vae.trainer.max_steps", "3",
+                     "--denoiser.trainer.max_steps", "3", "--vae.trainer.precision", precision,
+                     "--denoiser.trainer.precision", precision) == 0
+    for stage in ("vae", "denoiser"):
+        floats = [v for v in last(tmp_path, "2", stage)["state_dict"].values() if v.is_floating_point()]
+        assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in floats)
+        fp32, bf16 = (float(train_losses(tmp_path, n, stage)[0][1]) for n in ("1", "2"))
+        assert fp32 != bf16 and abs(bf16 - fp32) < 0.05 * fp32

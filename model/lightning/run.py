@@ -15,13 +15,13 @@ from data import make_datamodule
 from model.checkpoint import checkpoint_step
 from model.config import Config, TrainerConfig, to_dict, write_json
 from model.errors import UserError
-from model.run_folder import check_stage_folder
 from model.lightning.atomic_io import AtomicCheckpointIO
 from model.lightning.callbacks import ImageGrid
 from model.lightning.interrupt import GracefulStop
 from model.lightning.ranks import SameWeightsOnEveryRank
 from model.lightning.rng_state import RNGState
 from model.lightning.slurm import cluster_plugins, job_id, requeue
+from model.run_folder import check_stage_folder
 
 STAGES = ("vae", "denoiser")
 
