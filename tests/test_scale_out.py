@@ -106,12 +106,13 @@ def train_losses(out: Path, n: str, stage: str) -> list[tuple[int, str]]:
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path):
-    """Run 2 stops each stage at step 5 and resumes to 12 (the VAE by --auto-resume, the denoiser on cached latents
-    by --load): weights, EMA, AdamW state and the logged loss curve equal the uninterrupted run 1 bit for bit."""
+    """Run 2 stops the VAE at step 6 (a validation step) and the denoiser at 5, and resumes both to 12 (the VAE by
+    --auto-resume, the denoiser on cached latents by --load): weights, EMA, AdamW state and the logged loss curve
+    (values and steps) equal the uninterrupted run 1 bit for bit."""
     to = {stage: ("--vae.trainer.max_steps" if stage == "vae" else "--denoiser.trainer.max_steps") for stage in
           ("vae", "denoiser")}
     assert train(tmp_path, "1", "--train-vae", "--train-denoiser", to["vae"], "12", to["denoiser"], "12") == 0
-    assert train(tmp_path, "2", "--train-vae", to["vae"], "5") == 0
+    assert train(tmp_path, "2", "--train-vae", to["vae"], "6") == 0
     assert train(tmp_path, "2", "--train-vae", "--auto-resume", to["vae"], "12") == 0
     vae = str(tmp_path / "digits-2" / "vae" / "checkpoints" / "last.ckpt")
     assert train(tmp_path, "2", "--train-denoiser", "--load-vae", vae, to["denoiser"], "5") == 0

@@ -36,11 +36,11 @@ class VAESystem(System):
         recon, kl, terms, mean, _ = self._losses(x)
         beta = self.beta()
         loss = (recon + beta * kl).mean()
-        self.log_dict({"train/loss": loss, "train/recon": recon.mean(), "train/kl": kl.mean(), "train/beta": beta,
-                       "train/latent_mean": mean.mean(), "train/latent_std": mean.std()},
-                      prog_bar=False, on_step=True)
-        self.log("loss", loss, prog_bar=True, logger=False)
-        self.log_dict({f"train/{k}": v.mean() for k, v in terms.items()}, on_step=True)
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        if self.is_logging_step():  # the rest only on the steps the logger writes
+            extras = {"train/recon": recon.mean(), "train/kl": kl.mean(), "train/beta": beta,
+                      "train/latent_mean": mean.mean(), "train/latent_std": mean.std()}
+            self.log_dict({**extras, **{f"train/{k}": v.mean() for k, v in terms.items()}}, on_step=True)
         return self.finite_or_skip(loss)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -1,13 +1,18 @@
-"""The CSV logger of a resumed stage keeps what the earlier start logged (Lightning's deletes metrics.csv).
+"""The logs of a resumed stage: they continue the earlier start's, one row per logged step across all starts.
 
-A requeued job resumes from its last checkpoint, so `metrics.csv` must hold one row per logged step across all
-starts: the rows logged before the checkpoint's step stay, the rows after it (steps the new start trains again,
-e.g. after a SIGKILL) are dropped, and the new rows are appended under the same header.
+- The CSV logger keeps what the earlier start logged (Lightning's deletes metrics.csv): the rows logged before the
+  checkpoint's step stay, the rows after it (steps the new start trains again, e.g. after a SIGKILL) are dropped,
+  and the new rows are appended under the same header.
+- The step the loggers write (Lightning's count of optimiser steps for logging) is set to `global_step` when
+  training (re)starts: restored from a checkpoint written after validation at the end of `fit`, Lightning's
+  count comes back one ahead, and every later row would carry the step after its own.
 """
 from __future__ import annotations
 
 import csv
+from typing import Any
 
+import pytorch_lightning as pl
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
@@ -47,3 +52,16 @@ class ResumedCSVLogger(CSVLogger):
         if self._experiment is None:
             self._experiment = KeepEarlierRows(self.log_dir, self.resume_step)
         return self._experiment
+
+
+class LoggedStepFollowsGlobalStep(pl.Callback):
+    """Before the first batch of a (re)started fit, align the step the loggers write with `global_step`
+    (one optimiser and automatic optimisation: Lightning increments both once per optimiser step)."""
+
+    def __init__(self) -> None:
+        self.aligned = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not self.aligned:  # after Lightning's own restart bookkeeping, which runs when the epoch loop resets
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self.aligned = True
