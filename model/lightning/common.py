@@ -78,11 +78,16 @@ class System(pl.LightningModule):
     def is_logging_step(self) -> bool:
         """True on the steps whose values the logger writes (every `trainer.log_every_n_steps`).
 
-        A `self.log` call costs 1-2 ms in Lightning on a CPU (it moves its metric state each time), so the
-        per-step extras are logged only on these steps. Lightning's own test is asked, not `global_step`: its step
-        count runs one ahead of `global_step` after some resumes.
+        A `self.log` call costs 1-2 ms in Lightning on a CPU (it moves its metric state each time), so values are
+        logged only on these steps; metrics.csv gets the same rows. Lightning's own test is asked, not
+        `global_step`: its step count can run one ahead of `global_step` until LoggedStepFollowsGlobalStep aligns it.
         """
         return self.trainer._logger_connector.should_update_logs
+
+    def log_train_loss(self, loss: Tensor) -> None:
+        """train/loss: every step while a progress bar shows it, else on the steps the logger writes."""
+        if self.trainer.progress_bar_callback is not None or self.is_logging_step():
+            self.log("train/loss", loss, on_step=True, prog_bar=True)
 
     def count_bad_step(self, what: str) -> None:
         self.bad_steps_in_a_row += 1

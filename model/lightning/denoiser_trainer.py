@@ -151,7 +151,7 @@ class DenoiserSystem(System):
         c = self.condition(y, self.diff.p_uncond)
         t = torch.randint(1, self.diff.T + 1, (z0.shape[0],), device=z0.device)
         loss = self.loss_at(self.net, z0, c, t, torch.randn_like(z0)).mean()
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log_train_loss(loss)
         return self.finite_or_skip(loss)
 
     def optimizer_step(self, *args, **kwargs) -> None:

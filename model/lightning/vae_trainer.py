@@ -36,7 +36,7 @@ class VAESystem(System):
         recon, kl, terms, mean, _ = self._losses(x)
         beta = self.beta()
         loss = (recon + beta * kl).mean()
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log_train_loss(loss)
         if self.is_logging_step():  # the rest only on the steps the logger writes
             extras = {"train/recon": recon.mean(), "train/kl": kl.mean(), "train/beta": beta,
                       "train/latent_mean": mean.mean(), "train/latent_std": mean.std()}
