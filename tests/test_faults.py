@@ -197,6 +197,8 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path):
     assert step >= 10 and step % 5 == 0
     assert resume_to(tmp_path, ckpts / "last.ckpt", step + 2) == 0
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == step + 2
+    with open(tmp_path / "digits-1" / "vae" / "logs" / "metrics.csv") as f:  # no row lost or repeated
+        assert [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")] == list(range(step + 2))
 
 
 # ---- reproducibility --------------------------------------------------------------------------------------

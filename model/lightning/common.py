@@ -80,7 +80,7 @@ class System(pl.LightningModule):
 
         A `self.log` call costs 1-2 ms in Lightning on a CPU (it moves its metric state each time), so values are
         logged only on these steps; metrics.csv gets the same rows. Lightning's own test is asked, not
-        `global_step`: its step count can run one ahead of `global_step` until LoggedStepFollowsGlobalStep aligns it.
+        `global_step`: its step count can run one ahead of `global_step` until ContinuousLogs aligns it.
         """
         return self.trainer._logger_connector.should_update_logs
 

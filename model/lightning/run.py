@@ -19,7 +19,7 @@ from model.lightning.atomic_io import AtomicCheckpointIO
 from model.lightning.callbacks import ImageGrid
 from model.lightning.interrupt import GracefulStop
 from model.lightning.ranks import SameWeightsOnEveryRank
-from model.lightning.resumed_logs import LoggedStepFollowsGlobalStep
+from model.lightning.resumed_logs import ContinuousLogs
 from model.lightning.rng_state import RNGState
 from model.lightning.slurm import cluster_plugins, job_id, requeue
 from model.run_folder import check_stage_folder
@@ -128,7 +128,7 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
 
             dm = CachedLatents(dm, system.encode_mean)
     stop = GracefulStop()
-    callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), LoggedStepFollowsGlobalStep()]
+    callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), ContinuousLogs()]
     logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
     trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before
