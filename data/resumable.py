@@ -69,11 +69,11 @@ class ResumableLoader(DataLoader):
         return {"epoch": max(self.sampler.next_epoch - 1, 0), "batches": self.batches_done()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, batches = state["epoch"], state["batches"]
-        if batches >= len(self):  # saved after the epoch's last batch: the next epoch is next
-            epoch, batches = epoch + 1, 0
-        self.sampler.next_epoch = epoch
-        self.sampler.skip = batches * self.batch_size  # only the last batch of an epoch can be short
+        """Continue `state["epoch"]` after its first `state["batches"]` batches. Saved after the epoch's last batch,
+        the next pass is empty and the one after it starts the next epoch: Lightning either ends that epoch without
+        reading (a checkpoint from the end of `fit`) or finds it exhausted at once (one from its last batch)."""
+        self.sampler.next_epoch = state["epoch"]
+        self.sampler.skip = state["batches"] * self.batch_size  # only the last batch of an epoch can be short
 
 
 def batches_done(trainer) -> int:

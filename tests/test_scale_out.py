@@ -54,7 +54,7 @@ def test_each_epoch_is_a_fresh_seeded_permutation():
 @pytest.mark.parametrize("epoch, done", [(0, 2), (1, 5), (1, 6)])
 def test_a_restored_loader_yields_exactly_the_rest(epoch, done):
     """State saved after `done` batches of `epoch`: the new loader continues there (6 = after the epoch's last
-    batch: the next epoch), and the epochs after it are the uninterrupted run's."""
+    batch: an empty pass, then the next epoch), and the epochs after it are the uninterrupted run's."""
     ref = loader()
     epochs = [indices(ref) for _ in range(4)]
     first = loader(done=done)
@@ -64,9 +64,8 @@ def test_a_restored_loader_yields_exactly_the_rest(epoch, done):
     assert state == {"epoch": epoch, "batches": done}
     resumed = loader()
     resumed.load_state_dict(state)
-    e, d = (epoch + 1, 0) if done == len(ref) else (epoch, done)  # 6 batches per epoch of 23 items
-    assert indices(resumed) == epochs[e][d:]
-    assert indices(resumed) == epochs[e + 1]
+    assert indices(resumed) == epochs[epoch][done:]  # 6 batches per epoch of 23 items
+    assert indices(resumed) == epochs[epoch + 1]
 
 
 def test_ranks_read_disjoint_shares_of_each_epoch(monkeypatch):
@@ -164,11 +163,13 @@ def ddp_vae(out: Path, n: str, steps: int, *extra: str) -> None:
 
 
 def test_two_process_ddp_resume_matches_the_uninterrupted_run(tmp_path):
-    """gloo on CPU: both ranks end with the same weights (digests in the checkpoint), the run stopped at step 5 and
-    resumed ends where the uninterrupted one does, and each rank's random stream is stored."""
-    ddp_vae(tmp_path, "1", 8)
-    ddp_vae(tmp_path, "2", 5)
-    ddp_vae(tmp_path, "2", 8, "--auto-resume")
+    """gloo on CPU: both ranks end with the same weights (digests in the checkpoint), the run stopped at step 5
+    (mid-epoch) and at 8 (an epoch's last batch) and resumed ends where the uninterrupted one does, and each rank's
+    random stream is stored."""
+    ddp_vae(tmp_path, "1", 10)
+    ddp_vae(tmp_path, "2", 5)  # mid-epoch (4 batches per rank and epoch)
+    ddp_vae(tmp_path, "2", 8, "--auto-resume")  # at an epoch's end
+    ddp_vae(tmp_path, "2", 10, "--auto-resume")
     a, b = last(tmp_path, "1", "vae"), last(tmp_path, "2", "vae")
     assert_same_training_state(a, b)
     for ckpt in (a, b):
