@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from tiny import failure_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "config" / "digits.json")
 
@@ -66,7 +68,7 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
                           "200", "--data.batch_size", "16", "--vae.net.base_channels", "8",
                           "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]", *ddp],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, failure_summary(out.stderr)
     assert out.stdout.count("VAE checkpoint:") == 1 and out.stdout.count("denoiser checkpoint:") == 1, out.stdout
     for stage in ("vae", "denoiser"):
         ckpt = torch.load(tmp_path / "digits-1" / stage / "checkpoints" / "last.ckpt", weights_only=True)

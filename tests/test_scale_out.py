@@ -14,7 +14,7 @@ import torch
 import data.resumable as resumable
 from data.resumable import ResumableLoader
 from model.main import main
-from tiny import DIGITS, ROOT, tiny
+from tiny import DIGITS, ROOT, failure_summary, tiny
 
 TINY = tiny(val_every=3, log_every=1)
 
@@ -158,7 +158,7 @@ def ddp_vae(out: Path, n: str, steps: int, *extra: str) -> None:
     done = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "-n", n,
                            "--output_dir", str(out), *TINY, *args, *extra],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure_summary(done.stderr)
     assert "global batch 32 = 16 per process x 2 process(es) x 1 accumulated" in done.stdout
 
 

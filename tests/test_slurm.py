@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 import torch
 
-from tiny import DIGITS, ROOT, tiny
+from tiny import DIGITS, ROOT, failure_summary, tiny
 
 VAE_STEPS, DENOISER_STEPS = 60, 10
 # one torch thread per process in the job and in the reference run, so both sum in the same order
@@ -64,7 +64,7 @@ def reference(slurm, tmp_path_factory) -> Path:
     done = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--train-denoiser",
                            "-n", "1", *training_args(out), *ddp], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure_summary(done.stderr)
     return out / "digits-1"
 
 

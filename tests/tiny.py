@@ -17,3 +17,11 @@ def tiny(val_every: int, log_every: int = 20) -> list[str]:
                  f"--{stage}.trainer.images_every_n_steps", "0", f"--{stage}.trainer.progress_bar", "false",
                  f"--{stage}.trainer.log_every_n_steps", str(log_every)]
     return args
+
+
+def failure_summary(stderr: str) -> str:
+    """For a failed multi-process run: the error lines of all ranks first (rank one's traceback, printed last, would
+    hide what rank zero died of), then the tail."""
+    errors = [line for line in stderr.splitlines()
+              if any(k in line for k in ("Error:", "error:", "Exception", "Fatal", "Killed", "Segmentation"))]
+    return "\n".join(errors[-20:]) + "\n...\n" + stderr[-1500:]
