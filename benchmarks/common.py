@@ -3,7 +3,7 @@ repeats, median and min), peak memory, the results CSV and the Markdown table, a
 recipe the scripts time outside Lightning (the config, the UNet, a random batch, one bare training step).
 
 Benchmarks print numbers and write `benchmarks/results/<name>.csv`; they assert nothing about timings
-(DESIGN.md, section 4: speed figures belong in benchmarks, not in timed tests).
+(speed figures belong in benchmarks, not in timed tests).
 """
 from __future__ import annotations
 
@@ -222,25 +222,25 @@ class Report:
 # ----------------------------------------------------------------------------------------------------------------
 def load_config(path: str):
     """The validated Config of a JSON file (what `-cfg` reads)."""
-    from model.cli_config import parse_config_dict
+    from model.cli_config import from_dict
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config {path} does not exist; run from the repository root or pass --config FILE")
-    return parse_config_dict(json.loads(p.read_text()))
+    return from_dict(json.loads(p.read_text()))
 
 
 def build_unet(cfg, in_channels: Optional[int] = None) -> nn.Module:
-    """The config's denoiser network with random weights, through the package's `build_network`.
+    """The config's denoiser network with random weights, through the package's `denoiser_network`.
 
     `in_channels` swaps the input channels only (pixel space: 1 for grey images), keeping width and depth.
     """
-    from model.lightning.denoiser_trainer import build_network
+    from model.pipeline import denoiser_network
 
     if in_channels is not None:
         unet = dataclasses.replace(cfg.denoiser.unet, in_channels=in_channels)
         cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, unet=unet))
-    return build_network(cfg, cfg.denoiser.unet.num_classes)
+    return denoiser_network(cfg, cfg.denoiser.unet.num_classes)
 
 
 def latent_shape(cfg, image_size: Optional[int] = None) -> tuple[int, int, int]:
@@ -283,7 +283,7 @@ def diffusion_train_step(net: nn.Module, opt: torch.optim.Optimizer, z0: Tensor,
         nn.utils.clip_grad_norm_(net.parameters(), clip)
     opt.step()
     if ema is not None:
-        from model.lightning.ema import ema_update
+        from model.ema import ema_update
 
         ema_update(ema, net, ema_decay)
     return loss.detach()

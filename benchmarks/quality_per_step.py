@@ -1,12 +1,14 @@
-"""Sample quality per network evaluation: class accuracy and domain-feature FID of one trained class-conditional
-model for DDPM with all T steps, DDIM at 10, 25, 50 and 100 steps and DPM-Solver++(2M) at 5, 10 and 20 steps.
+"""Sample quality per network evaluation: one trained class-conditional model sampled by DDPM, DDIM and
+DPM-Solver++(2M) at 5 to 100 steps (and DDPM with all T), each scored by the error budget on pixel features
+(pixel Fréchet distance over the real floor, precision, recall, KID), class accuracy and the domain-feature FID.
 
     python -m benchmarks.quality_per_step --load runs/digits-1/denoiser/checkpoints/last.ckpt \
         --classifier runs/classifiers/digits.pt [--num_samples 500] [--cfg-scale 0] [--settings ddim:25 dpmpp_2m:10]
 
 Every setting draws the same `--num_samples` samples (the same seed, so the same starting noise; classes cycling
-0..K-1) and is measured under one protocol: `model.scripts.evaluate`'s (domain features of the classifier against
-the validation set, real statistics cached). The aim of issue 8: DPM-Solver++ at 10 steps as good as DDIM at 25.
+0..K-1). The pixel metrics follow `model.scripts.evaluate`'s protocol (the same real references for every row, the
+floor and the VAE round trip beside them); the domain FID is measured against the validation set (real statistics
+cached). Writes the table to benchmarks/results/quality_per_step.csv and the plot to `--plot`.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import torch
 
 from benchmarks.common import Report
 from model.errors import ArgParser, UserError, cli_entry
+from model.scripts.common import add_pixel_arguments
 
-# (sampler, steps); None steps: DDPM with all T steps. The sheets' and the issue's settings.
-DEFAULT_SETTINGS = ["ddpm:all", "ddim:10", "ddim:25", "ddim:50", "ddim:100", "dpmpp_2m:5", "dpmpp_2m:10",
-                    "dpmpp_2m:20"]
+STEPS = (5, 10, 25, 50, 100)
+# (sampler, steps); "ddpm:all" runs every one of the T steps
+DEFAULT_SETTINGS = [f"{s}:{n}" for s in ("ddpm", "ddim", "dpmpp_2m") for n in STEPS] + ["ddpm:all"]
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -34,13 +37,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", "--batch_size", type=int, default=250)
     p.add_argument("--stats-cache", "--stats_cache", default="runs/fid_stats")
+    p.add_argument("--plot", default="benchmarks/results/quality_per_step.png", help="where the plot goes")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_pixel_arguments(p)
     return p
 
 
 def parse_settings(settings: list[str]) -> list[tuple[str, int | None]]:
     """["ddim:25", "ddpm:all"] → [("ddim", 25), ("ddpm", None)]."""
-    from model.lightning.denoiser_trainer import SAMPLERS
+    from model.base import SAMPLERS
 
     out = []
     for item in settings:
@@ -52,52 +57,107 @@ def parse_settings(settings: list[str]) -> list[tuple[str, int | None]]:
     return out
 
 
-def measure_setting(system, fid, clf, sampler: str, steps, args, device: str) -> dict:
-    """Draw the samples of one setting and measure their FID and class accuracy (and the wall time)."""
-    from model import fid as fidlib
+def draw_setting(pipe, fid, clf, sampler: str, steps, args, device: str) -> tuple[dict, torch.Tensor]:
+    """The samples of one setting with their class accuracy, domain FID and wall time; (row, samples)."""
     from model.evaluation import balanced_labels, generate, predict
+    from model.metrics import fid as fidlib
     from model.scripts.common import describe_sampler, sampler_steps
 
-    labels = balanced_labels(args.num_samples, system.num_classes)
+    labels = balanced_labels(args.num_samples, pipe.num_classes)
     start = time.perf_counter()
-    x = generate(system, args.num_samples, labels, args.cfg_scale, sampler=sampler, steps=steps, seed=args.seed,
+    x = generate(pipe, args.num_samples, labels, args.cfg_scale, sampler=sampler, steps=steps, seed=args.seed,
                  batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     fid.reset()
     fidlib.update(fid, x.split(args.batch_size), real=False, extractor="classifier")
-    n = sampler_steps(sampler, steps, system.diff.sample_steps, system.diff.T)
+    n = sampler_steps(sampler, steps, pipe.diff.sample_steps, pipe.diff.T)
     accuracy = float((predict(clf, x, device) == labels).float().mean())
     return {"sampler": describe_sampler(sampler, n), "network evaluations": n * (2 if args.cfg_scale else 1),
-            "FID (domain)": float(fid.compute()), "class accuracy": accuracy, "seconds": seconds}
+            "class accuracy": accuracy, "FID (domain)": float(fid.compute()), "seconds": seconds}, x
+
+
+def budget_columns(budget: dict, name: str) -> dict:
+    """The pixel metrics of one budget row as table columns."""
+    from model.metrics.budget import floor_ratio
+
+    row = next(r for r in budget["rows"] if r["row"] == name)
+    return {"pixel FD / floor": floor_ratio(budget, name), "pixel FD": row["pixel_fd"]["mean"],
+            "precision": row["precision"]["mean"], "recall": row["recall"]["mean"], "KID x 1e3": 1e3 * row["kid"]["mean"]}
+
+
+def plot(rows: list[dict], budget: dict, path: str) -> None:
+    """Pixel FD over the floor against network evaluations, one line per sampler, the round trip and floor level."""
+    import numpy as np
+
+    from model.metrics.budget import FLOOR, ROUND_TRIP, floor_ratio
+    from model.plots import _pyplot, _save_figure
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for family in ("DDPM", "DDIM", "DPM-Solver++(2M)"):
+        points = sorted((r["network evaluations"], r["pixel FD / floor"]) for r in rows
+                        if r["sampler"].startswith(family + " "))
+        if points:
+            ax.plot(*np.array(points).T, marker="o", label=family)
+    names = [r["row"] for r in budget["rows"]]
+    if ROUND_TRIP in names:
+        ax.axhline(floor_ratio(budget, ROUND_TRIP), ls="--", c="0.4", label="VAE round trip")
+    ax.axhline(floor_ratio(budget, FLOOR), ls=":", c="k", label="real floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per sample")
+    ax.set_ylabel("pixel Fréchet distance / real floor")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save_figure(plt, fig, path)
+    print(f"wrote {path}")
 
 
 @cli_entry
 def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
+    from pathlib import Path
+
     from model.classifier import load_classifier
-    from model.evaluation import check_classifier_fits, generate
-    from model.fid import make_fid
-    from model.lightning.denoiser_trainer import load_denoiser
-    from model.scripts.common import held_out, resolve_device
+    from model.evaluation import check_classifier_fits, generate, pixel_budget
+    from model.metrics.budget import FLOOR, ROUND_TRIP, check_sizes
+    from model.metrics.fid import make_fid
+    from model.pipeline import LatentDiffusionPipeline
+    from model.scripts.common import held_out, pixel_protocol, resolve_device
     from model.scripts.evaluate import real_stats
 
     settings = parse_settings(args.settings)
     device = resolve_device(args.device)
-    system = load_denoiser(args.load, map_location=device)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
     clf = load_classifier(args.classifier)[0].to(device)
-    if system.num_classes == 0:
+    if pipe.num_classes == 0:
         raise UserError("quality per step needs a class-conditional model (class accuracy); train one first")
-    check_classifier_fits(clf, system, conditional=True)
+    check_classifier_fits(clf, pipe, conditional=True)
+    dm = held_out(pipe.cfg.data)
+    protocol = pixel_protocol(args, dm)
+    check_sizes(min(args.real_pool, len(dm.all_items())), args.num_samples)
     fid = make_fid("classifier", clf).to(device)
     args.inception_weights, args.inception_features = None, 2048  # what real_stats reads besides the classifier
-    n_real, source = real_stats(fid, args, system, "classifier", held_out(system.cfg.data).val_dataloader())
+    n_real, source = real_stats(fid, args, pipe, "classifier", dm.val_dataloader())
 
     report = Report("quality_per_step", torch.device(device))
-    generate(system, 2, None, 0.0, sampler="ddim", steps=2, seed=0, batch_size=2)  # warm-up: first calls are slow
-    rows = [measure_setting(system, fid, clf, sampler, steps, args, device) for sampler, steps in settings]
-    report.table(f"Quality per step: {args.num_samples} samples, w = {args.cfg_scale:g}, seed {args.seed}", rows,
-                 note=f"FID: domain features of {args.classifier} against {n_real} validation images ({source}).")
+    generate(pipe, 2, None, 0.0, sampler="ddim", steps=2, seed=0, batch_size=2)  # warm-up: first calls are slow
+    rows, samples = [], {}
+    for sampler, steps in settings:
+        row, samples[f"{sampler}:{steps or 'all'}"] = draw_setting(pipe, fid, clf, sampler, steps, args, device)
+        rows.append(row)
+    budget = pixel_budget(pipe, dm, samples, protocol, args.real_pool, args.batch_size)
+    rows = [{**row, **budget_columns(budget, name)} for row, name in zip(rows, samples)]
+    references = [{"sampler": name, **budget_columns(budget, name)} for name in (ROUND_TRIP, FLOOR)
+                  if any(r["row"] == name for r in budget["rows"])]
+    p = budget["protocol"]
+    report.table(f"Quality per step: {args.num_samples} samples, w = {args.cfg_scale:g}, seed {args.seed}",
+                 rows + references,
+                 note=f"Pixel metrics: {p['features']}; mean over {p['draws']} draws of n = {p['n']} floor images "
+                      f"and a reference of {p['reference']}; k = {p['k']}. FID (domain): {args.classifier} against "
+                      f"{n_real} validation images ({source}). Seconds: wall time of the sampling alone.")
     report.save()
+    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+    plot(rows, budget, args.plot)
     return 0
 
 

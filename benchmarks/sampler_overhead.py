@@ -76,8 +76,11 @@ def diffusers_loop(scheduler, denoiser, x_T: Tensor, c: Optional[Tensor], steps:
 
 def our_loop(kind: str, denoiser, x_T: Tensor, schedule: base.Schedule, c: Optional[Tensor], steps: int,
              generator: Optional[torch.Generator]) -> Tensor:
-    loop = base.sample_ddim if kind == "ddim" else base.sample_ddpm
-    return loop(denoiser, x_T, schedule, c=c, parametrisation="v", steps=steps, generator=generator)
+    """Our loop as the package runs it: the network behind the `Denoiser` wrapper (v to (x0, eps)), bound once."""
+    from model.denoising import Denoiser
+
+    denoise = Denoiser(denoiser, schedule, "v", num_classes=int(c.max()) + 1 if c is not None else 0).bind(c)
+    return base.sample(kind, denoise, x_T, schedule, steps=steps, generator=generator)
 
 
 OUR_TIMES = {"ddpm": base.timesteps_ddpm, "ddim": base.timesteps_ddim}

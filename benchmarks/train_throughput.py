@@ -6,7 +6,7 @@
 Configurations:
 
 - denoiser, Lightning: `DenoiserSystem` on the digits config (batch 64 on 4×4×4 latents) fitted by the Trainer
-  that `model.lightning.run.make_trainer` builds, with validation, checkpoints, image grids, the logger and the
+  that `model.lightning.trainer.make_trainer` builds, with validation, checkpoints, image grids, the logger and the
   progress bar off (`--keep-callbacks` keeps the logger, LR monitor and checkpoint callbacks of a real run);
 - denoiser, bare: the same network, optimiser (`adamw_with_warmup`), data loader and math in a plain loop
   (`benchmarks.common.diffusion_train_step`: q_sample, UNet, v-target MSE, backward, clip, AdamW, EMA);
@@ -135,9 +135,9 @@ class LightningRunner:
 
     def __init__(self, system_kind: str, latents: str, cfg, tc, device: torch.device, keep: bool) -> None:
         from model.config import to_dict
-        from model.lightning.denoiser_trainer import DenoiserSystem
+        from model.lightning.systems.denoiser import DenoiserSystem
         from model.lightning.latent_cache import CachedLatents
-        from model.lightning.vae_trainer import VAESystem
+        from model.lightning.systems.vae import VAESystem
 
         self.tc, self.device, self.keep = tc, device, keep
         self.dm = image_data(cfg, tc)
@@ -152,7 +152,7 @@ class LightningRunner:
     def run(self, steps: int) -> StepClock:
         from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-        from model.lightning.run import make_logger, make_trainer
+        from model.lightning.trainer import make_logger, make_trainer
 
         clock = lightning_clock(self.device)
         with tempfile.TemporaryDirectory() as folder:
@@ -171,16 +171,16 @@ def bare_denoiser_step(cfg, tc, dm, latents: str, device: torch.device) -> tuple
     """(step(batch, i), train loader): the denoiser recipe on plain modules, no LightningModule anywhere."""
     from model import base
     from model.autoencoder import BetaVAE
-    from model.lightning.common import adamw_with_warmup
-    from model.lightning.denoiser_trainer import build_network
-    from model.lightning.ema import ema_decay_at
+    from model.optim import adamw_with_warmup
+    from model.pipeline import denoiser_network
+    from model.ema import ema_decay_at
     from model.lightning.latent_cache import CachedLatents
 
     diff = cfg.denoiser.diffusion
-    net = build_network(cfg, dm.num_classes).to(device)
+    net = denoiser_network(cfg, dm.num_classes).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
     vae = BetaVAE(cfg.vae.net).requires_grad_(False).eval().to(device)
-    opt_sched = adamw_with_warmup(net.parameters(), cfg.denoiser.optim)
+    opt_sched = adamw_with_warmup(net.parameters(), cfg.denoiser.optim, cfg.denoiser.trainer.max_steps)
     opt, lr_sched = opt_sched["optimizer"], opt_sched["lr_scheduler"]["scheduler"]
     schedule = base.make_schedule(diff.schedule, diff.T)
     channels = cfg.vae.net.latent_channels
@@ -208,11 +208,11 @@ def bare_denoiser_step(cfg, tc, dm, latents: str, device: torch.device) -> tuple
 def bare_vae_step(cfg, tc, dm, device: torch.device) -> tuple[Callable, object]:
     """(step(batch, i), train loader): the β-VAE recipe on plain modules."""
     from model.autoencoder import BetaVAE, ReconstructionLoss, beta_at, kl_divergence
-    from model.lightning.common import adamw_with_warmup
+    from model.optim import adamw_with_warmup
 
     n = cfg.vae.net
     vae, recon_loss = BetaVAE(n).to(device), ReconstructionLoss(cfg.vae.loss).to(device)
-    opt_sched = adamw_with_warmup(vae.parameters(), cfg.vae.optim)
+    opt_sched = adamw_with_warmup(vae.parameters(), cfg.vae.optim, cfg.vae.trainer.max_steps)
     opt, lr_sched = opt_sched["optimizer"], opt_sched["lr_scheduler"]["scheduler"]
 
     def step(batch, i: int) -> None:

@@ -69,6 +69,8 @@ class BaseDataModule(pl.LightningDataModule):
     works, even one smaller than batch_size; only an empty training split is an error.
     """
 
+    native_size: Optional[int] = None  # side of the source images when they all share one (digits: 8), else None
+
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -128,6 +130,12 @@ class BaseDataModule(pl.LightningDataModule):
         train_idx, val_idx = split_indices(n, self.cfg.val_fraction, self.cfg.seed, self.cfg.max_items)
         self.train_set = Subset(self._dataset(train=True), train_idx)
         self.val_set = Subset(self._dataset(train=False), val_idx)
+
+    def all_items(self) -> Dataset:
+        """Every item of the split, training and validation, without augmentation (data.max_items applies): the
+        real images the quality metrics use."""
+        self._ensure_setup()
+        return Subset(self._dataset(train=False), list(self.train_set.indices) + list(self.val_set.indices))
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         nw = self.cfg.num_workers

@@ -78,4 +78,6 @@ class ResumableLoader(DataLoader):
 
 def batches_done(trainer) -> int:
     """Batches of the current epoch that `trainer` has trained on (Lightning's loop progress)."""
-    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    from model.compat import batches_processed
+
+    return batches_processed(trainer)

@@ -1,6 +1,6 @@
 """Pure diffusion math: schedules, parametrisation conversions, q_sample, the loss, DDPM/DDIM steps, CFG, loops.
 
-No Lightning, no module state. Conventions (DESIGN.md section 2):
+No Lightning, no module state. Conventions (docs/design.md, math conventions):
 
 - Discrete time t in {0, 1, ..., T}; t = 0 is data. `alpha_bar` has length T + 1, alpha_bar[0] = 1, strictly
   decreasing, and betas[t-1] = 1 - alpha_bar[t] / alpha_bar[t-1].
@@ -8,7 +8,9 @@ No Lightning, no module state. Conventions (DESIGN.md section 2):
   dtype and device at the edge (`coef`).
 - A network predicts eps, x0 or v; `to_x0_eps` turns any of them into the pair (x0, eps) and every sampler step
   works from that pair.
-- Denoiser callables follow `denoiser(x_t, t, c) -> Tensor`, t int64 (B,), c int64 (B,) or None.
+- Networks follow `net(x_t, t, c) -> Tensor` (t int64 (B,), c int64 (B,) or None) in their parametrisation;
+  samplers see only `denoise(x_t, t) -> (x0, eps)` at an int t, the wrapper of `model/denoising.py` (network,
+  parametrisation, guidance and clipping behind one callable).
 
 Papers: Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule), Song et al. 2021 (DDIM),
 Salimans & Ho 2022 (v-parametrisation), Ho & Salimans 2022 (classifier-free guidance), Hang et al. 2023 (min-SNR-γ),
@@ -27,7 +29,8 @@ from model.errors import UserError
 
 Parametrisation = Literal["eps", "x0", "v"]
 PARAMETRISATIONS = ("eps", "x0", "v")
-Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+Network = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]  # (x_t, t (B,), c) -> output in its parametrisation
+DenoiseFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]  # (x_t, t) -> (x0, eps), every sample at time t
 Callback = Callable[[int, int, Tensor, Tensor], None]
 TimeLike = Union[int, Tensor]
 
@@ -116,6 +119,7 @@ class Schedule:
         if ab[0].item() != 1.0 or not bool((ab[1:] < ab[:-1]).all()) or not ab[-1].item() > 0.0:
             raise UserError("alpha_bar must start at 1, decrease strictly and stay > 0; build it with make_schedule")
         object.__setattr__(self, "alpha_bar", ab)
+        object.__setattr__(self, "_values", tuple(ab.tolist()))  # Python floats: coefficients at an int t, no tensors
 
     @property
     def T(self) -> int:
@@ -192,9 +196,39 @@ def coef(table: Tensor, t: TimeLike, like: Tensor) -> Tensor:
     return _gather64(table, t, like).to(like.dtype)
 
 
-def _roots(ab: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(sqrt(ab), sqrt(1 - ab)), computed in ab's dtype (float64 for precision near ab = 1), cast to like's."""
-    return ab.sqrt().to(like.dtype), (1.0 - ab).clamp_min(0.0).sqrt().to(like.dtype)
+Coef = Union[float, Tensor]  # a coefficient: a Python float when every sample is at one int t, else (B, 1, ..)
+
+
+def _is_int(t: TimeLike) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def _ab(schedule: Schedule, t: TimeLike, like: Tensor) -> Coef:
+    """alpha_bar_t: a Python float (float64) for an int t, the same for the whole batch, so a sampler step does no
+    tensor work for its coefficients; for a tensor t, float64 (B, 1, ..) on like's device (`_gather64`)."""
+    if _is_int(t):
+        if not 0 <= t <= schedule.T:
+            raise UserError(f"t must lie in [0, T={schedule.T}], got {t}")
+        return schedule._values[t]
+    return _gather64(schedule.alpha_bar, t, like)
+
+
+def _sqrt(v: Coef) -> Coef:
+    return math.sqrt(v) if isinstance(v, float) else v.sqrt()
+
+
+def _nonneg(v: Coef) -> Coef:
+    return max(v, 0.0) if isinstance(v, float) else v.clamp_min(0.0)
+
+
+def _cast(v: Coef, like: Tensor) -> Coef:
+    """A float64 coefficient in like's dtype; a Python float is left to PyTorch's scalar promotion (the same)."""
+    return v if isinstance(v, float) else v.to(like.dtype)
+
+
+def _roots(ab: Coef, like: Tensor) -> tuple[Coef, Coef]:
+    """(sqrt(ab), sqrt(1 - ab)), computed in float64 (precise near ab = 1), cast to like's dtype."""
+    return _cast(_sqrt(ab), like), _cast(_sqrt(_nonneg(1.0 - ab)), like)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,7 +236,7 @@ def _roots(ab: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------------------------
 def q_sample(x0: Tensor, t: TimeLike, eps: Tensor, schedule: Schedule) -> Tensor:
     """Forward process q(x_t | x0) (Ho et al. 2020, eq. 4): x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps."""
-    sa, s1 = _roots(_gather64(schedule.alpha_bar, t, x0), x0)
+    sa, s1 = _roots(_ab(schedule, t, x0), x0)
     return sa * x0 + s1 * eps
 
 
@@ -249,7 +283,7 @@ def to_x0_eps(pred: Tensor, x_t: Tensor, t: TimeLike, schedule: Schedule,
               parametrisation: Parametrisation) -> tuple[Tensor, Tensor]:
     """The pair (x0, eps) implied by a network output `pred` in `parametrisation` at (x_t, t); needs t >= 1."""
     _check_parametrisation(parametrisation)
-    ab = _gather64(schedule.alpha_bar, t, x_t)
+    ab = _ab(schedule, t, x_t)
     if parametrisation == "eps":
         return x0_from_eps(x_t, pred, ab), pred
     if parametrisation == "x0":
@@ -265,7 +299,7 @@ def training_target(x0: Tensor, eps: Tensor, t: TimeLike, schedule: Schedule,
         return eps
     if parametrisation == "x0":
         return x0
-    return v_from_x0_eps(x0, eps, _gather64(schedule.alpha_bar, t, x0))
+    return v_from_x0_eps(x0, eps, _ab(schedule, t, x0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,31 +355,50 @@ def sample_noise(shape: tuple[int, ...], generator: Optional[torch.Generator] = 
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device=device)
 
 
-def _check_order(t: TimeLike, t_next: TimeLike, like: Tensor, T: int) -> tuple[Tensor, Tensor]:
+def _times(t: TimeLike, t_next: TimeLike, like: Tensor, T: int) -> tuple[TimeLike, TimeLike]:
+    """(t, t_next) checked to satisfy 0 <= t_next < t <= T: as ints when both are ints (a sampler loop), else as
+    int64 (B,) tensors (per-sample times)."""
+    if _is_int(t) and _is_int(t_next):
+        if not 0 <= t_next < t <= T:
+            raise UserError(f"a reverse step needs 0 <= t_next < t <= T={T}, got t={t} and t_next={t_next}")
+        return t, t_next
     t_, n_ = _time(t, like, T), _time(t_next, like, T)
     if not bool((n_ < t_).all()):
         raise UserError(f"a reverse step needs t_next < t, got t={t_.tolist()[:4]} and t_next={n_.tolist()[:4]}")
     return t_, n_
 
 
+def _where_done(t_next: TimeLike, x0: Tensor, x_next: Tensor) -> Tensor:
+    """x_next, except x0 exactly for the samples whose t_next is 0 (tensor times; an int 0 returns earlier)."""
+    if _is_int(t_next) or bool((t_next > 0).all()):
+        return x_next
+    done = (t_next == 0).to(x_next.device).reshape(-1, *([1] * (x_next.ndim - 1)))  # (B, 1, ..)
+    return torch.where(done, x0, x_next)
+
+
+def _all_done(t_next: TimeLike) -> bool:
+    return t_next == 0 if _is_int(t_next) else not bool((t_next > 0).any())
+
+
 def ddpm_posterior(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, schedule: Schedule,
-                   variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> tuple[Tensor, Tensor]:
-    """Mean and variance (B, 1, ..) of q(x_{t_prev} | x_t, x0) (Ho et al. 2020, eq. 6-7), with the implied beta.
+                   variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> tuple[Tensor, Coef]:
+    """Mean and variance of q(x_{t_prev} | x_t, x0) (Ho et al. 2020, eq. 6-7), with the implied beta.
 
     beta = 1 - ab_t / ab_prev (= beta_t when t_prev = t - 1, the beta of the jump otherwise), and
     mean = sqrt(ab_prev) beta / (1 - ab_t) x0 + sqrt(1 - beta) (1 - ab_prev) / (1 - ab_t) x_t,
-    variance = beta_tilde = beta (1 - ab_prev) / (1 - ab_t) ("beta_tilde") or beta ("beta"; Ho et al. Sec. 3.2).
+    variance = beta_tilde = beta (1 - ab_prev) / (1 - ab_t) ("beta_tilde") or beta ("beta"; Ho et al. Sec. 3.2);
+    a float for int times, (B, 1, ..) for per-sample times.
     """
     if variance not in ("beta_tilde", "beta"):
         raise UserError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
-    t_, p_ = _check_order(t, t_prev, x_t, schedule.T)
-    ab_t, ab_p = _gather64(schedule.alpha_bar, t_, x_t), _gather64(schedule.alpha_bar, p_, x_t)
+    t_, p_ = _times(t, t_prev, x_t, schedule.T)
+    ab_t, ab_p = _ab(schedule, t_, x_t), _ab(schedule, p_, x_t)
     beta = 1.0 - ab_t / ab_p
-    c_x0 = ab_p.sqrt() * beta / (1.0 - ab_t)
-    c_xt = (1.0 - beta).sqrt() * (1.0 - ab_p) / (1.0 - ab_t)
+    c_x0 = _sqrt(ab_p) * beta / (1.0 - ab_t)
+    c_xt = _sqrt(1.0 - beta) * (1.0 - ab_p) / (1.0 - ab_t)
     var = beta * (1.0 - ab_p) / (1.0 - ab_t) if variance == "beta_tilde" else beta
-    mean = c_x0.to(x_t.dtype) * x0 + c_xt.to(x_t.dtype) * x_t
-    return mean, var.to(x_t.dtype)
+    mean = _cast(c_x0, x_t) * x0 + _cast(c_xt, x_t) * x_t
+    return mean, _cast(var, x_t)
 
 
 def ddpm_step(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, schedule: Schedule,
@@ -353,19 +406,26 @@ def ddpm_step(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, schedule: 
               variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> Tensor:
     """DDPM ancestral step (Ho et al. 2020, Alg. 2): x_{t_prev} ~ q(x_{t_prev} | x_t, x0), no noise at t_prev = 0."""
     mean, var = ddpm_posterior(x_t, t, t_prev, x0, schedule, variance)
-    keep = _time(t_prev, x_t, schedule.T) > 0  # (B,) samples that still get noise
-    if not bool(keep.any()):
+    keep = t_prev > 0 if _is_int(t_prev) else _time(t_prev, x_t, schedule.T) > 0  # samples that still get noise
+    if not bool(keep if isinstance(keep, bool) else keep.any()):
         return mean
     if noise is None:
         noise = sample_noise(x_t.shape, generator, x_t.device, x_t.dtype)
+    if isinstance(keep, bool):
+        return mean + _sqrt(var) * noise
     mask = keep.to(device=x_t.device, dtype=x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
     return mean + mask * var.sqrt() * noise
 
 
-def ddim_sigma(t: TimeLike, t_next: TimeLike, schedule: Schedule, eta: float, like: Tensor) -> Tensor:
+def ddim_sigma(t: TimeLike, t_next: TimeLike, schedule: Schedule, eta: float, like: Tensor) -> Coef:
     """σ of Song et al. 2021, eq. 16: eta · sqrt((1 - ab_next) / (1 - ab_t)) · sqrt(1 - ab_t / ab_next), float64."""
-    ab_t, ab_n = _gather64(schedule.alpha_bar, t, like), _gather64(schedule.alpha_bar, t_next, like)
-    return eta * ((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n)).clamp_min(0.0).sqrt()
+    ab_t, ab_n = _ab(schedule, t, like), _ab(schedule, t_next, like)
+    return eta * _sqrt(_nonneg((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n)))
+
+
+def _check_eta(eta: float) -> None:
+    if not 0.0 <= eta <= 1.0:
+        raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
 
 
 def ddim_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, eps: Tensor, schedule: Schedule,
@@ -375,32 +435,31 @@ def ddim_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, eps: Tenso
     x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - σ^2) eps + σ z with σ from eq. 16 (`ddim_sigma`);
     t_next = 0 returns x0 exactly (ab_0 = 1, σ = 0). x_t only fixes the batch, device and time checks here.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
-    t_, n_ = _check_order(t, t_next, x_t, schedule.T)
-    if not bool((n_ > 0).any()):
+    _check_eta(eta)
+    t_, n_ = _times(t, t_next, x_t, schedule.T)
+    if _all_done(n_):
         return x0
-    ab_n = _gather64(schedule.alpha_bar, n_, x_t)
+    ab_n = _ab(schedule, n_, x_t)
     sigma = ddim_sigma(t_, n_, schedule, eta, x_t)
-    c_eps = (1.0 - ab_n - sigma.square()).clamp_min(0.0).sqrt()
-    x_next = ab_n.sqrt().to(x_t.dtype) * x0 + c_eps.to(x_t.dtype) * eps
+    c_eps = _sqrt(_nonneg(1.0 - ab_n - sigma * sigma))
+    x_next = _cast(_sqrt(ab_n), x_t) * x0 + _cast(c_eps, x_t) * eps
     if eta > 0.0:
         if noise is None:
             noise = sample_noise(x_t.shape, generator, x_t.device, x_t.dtype)
-        x_next = x_next + sigma.to(x_t.dtype) * noise
-    if not bool((n_ > 0).all()):  # per-sample t_next = 0 gets x0 exactly
-        done = (n_ == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
-        x_next = torch.where(done, x0, x_next)
-    return x_next
+        x_next = x_next + _cast(sigma, x_t) * noise
+    return _where_done(n_, x0, x_next)
 
 
-def alpha_sigma_lambda(schedule: Schedule, t: TimeLike, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(alpha_t, sigma_t, lambda_t), float64 (B, 1, ..): sqrt(ab_t), sqrt(1 - ab_t), log(alpha_t / sigma_t).
+def alpha_sigma_lambda(schedule: Schedule, t: TimeLike, like: Tensor) -> tuple[Coef, Coef, Coef]:
+    """(alpha_t, sigma_t, lambda_t) in float64: sqrt(ab_t), sqrt(1 - ab_t), log(alpha_t / sigma_t); floats for an
+    int t, (B, 1, ..) tensors for per-sample t.
 
     lambda is half the log-SNR (Lu et al. 2022, Sec. 2); it is +inf at t = 0 (sigma_0 = 0).
     """
-    ab = _gather64(schedule.alpha_bar, t, like)
-    alpha, sigma = ab.sqrt(), (1.0 - ab).clamp_min(0.0).sqrt()
+    ab = _ab(schedule, t, like)
+    alpha, sigma = _sqrt(ab), _sqrt(_nonneg(1.0 - ab))
+    if isinstance(ab, float):
+        return alpha, sigma, math.log(alpha) - math.log(sigma) if sigma > 0.0 else math.inf
     return alpha, sigma, alpha.log() - sigma.log()
 
 
@@ -413,27 +472,28 @@ def dpmpp_2m_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, schedu
     r = h_prev / h, h_prev = lambda_t - lambda_prev, x0_prev the prediction at the previous time t_prev > t.
     At t_next = 0 (sigma = 0, lambda = +inf, r = 0) the step is first order and returns x0 exactly.
     """
-    t_, n_ = _check_order(t, t_next, x_t, schedule.T)
-    if not bool((n_ > 0).any()):
+    t_, n_ = _times(t, t_next, x_t, schedule.T)
+    if _all_done(n_):
         return x0
     _, sigma_t, lam_t = alpha_sigma_lambda(schedule, t_, x_t)
     alpha_n, sigma_n, lam_n = alpha_sigma_lambda(schedule, n_, x_t)
-    h = lam_n - lam_t  # (B, 1, ..) float64, +inf where t_next = 0
+    h = lam_n - lam_t  # float64, +inf where t_next = 0
     d = x0
     if x0_prev is not None:
         if t_prev is None:
             raise UserError("a second-order DPM-Solver++ step needs t_prev, the time of x0_prev")
-        p_, _ = _check_order(t_prev, t_, x_t, schedule.T)
+        p_, _ = _times(t_prev, t_, x_t, schedule.T)
         _, _, lam_p = alpha_sigma_lambda(schedule, p_, x_t)
         r = (lam_t - lam_p) / h  # h_prev / h; 0 where t_next = 0
-        inner = (n_ > 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
-        k = torch.where(inner, 0.5 / r, torch.zeros_like(r))  # 1/(2r); the last step stays first order
-        d = x0 + k.to(x_t.dtype) * (x0 - x0_prev)
-    x_next = (sigma_n / sigma_t).to(x_t.dtype) * x_t - (alpha_n * torch.expm1(-h)).to(x_t.dtype) * d
-    if not bool((n_ > 0).all()):  # per-sample t_next = 0 gets x0 exactly
-        done = (n_ == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
-        x_next = torch.where(done, x0, x_next)
-    return x_next
+        if isinstance(r, float):
+            k = 0.5 / r
+        else:  # the samples whose last step is to t = 0 stay first order
+            inner = (n_ > 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
+            k = torch.where(inner, 0.5 / r, torch.zeros_like(r))
+        d = x0 + _cast(k, x_t) * (x0 - x0_prev)
+    decay = alpha_n * (math.expm1(-h) if isinstance(h, float) else torch.expm1(-h))
+    x_next = _cast(sigma_n / sigma_t, x_t) * x_t - _cast(decay, x_t) * d
+    return _where_done(n_, x0, x_next)
 
 
 def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
@@ -448,7 +508,7 @@ def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Guidance and prediction
 # ----------------------------------------------------------------------------------------------------------------
-def classifier_free_guidance(denoiser: Denoiser, w: float, null_class: int) -> Denoiser:
+def classifier_free_guidance(denoiser: Network, w: float, null_class: int) -> Network:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = (1 + w) out(x, c) - w out(x, ∅); w = 0 is plain c.
 
     One batched call on [cond; uncond] with c = null_class for the second half. The mix is affine with weights
@@ -471,23 +531,25 @@ def classifier_free_guidance(denoiser: Denoiser, w: float, null_class: int) -> D
     return guided
 
 
-def predict_x0_eps(denoiser: Denoiser, x_t: Tensor, t: TimeLike, c: Optional[Tensor], schedule: Schedule,
+def predict_x0_eps(denoiser: Network, x_t: Tensor, t: TimeLike, c: Optional[Tensor], schedule: Schedule,
                    parametrisation: Parametrisation, clip_limit: Optional[float] = None) -> tuple[Tensor, Tensor]:
-    """Call the denoiser at (x_t, t, c) and return the pair (x0, eps), with x0 clipped by `clip_x0`.
+    """Call the network at (x_t, t, c) and return the pair (x0, eps), with x0 clipped by `clip_x0`.
 
     Where clipping changed an element of x0, eps is recomputed there from the clipped x0,
     eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t), so the pair stays consistent with x_t; elsewhere it is untouched.
     """
     if isinstance(t, Tensor):
-        t_vec = t.to(device=x_t.device, dtype=torch.int64)
+        t = t.to(device=x_t.device, dtype=torch.int64)
+        t_vec = t
     else:
-        t_vec = torch.full((x_t.shape[0],), int(t), dtype=torch.int64, device=x_t.device)  # (B,)
+        t = int(t)
+        t_vec = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)  # (B,)
     pred = denoiser(x_t, t_vec, c)
-    x0, eps = to_x0_eps(pred, x_t, t_vec, schedule, parametrisation)
+    x0, eps = to_x0_eps(pred, x_t, t, schedule, parametrisation)
     clipped = clip_x0(x0, clip_limit)
     if clipped is not x0:
         changed = clipped != x0
-        eps = torch.where(changed, eps_from_x0(x_t, clipped, _gather64(schedule.alpha_bar, t_vec, x_t)), eps)
+        eps = torch.where(changed, eps_from_x0(x_t, clipped, _ab(schedule, t, x_t)), eps)
     return clipped, eps
 
 
@@ -527,53 +589,47 @@ def timesteps_dpm_solver(T: int, steps: int, t_start: Optional[int] = None) -> l
     return _spaced(T, steps, t_start)
 
 
-def sample_ddpm(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
-                parametrisation: Parametrisation = "v", steps: Optional[int] = None, t_start: Optional[int] = None,
-                clip_limit: Optional[float] = None, variance: Literal["beta_tilde", "beta"] = "beta_tilde",
+def sample_ddpm(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: Optional[int] = None,
+                t_start: Optional[int] = None, variance: Literal["beta_tilde", "beta"] = "beta_tilde",
                 generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), strided over `timesteps_ddpm` with the implied betas.
 
-    x_T is pure noise when starting at T, or a given x_t at t_start (reimagining). callback(i, t, x_t, x0_pred) runs
-    after step i with the new state x_t at time t and the x0 predicted on the way there.
+    denoise(x_t, t) -> (x0, eps) (`model.denoising.Denoiser.bind`). x_T is pure noise when starting at T, or a given
+    x_t at t_start (reimagining). callback(i, t, x_t, x0) runs after step i with the new state x_t at time t and the
+    x0 predicted on the way there.
     """
-    _check_parametrisation(parametrisation)
     times = timesteps_ddpm(schedule.T, steps, t_start)
     x = x_T
     with torch.no_grad():
         for i, (t, t_prev) in enumerate(zip(times[:-1], times[1:])):
-            x0, _ = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
+            x0, _ = denoise(x, t)
             x = ddpm_step(x, t, t_prev, x0, schedule, generator=generator, variance=variance)
             if callback is not None:
                 callback(i, t_prev, x, x0)
     return x
 
 
-def sample_ddim(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
-                parametrisation: Parametrisation = "v", steps: int = 50, t_start: Optional[int] = None,
-                eta: float = 0.0, clip_limit: Optional[float] = None, generator: Optional[torch.Generator] = None,
+def sample_ddim(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int = 50,
+                t_start: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
                 callback: Optional[Callback] = None) -> Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) over `timesteps_ddim`; eta = 0 is deterministic.
 
-    x_T is pure noise when starting at T, or a given x_t at t_start (reimagining). callback(i, t, x_t, x0_pred) runs
-    after step i with the new state x_t at time t and the x0 predicted on the way there.
+    denoise, x_T, t_start and callback as in `sample_ddpm`.
     """
-    _check_parametrisation(parametrisation)
-    if not 0.0 <= eta <= 1.0:
-        raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
+    _check_eta(eta)
     times = timesteps_ddim(schedule.T, steps, t_start)
     x = x_T
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            x0, eps = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
+            x0, eps = denoise(x, t)
             x = ddim_step(x, t, t_next, x0, eps, schedule, eta=eta, generator=generator)
             if callback is not None:
                 callback(i, t_next, x, x0)
     return x
 
 
-def sample_dpmpp_2m(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: Optional[Tensor] = None,
-                    parametrisation: Parametrisation = "v", steps: int = 20, t_start: Optional[int] = None,
-                    clip_limit: Optional[float] = None, callback: Optional[Callback] = None) -> Tensor:
+def sample_dpmpp_2m(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int = 20,
+                    t_start: Optional[int] = None, callback: Optional[Callback] = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): x_next = (sigma_next / sigma_t) x_t - alpha_next (e^-h - 1) D.
 
     Deterministic multistep solver of the probability-flow ODE in lambda with the data prediction, one network call
@@ -581,17 +637,40 @@ def sample_dpmpp_2m(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, *, c: O
     (= DDIM, eta 0) and on the last step to t = 0, where sigma = 0 and lambda = +inf make r = h_prev / h = 0, so that
     step is first order and returns x_0 = x0 (as diffusers' lower_order_final with final_sigmas_type="zero", and
     k-diffusion); in between D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with the previous step's prediction.
-    x_T is pure noise when starting at T, or a given x_t at t_start (reimagining). callback(i, t, x_t, x0_pred) runs
-    after step i with the new state x_t at time t and the x0 predicted on the way there.
+    denoise, x_T, t_start and callback as in `sample_ddpm`.
     """
-    _check_parametrisation(parametrisation)
     times = timesteps_dpm_solver(schedule.T, steps, t_start)
     x, x0_prev, t_prev = x_T, None, None
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            x0, _ = predict_x0_eps(denoiser, x, t, c, schedule, parametrisation, clip_limit)
+            x0, _ = denoise(x, t)
             x = dpmpp_2m_step(x, t, t_next, x0, schedule, x0_prev=x0_prev, t_prev=t_prev)
             x0_prev, t_prev = x0, t
             if callback is not None:
                 callback(i, t_next, x, x0)
     return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}  # for tables and messages
+
+
+def check_sampler(name: str) -> None:
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def sample(sampler: str, denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: Optional[int] = None,
+           t_start: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
+           callback: Optional[Callback] = None) -> Tensor:
+    """Run the sampler registered under `sampler` in SAMPLERS. DDPM runs every step when steps is None; eta is
+    DDIM's (the others are deterministic or ancestral by construction); the generator draws DDPM's and DDIM's noise."""
+    check_sampler(sampler)
+    common = dict(t_start=t_start, callback=callback)
+    if sampler == "ddpm":
+        return sample_ddpm(denoise, x_T, schedule, steps=steps, generator=generator, **common)
+    if steps is None:
+        raise UserError(f"{SAMPLER_NAMES[sampler]} needs a number of steps, e.g. 25")
+    if sampler == "ddim":
+        return sample_ddim(denoise, x_T, schedule, steps=steps, eta=eta, generator=generator, **common)
+    return sample_dpmpp_2m(denoise, x_T, schedule, steps=steps, **common)

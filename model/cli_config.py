@@ -85,8 +85,8 @@ def _instantiate(ns: Namespace) -> Config:
         raise UserError(one_line(err)) from err
 
 
-def parse_config_dict(d: dict[str, Any]) -> Config:
-    """A Config from a plain dict (a checkpoint's stored config), validated like a JSON file."""
+def from_dict(d: dict[str, Any]) -> Config:
+    """A Config from a plain dict (`to_dict` output, e.g. a checkpoint's stored config), validated like a JSON file."""
     parser = _config_only_parser()
     try:
         ns = parser.parse_object(d)

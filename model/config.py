@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 from data.config import DataConfig
 from model.autoencoder.config import LossConfig, VAEConfig
 from model.denoiser.config import ToyMLPConfig, UNetConfig
+from model.base import SAMPLERS
 from model.errors import UserError
 
 
@@ -32,8 +33,12 @@ class OptimConfig:
     weight_decay: float = 0.0  # diffusion UNets are usually trained without decay
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW defaults
     warmup_steps: int = 0  # linear warm-up of the rate over the first steps
+    decay: Literal["none", "cosine"] = "none"  # after warm-up: hold the rate, or a half cosine to the last step
+    final_lr_fraction: float = 0.0  # cosine: the rate at the last step, as a fraction of lr
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.final_lr_fraction <= 1.0,
+               f"optim.final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}; set a positive learning rate such as 2e-4")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
@@ -64,6 +69,7 @@ class TrainerConfig:
     strategy: str = "auto"  # Lightning picks DDP when devices > 1
     progress_bar: bool = True
     deterministic: bool = False  # True asks torch for deterministic kernels (slower on GPU)
+    channels_last: bool = False  # NHWC weights: faster depthwise convs on CPUs and tensor cores (outputs ~1e-6 apart)
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, f"trainer.max_steps must be > 0, got {self.max_steps}")
@@ -82,7 +88,7 @@ class TrainerConfig:
 
 @dataclass
 class DiffusionConfig:
-    """The forward process, the training target and the sampler defaults (DESIGN.md section 2)."""
+    """The forward process, the training target and the sampler defaults (docs/design.md)."""
 
     T: int = 1000  # number of diffusion steps; t = 0 is data
     schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"  # cosine suits small images and latents
@@ -93,7 +99,7 @@ class DiffusionConfig:
     ema_decay: float = 0.999  # EMA of the weights used for sampling
     clip_limit: Optional[float] = None  # default sampling clamp of the predicted x0; None = no clamp
     # the sampler of the sample grids written during training and the default of `sample -cfg`
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddim"
+    sampler: str = "ddim"  # a name of model.base.SAMPLERS: ddpm, ddim or dpmpp_2m
     sample_steps: int = 50  # DDIM / DPM-Solver++ steps for those grids
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
     cache_latents: bool = False  # encode the training set once instead of every epoch (no flips then)
@@ -109,6 +115,8 @@ class DiffusionConfig:
                f"denoiser.diffusion.clip_limit must be > 0 or null (no clipping), got {self.clip_limit}")
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
                f"denoiser.diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
+        _check(self.sampler in SAMPLERS,
+               f"denoiser.diffusion.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         _check(0 < self.sample_steps <= self.T,
                f"denoiser.diffusion.sample_steps must be in [1, T={self.T}], got {self.sample_steps}")
         bad = [t for t in self.val_timesteps if not 1 <= t <= self.T]
@@ -201,13 +209,6 @@ def check_denoiser_shapes(cfg: Config) -> None:
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain JSON types (stored in checkpoints and written next to them)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config from `to_dict` output (e.g. from a checkpoint), with the same validation."""
-    from model.cli_config import parse_config_dict
-
-    return parse_config_dict(d)
 
 
 def write_json(cfg: Config, path: Path) -> None:

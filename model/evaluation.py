@@ -1,7 +1,7 @@
 """Judging a trained denoiser: draw samples, classify them, and measure its loss at fixed timesteps.
 
 Shared by `model.scripts.evaluate` (FID, class accuracy, loss table, the toy's Chamfer distance) and
-`model.scripts.demo_report` (class accuracy and the copy check). Plain functions over a loaded DenoiserSystem.
+`model.scripts.demo_report` (class accuracy and the copy check). Plain functions over a loaded `model.pipeline.LatentDiffusionPipeline`.
 """
 from __future__ import annotations
 
@@ -18,30 +18,20 @@ def balanced_labels(n: int, num_classes: int) -> Optional[Tensor]:
     return torch.arange(n) % num_classes if num_classes else None
 
 
-@torch.no_grad()
-def generate(system, n: int, labels: Optional[Tensor], cfg_scale: float, *, sampler: str, steps: Optional[int],
+def generate(pipe, n: int, labels: Optional[Tensor], cfg_scale: float, *, sampler: str, steps: Optional[int],
              seed: int, batch_size: int) -> Tensor:
-    """n decoded samples (n, ...) on CPU, drawn `batch_size` at a time from one generator seeded with `seed`.
-
-    Images come back in [-1, 1]; the 2-D toy's points as they are. The clip limit is the checkpoint's own.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        chunk = labels[start: start + m] if labels is not None else None
-        z = system.sample(m, chunk, sampler=sampler, steps=steps, clip_limit=system.diff.clip_limit,
-                          cfg_scale=cfg_scale, generator=gen)
-        out.append(system.decode(z).cpu())
-    return torch.cat(out)
+    """n decoded samples (n, ...) on CPU (`LatentDiffusionPipeline.generate`) with the checkpoint's clip limit:
+    images in [-1, 1], the 2-D toy's points as they are."""
+    return pipe.generate(n, labels, sampler=sampler, steps=steps, clip_limit=pipe.diff.clip_limit,
+                         cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)[0]
 
 
-def check_classifier_fits(clf, system, conditional: bool) -> None:
+def check_classifier_fits(clf, pipe, conditional: bool) -> None:
     """The classifier must read the denoiser's images; for class accuracy it must also know the same classes."""
-    data = system.cfg.data
+    data = pipe.cfg.data
     theirs, ours = (clf.in_channels, clf.image_size), (data.channels, data.image_size)
     if conditional:
-        theirs, ours = (clf.num_classes, *theirs), (system.num_classes, *ours)
+        theirs, ours = (clf.num_classes, *theirs), (pipe.num_classes, *ours)
     if theirs != ours:
         what = "(classes, channels, size)" if conditional else "(channels, size)"
         raise UserError(f"the classifier {what} {theirs} does not fit the denoiser's data {ours}; "
@@ -65,14 +55,59 @@ def loss_timesteps(T: int, count: int = 10) -> list[int]:
 
 
 @torch.no_grad()
-def loss_per_timestep(system, loader, timesteps: list[int]) -> list[float]:
-    """The EMA network's mean loss over every item of `loader` at each t (fixed noise, see `timestep_losses`)."""
+def loss_per_timestep(pipe, loader, timesteps: list[int]) -> list[float]:
+    """The EMA network's mean loss over every item of `loader` at each t, with the noise the training run's
+    validation draws for the same batch (`model.denoising.timestep_losses`)."""
+    from model.denoising import timestep_losses
+
+    diff = pipe.diff
     total, count = torch.zeros(len(timesteps), dtype=torch.float64), 0
     for batch_idx, (x, y) in enumerate(loader):
-        per_sample = system.timestep_losses(x.to(system.device), y.to(system.device), timesteps, batch_idx)
+        per_sample = timestep_losses(pipe.net, pipe.encode(x), pipe.condition(y.to(pipe.device)), timesteps,
+                                     pipe.schedule, diff.parametrisation, diff.loss, diff.min_snr_gamma,
+                                     seed=10_000 + batch_idx)
         total += per_sample.double().sum(1).cpu()
         count += x.shape[0]
     if count == 0:
         raise UserError("the loss table needs held-out items, but the validation split is empty; "
                         "set data.val_fraction > 0")
     return (total / count).tolist()
+
+
+PIXEL_SIZE_MAX = 32  # the pixel metric's side when the data has no native size (Inception covers larger images)
+
+
+def pixel_size(dm) -> int:
+    """The side the pixel metric compares images at: the data's native size (digits: 8), else at most 32."""
+    return min(dm.native_size or PIXEL_SIZE_MAX, dm.image_size)
+
+
+def real_pool(dm, max_items: int, seed: int) -> Tensor:
+    """Up to max_items real images (N, C, H, W) in [-1, 1], training and validation alike, a seeded random subset."""
+    from torch.utils.data import DataLoader, Subset
+
+    items = dm.all_items()
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:max_items].sort().values
+    loader = DataLoader(Subset(items, keep.tolist()), batch_size=256, num_workers=dm.cfg.num_workers)
+    return torch.cat([x for x, _ in loader])
+
+
+@torch.no_grad()
+def round_trip(pipe, images: Tensor, batch_size: int) -> Optional[Tensor]:
+    """Images encoded (posterior mean) and decoded by the model's VAE, in [-1, 1]; None in pixel space."""
+    if pipe.autoencoder is None:
+        return None
+    return torch.cat([pipe.decode(pipe.encode(x)).cpu() for x in images.split(batch_size)])
+
+
+def pixel_budget(pipe, dm, samples: dict[str, Tensor], protocol, pool_size: int, batch_size: int) -> dict:
+    """The error budget (model.metrics.budget) of sample sets against the data's real images on pixel features."""
+    from model.metrics.budget import check_sizes, error_budget
+    from model.metrics.pixel import pixel_vectors
+
+    pool = real_pool(dm, pool_size, protocol.seed)
+    check_sizes(len(pool), len(next(iter(samples.values()))))
+    trip = round_trip(pipe, pool, batch_size)
+    vectors = {name: pixel_vectors(x, protocol.size) for name, x in samples.items()}
+    return error_budget(pixel_vectors(pool, protocol.size), vectors, protocol,
+                        pixel_vectors(trip, protocol.size) if trip is not None else None)

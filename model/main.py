@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
-from model.config import Config, check_denoiser_shapes, from_dict, to_dict
+from model.cli_config import from_dict
+from model.config import Config, check_denoiser_shapes, to_dict
 from model.checkpoint import CONFIG_KEY, read_checkpoint
 from model.errors import UserError, cli_entry
 from model.run_folder import last_checkpoint, next_run_number, run_dir
@@ -33,6 +34,8 @@ def make_parser():
                         "run (-n) wrote one, and skip a stage that reached its max_steps (a requeued SLURM job)")
     p.add_argument("-n", "--run", type=Optional[int], default=None,
                    help="run number: the run folder is <output_dir>/<config name>-<n> (default: next free)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Lightning's start-up notes and the framework warnings a normal run hides")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -138,7 +141,10 @@ def main(argv: list[str]) -> int:
     # a requeued job whose stage had reached its max_steps goes on to the next stage
     finished = {stage: step >= getattr(cfg, stage).trainer.max_steps for stage, (_, step) in resumed.items()}
 
-    from model.lightning.run import train_stage
+    from model.lightning.trainer import quiet_frameworks, train_stage
+
+    if not args.verbose:
+        quiet_frameworks()
 
     vae_ckpt = args.load_vae
     if args.train_vae:

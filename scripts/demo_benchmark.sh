@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the README's demo figures on this machine: the wall time of the README's main command, then the VAE's
-# reconstruction error, the digits classifier and the class accuracy / copy check of the DDIM-25 samples.
+# reconstruction error, the digits classifier, and the DDIM-25 samples' class accuracy, copy check and error budget
+# on pixel features (demo_report).
 #
 #   bash scripts/demo_benchmark.sh [RUN]        (RUN: the run number, default 1; the run must not exist yet)
 #
@@ -23,5 +24,6 @@ python -m model.scripts.sample_vae --load "$DIR/vae/checkpoints/last.ckpt" --num
 python -m model.scripts.demo_report --load "$DIR/denoiser/checkpoints/last.ckpt" \
   --classifier runs/classifiers/digits.pt --per-class 50 --cfg-scale 0 2
 
-echo "README main command (both stages + samples): ${main_s} s wall on $(nproc) CPU cores"
+cpu="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
+echo "README main command (both stages + samples): ${main_s} s wall on $(nproc) CPU cores (${cpu:-unknown CPU})"
 grep -h "trained to step" "$LOG" || true

@@ -51,6 +51,9 @@ def files(tmp_path_factory) -> dict[str, str]:
     Image.new("L", (8, 8), 9).save(root / "corrupt" / "a" / "ok.png")
     (root / "corrupt" / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     (root / "empty_dir").mkdir()
+    from model.classifier import SmallCNN, save_classifier
+
+    f["clf"] = str(save_classifier(root / "clf.pt", SmallCNN(1, 10, 16, width=8), {}))
     f.update({k: str(root / k) for k in ("few", "flat", "corrupt", "empty_dir")})
     import datasets
 
@@ -89,7 +92,7 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.p_uncond", "-0.1"], ["p_uncond"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "-0.1"], ["optim.lr"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.clip_limit", "0"], ["clip_limit"]),
-    ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "30"], ["data.image_size", "divisible"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "31"], ["data.image_size", "divisible"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "imagenet"], ["data.name"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{vae}", "--denoiser.unet.in_channels", "8"],
@@ -153,6 +156,11 @@ INVENTORY = [
     ("evaluate", ["--load", "{den}", "--inception-weights", "/nowhere/inception.pth"], ["/nowhere/inception.pth"]),
     ("evaluate", ["--load", "{den}", "--inception-weights", "{evil}"], ["could run code"]),
     ("evaluate", ["--load", "{den}", "--inception-weights", "{vae}"], ["not torch-fidelity's Inception-v3"]),
+    ("evaluate", ["--load", "{den}", "--classifier", "{clf}", "--num_samples", "100"],
+     ["2n = 200 real images", "--num_samples 60 or fewer"]),
+    ("evaluate", ["--load", "{den}", "--classifier", "{clf}", "--pca-components", "0"], ["--pca-components", ">= 1"]),
+    ("evaluate", ["--load", "{den}", "--classifier", "{clf}", "--pixel-size", "32"], ["--pixel-size 32", "16 px"]),
+    ("demo_report", ["--load", "{den}", "--classifier", "{clf}", "--per-class", "10"], ["2n = 200 real images", "--per-class 6 or fewer"]),
     ("plots", ["noising", "--load", "{den}", "--T", "0"], ["--T"]),
     ("plots", ["denoising", "--load", "{toy}"], ["2-D toy"]),
     ("plots", ["loss", "--run", "{empty_dir}"], ["metrics.csv"]),

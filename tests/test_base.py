@@ -16,6 +16,7 @@ from torch import nn
 
 from model import base
 from model.errors import UserError
+from wrap import denoise_fn
 
 f64 = torch.float64
 
@@ -316,9 +317,12 @@ def test_ddpm_posterior_by_gaussian_conditioning(t, t_prev):
     var_ref = (1 - ab_p) - a * (1 - ab_p) ** 2 / (1 - ab_t)
     mean, var = base.ddpm_posterior(x_t, t, t_prev, x0, s)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(var, var_ref.expand(3, 1), rtol=1e-10, atol=1e-15)
+    assert isinstance(var, float)  # one time for the whole batch: a Python float (per-sample times: a tensor)
+    torch.testing.assert_close(torch.tensor(var, dtype=f64), var_ref, rtol=1e-10, atol=1e-15)
     _, var_beta = base.ddpm_posterior(x_t, t, t_prev, x0, s, variance="beta")
-    torch.testing.assert_close(var_beta, (1 - a).expand(3, 1))
+    torch.testing.assert_close(torch.tensor(var_beta, dtype=f64), 1 - a)
+    _, var_per_sample = base.ddpm_posterior(x_t, torch.full((3,), t), torch.full((3,), t_prev), x0, s)
+    torch.testing.assert_close(var_per_sample, var_ref.expand(3, 1), rtol=1e-10, atol=1e-15)
     # the step itself: mean + std * noise, and no noise at all when t_prev = 0
     z = torch.randn(3, 5, generator=g, dtype=f64)
     step = base.ddpm_step(x_t, t, t_prev, x0, s, noise=z)
@@ -380,7 +384,36 @@ def test_ddim_eta1_matches_ddpm(t, t_prev):
     ddpm_std = base.ddpm_step(x_t, t, t_prev, x0, s, noise=ones) - ddpm_mean
     torch.testing.assert_close(ddim_std, ddpm_std, rtol=1e-9, atol=1e-12)
     _, beta_tilde = base.ddpm_posterior(x_t, t, t_prev, x0, s)
-    torch.testing.assert_close(ddim_std, beta_tilde.sqrt().expand_as(ddim_std), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ddim_std, torch.full_like(ddim_std, math.sqrt(beta_tilde)), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+def test_int_times_take_the_scalar_path_and_match_per_sample_times(dtype):
+    # A sampler loop passes one int t for the whole batch, and every coefficient is then a Python float (no tensor
+    # work per step); per-sample times gather (B, 1) tables. Both must give the same steps, to float64 rounding.
+    s = base.make_schedule("cosine", 1000)
+    x0, eps, x_t = (v.to(dtype) for v in consistent_pair((3, 2, 4, 4), 700, s))
+    prev = torch.randn_like(x0)
+    B = x0.shape[0]
+
+    def vec(t):
+        return torch.full((B,), t)
+
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == f64 else dict(rtol=1e-6, atol=1e-6)
+    for t, t_next in ((700, 650), (700, 0), (1000, 1)):
+        z = torch.randn_like(x0)
+        pairs = [(base.ddim_step(x_t, t, t_next, x0, eps, s, eta=0.7, noise=z),
+                  base.ddim_step(x_t, vec(t), vec(t_next), x0, eps, s, eta=0.7, noise=z)),
+                 (base.ddpm_step(x_t, t, t_next, x0, s, noise=z), base.ddpm_step(x_t, vec(t), vec(t_next), x0, s, noise=z)),
+                 (base.dpmpp_2m_step(x_t, t, t_next, x0, s), base.dpmpp_2m_step(x_t, vec(t), vec(t_next), x0, s)),
+                 (base.to_x0_eps(eps, x_t, t, s, "v")[0], base.to_x0_eps(eps, x_t, vec(t), s, "v")[0]),
+                 (base.q_sample(x0, t, eps, s), base.q_sample(x0, vec(t), eps, s))]
+        if t < 1000:  # the second-order step, from the prediction at t + 20
+            pairs.append((base.dpmpp_2m_step(x_t, t, t_next, x0, s, x0_prev=prev, t_prev=t + 20),
+                          base.dpmpp_2m_step(x_t, vec(t), vec(t_next), x0, s, x0_prev=prev, t_prev=vec(t + 20))))
+        for scalar, per_sample in pairs:
+            assert scalar.dtype == dtype
+            torch.testing.assert_close(scalar, per_sample, **tol)
 
 
 def test_clip_x0_and_consistent_eps():
@@ -472,20 +505,20 @@ def test_sampling_reproducible_and_seed_dependent():
     x_T = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=f64)
 
     def ddpm(seed):
-        return base.sample_ddpm(den, x_T, s, generator=torch.Generator().manual_seed(seed))
+        return base.sample_ddpm(denoise_fn(den, s), x_T, s, generator=torch.Generator().manual_seed(seed))
 
     assert torch.equal(ddpm(0), ddpm(0)) and not torch.equal(ddpm(0), ddpm(1))
     # steps = T is the full chain: same times, same draws, bitwise the same samples
-    full = base.sample_ddpm(den, x_T, s, steps=50, generator=torch.Generator().manual_seed(0))
+    full = base.sample_ddpm(denoise_fn(den, s), x_T, s, steps=50, generator=torch.Generator().manual_seed(0))
     assert torch.equal(full, ddpm(0))
     # eta = 0 DDIM uses no randomness: any generator gives the same samples and none is advanced
     g0, g1 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     state = g0.get_state()
-    a = base.sample_ddim(den, x_T, s, steps=10, generator=g0)
-    b = base.sample_ddim(den, x_T, s, steps=10, generator=g1)
+    a = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, generator=g0)
+    b = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, generator=g1)
     assert torch.equal(a, b) and torch.equal(g0.get_state(), state)
-    c = base.sample_ddim(den, x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(0))
-    d = base.sample_ddim(den, x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(1))
+    c = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(0))
+    d = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(1))
     assert not torch.equal(c, d)
 
 
@@ -500,14 +533,15 @@ def test_loops_callback_t_start_no_grad():
 
     calls = []
     x_T = torch.randn(2, 4)
-    out = base.sample_ddim(den, x_T, s, steps=10, t_start=60, callback=lambda i, t, x, x0: calls.append((i, t, x, x0)))
+    out = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, t_start=60,
+                           callback=lambda i, t, x, x0: calls.append((i, t, x, x0)))
     assert [i for i, *_ in calls] == list(range(10))
     assert [t for _, t, *_ in calls] == base.timesteps_ddim(100, 10, 60)[1:]
     assert seen_t == base.timesteps_ddim(100, 10, 60)[:-1] and seen_t[0] == 60
     assert torch.equal(calls[-1][2], out) and torch.equal(out, calls[-1][3])  # the last step returns x0
     # gradients are off inside the loop, but the result is a normal tensor (no inference mode)
     assert not out.requires_grad and not out.is_inference() and out.dtype == torch.float32
-    out = base.sample_ddpm(den, x_T, s, steps=5, clip_limit=0.5)
+    out = base.sample_ddpm(denoise_fn(den, s, clip_limit=0.5), x_T, s, steps=5)
     assert not out.requires_grad and out.abs().max().item() <= 0.5  # last step: mean = clipped x0, no noise
 
 
@@ -533,8 +567,8 @@ def test_ddpm_exact_for_unit_covariance_data(parametrisation, steps):
     oracle = GaussianOracle(MU, eye, s)
     g = torch.Generator().manual_seed(11)
     x_T = s.alpha_bar[200].sqrt() * MU + torch.randn(N_SAMPLES, 3, generator=g, dtype=f64)
-    out = base.sample_ddpm(oracle.denoiser(parametrisation), x_T, s, parametrisation=parametrisation, steps=steps,
-                           variance="beta", generator=g)
+    out = base.sample_ddpm(denoise_fn(oracle.denoiser(parametrisation), s, parametrisation=parametrisation), x_T, s,
+                           steps=steps, variance="beta", generator=g)
     t_1 = base.timesteps_ddpm(200, steps)[-2]
     assert_moments(out, MU, s.alpha_bar[t_1] * eye)
 
@@ -569,10 +603,10 @@ def test_oracle_samples_match_exact_sampler_law(sampler, parametrisation, dtype)
     x_T = torch.randn(N_SAMPLES, 3, generator=g, dtype=dtype)
     den = oracle.denoiser(parametrisation)
     if sampler == "ddpm":
-        out = base.sample_ddpm(den, x_T, s, parametrisation=parametrisation, generator=g)
+        out = base.sample_ddpm(denoise_fn(den, s, parametrisation=parametrisation), x_T, s, generator=g)
         m, C = oracle.sampler_law(base.timesteps_ddpm(200), "ddpm")
     else:
-        out = base.sample_ddim(den, x_T, s, parametrisation=parametrisation, steps=50, generator=g)
+        out = base.sample_ddim(denoise_fn(den, s, parametrisation=parametrisation), x_T, s, steps=50, generator=g)
         m, C = oracle.sampler_law(base.timesteps_ddim(200, 50), "ddim")
     assert out.dtype == dtype
     assert_moments(out, m, C)
@@ -589,8 +623,9 @@ def test_oracle_strided_ddpm_beta_tilde_and_ddim_eta1():
     torch.testing.assert_close((m, C), (m1, C1))
     g = torch.Generator().manual_seed(4)
     x_T = torch.randn(N_SAMPLES, 3, generator=g, dtype=f64)
-    assert_moments(base.sample_ddpm(oracle.denoiser("eps"), x_T, s, parametrisation="eps", steps=50, generator=g), m, C)
-    assert_moments(base.sample_ddim(oracle.denoiser("v"), x_T, s, steps=50, eta=1.0, generator=g), m, C)
+    eps_fn = denoise_fn(oracle.denoiser("eps"), s, parametrisation="eps")
+    assert_moments(base.sample_ddpm(eps_fn, x_T, s, steps=50, generator=g), m, C)
+    assert_moments(base.sample_ddim(denoise_fn(oracle.denoiser("v"), s), x_T, s, steps=50, eta=1.0, generator=g), m, C)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -608,10 +643,10 @@ def _den(x, t, c):
     lambda s, x: base.timesteps_ddim(10, 0),
     lambda s, x: base.timesteps_ddpm(10, 5, t_start=11),
     lambda s, x: base.timesteps_ddpm(10, 6, t_start=5),
-    lambda s, x: base.sample_ddim(_den, x, s, steps=11),
-    lambda s, x: base.sample_ddpm(_den, x, s, steps=0),
-    lambda s, x: base.sample_ddim(_den, x, s, steps=5, eta=1.5),
-    lambda s, x: base.sample_ddim(_den, x, s, steps=5, parametrisation="score"),
+    lambda s, x: base.sample_ddim(denoise_fn(_den, s), x, s, steps=11),
+    lambda s, x: base.sample_ddpm(denoise_fn(_den, s), x, s, steps=0),
+    lambda s, x: base.sample_ddim(denoise_fn(_den, s), x, s, steps=5, eta=1.5),
+    lambda s, x: base.sample_ddim(denoise_fn(_den, s, parametrisation="score"), x, s, steps=5),
     lambda s, x: base.ddim_step(x, 5, 5, x, x, s),
     lambda s, x: base.ddim_step(x, 5, 7, x, x, s),
     lambda s, x: base.ddpm_step(x, 3, 4, x, s),
@@ -623,15 +658,15 @@ def _den(x, t, c):
     lambda s, x: base.diffusion_loss(x, x, x, 3, s, "v", "l2", min_snr_gamma=0.0),
     lambda s, x: base.clip_x0(x, -1.0),
     lambda s, x: base.classifier_free_guidance(_den, 1.0, null_class=-1),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=0),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=11),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=None),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2.5),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=6, t_start=5),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, t_start=0),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, t_start=11),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, parametrisation="score"),
-    lambda s, x: base.sample_dpmpp_2m(_den, x, s, steps=2, clip_limit=-1.0),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=0),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=11),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=None),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2.5),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=6, t_start=5),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2, t_start=0),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2, t_start=11),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s, parametrisation="score"), x, s, steps=2),
+    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s, clip_limit=-1.0), x, s, steps=2),
     lambda s, x: base.timesteps_dpm_solver(10, 0),
     lambda s, x: base.dpmpp_2m_step(x, 5, 5, x, s),
     lambda s, x: base.dpmpp_2m_step(x, 5, 3, x, s, x0_prev=x),

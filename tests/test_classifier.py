@@ -132,9 +132,26 @@ def test_demo_report(tmp_path, capsys):
     assert report["held_out_items"] == 20 and report["train_items"] == 180
     assert report["held_out_median_nn_distance"] > 0
     assert (out / "report.md").read_text().startswith("# Sample report")
+    budget = report["pixel_budget"]
+    assert [r["row"] for r in budget["rows"]] == ["samples w=0", "samples w=1", "VAE round trip", "real floor"]
+    assert budget["protocol"]["n"] == 20 and budget["protocol"]["real_pool"] == 200
+    from PIL import Image
+
+    assert Image.open(out / "real_vs_samples_w0.png").size == (21 * 18 + 2, 10 * 18 + 2)  # 10 real | 10 samples
     assert "held-out real images" in capsys.readouterr().out
 
     # a classifier for another image size is refused with one line
     other = save_classifier(tmp_path / "clf32.pt", SmallCNN(1, 10, 32, width=8), {})
     assert report_main(["--load", str(ckpt), "--classifier", str(other), "--per-class", "1", "--steps", "1"]) == 2
     assert "does not fit the denoiser's data" in capsys.readouterr().err
+
+
+def test_side_by_side_puts_real_left_and_samples_right_class_by_class():
+    from model.scripts.demo_report import side_by_side
+
+    real = torch.stack([torch.full((1, 2, 2), v) for v in (0.1, 0.2, 0.3)])  # classes 0, 1, 0
+    samples = torch.stack([torch.full((1, 2, 2), v) for v in (-0.1, -0.2, -0.3, -0.4)])  # classes 0, 0, 1, 1
+    tiles = side_by_side(real, torch.tensor([0, 1, 0]), samples, torch.tensor([0, 0, 1, 1]), per_class=2)
+    assert tiles.shape == (10, 1, 2, 2)  # 2 rows of 2 real + spacer + 2 samples
+    values = tiles[:, 0, 0, 0].tolist()
+    assert values == pytest.approx([0.1, 0.3, 0.0, -0.1, -0.2, 0.2, 0.0, 0.0, -0.3, -0.4])  # class 1 has 1 real

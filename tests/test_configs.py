@@ -9,7 +9,7 @@ import torch
 from model.autoencoder import BetaVAE
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
 from model.config import check_denoiser_shapes
-from model.lightning.denoiser_trainer import build_network
+from model.pipeline import denoiser_network
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.json"))
 
@@ -37,7 +37,7 @@ def test_config_builds_and_shapes_fit(path):
     torch.manual_seed(0)
     if cfg.data.name == "toy2d":
         check_denoiser_shapes(cfg)
-        net = build_network(cfg, num_classes=0)
+        net = denoiser_network(cfg, num_classes=0)
         x = torch.randn(3, cfg.denoiser.toy.dim)
         assert net(x, torch.tensor([1, 5, 9])).shape == x.shape
         return
@@ -52,7 +52,7 @@ def test_config_builds_and_shapes_fit(path):
             assert vae.decode(mean).shape == x.shape
             return
         check_denoiser_shapes(cfg)
-        net = build_network(cfg, num_classes=cfg.denoiser.unet.num_classes)
+        net = denoiser_network(cfg, num_classes=cfg.denoiser.unet.num_classes)
         z = mean if cfg.denoiser.autoencoder == "vae" else x
         c = torch.zeros(1, dtype=torch.long) if cfg.denoiser.unet.num_classes else None
         assert net(z, torch.tensor([cfg.denoiser.diffusion.T]), c).shape == z.shape

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from model import base
+from wrap import denoise_fn
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -56,7 +57,7 @@ def x_noise(dtype=f64, seed=1):
 def our_states(sampler, net, x_T, schedule, **kw):
     """Every state x_t after each step of one of our sample loops (the last one is the sample)."""
     seen = []
-    sampler(net, x_T, schedule, callback=lambda i, t, x_t, x0: seen.append(x_t), **kw)
+    sampler(denoise_fn(net, schedule), x_T, schedule, callback=lambda i, t, x_t, x0: seen.append(x_t), **kw)
     return seen
 
 

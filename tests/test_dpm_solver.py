@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from model import base
+from wrap import denoise_fn
 from test_base import GaussianOracle
 
 f64 = torch.float64
@@ -51,10 +52,11 @@ def pf_ode_exact(x_u, u, t, schedule):
     return ab[t].sqrt() * y_t  # (B, d)
 
 
-def states(sampler, den, x, schedule, **kw):
+def states(sampler, den, x, schedule, parametrisation="v", **kw):
     """{t: x_t} after every step of a sample loop, from its callback, and the final sample."""
     seen = {}
-    out = sampler(den, x, schedule, callback=lambda i, t, x_t, x0: seen.__setitem__(t, x_t), **kw)
+    out = sampler(denoise_fn(den, schedule, parametrisation), x, schedule,
+                  callback=lambda i, t, x_t, x0: seen.__setitem__(t, x_t), **kw)
     return seen, out
 
 
@@ -112,8 +114,9 @@ def test_final_sample_matches_exact_pf_ode_solution(cosine, oracle):
     x_T = x_noise()
     exact = pf_ode_exact(x_T, T, 0, cosine)
     den = oracle.denoiser("v")
-    dpm = {n: max_err(base.sample_dpmpp_2m(den, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
-    ddim = {n: max_err(base.sample_ddim(den, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
+    fn = denoise_fn(den, cosine)
+    dpm = {n: max_err(base.sample_dpmpp_2m(fn, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
+    ddim = {n: max_err(base.sample_ddim(fn, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
     assert dpm[5] < ddim[5]
     assert dpm[10] < ddim[10] / 2.5 and dpm[20] < ddim[20] / 10, (dpm, ddim)
     assert dpm[100] < 2e-3 and ddim[100] < 3e-2, (dpm, ddim)
@@ -129,8 +132,8 @@ def test_one_and_two_steps_equal_ddim(cosine, oracle, steps):
     # 1 step: both return x0_hat(x_T). 2 steps: the first step is first order (no previous x0) and the last step to
     # t = 0 is first order too, so DPM-Solver++ and DDIM agree; only rounding differs (different algebraic forms).
     x_T = x_noise()
-    a = base.sample_dpmpp_2m(oracle.denoiser("v"), x_T, cosine, steps=steps)
-    b = base.sample_ddim(oracle.denoiser("v"), x_T, cosine, steps=steps)
+    a = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=steps)
+    b = base.sample_ddim(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=steps)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -145,8 +148,8 @@ def test_first_step_is_ddim_then_second_order(cosine, oracle):
         exact = pf_ode_exact(x_T, T, t, cosine)
         assert max_err(dpm[t], ddim[t]) > 1e-4 and max_err(dpm[t], exact) < max_err(ddim[t], exact)
     # with 3 steps the middle step is second order, so the samples differ
-    a = base.sample_dpmpp_2m(oracle.denoiser("v"), x_T, cosine, steps=3)
-    b = base.sample_ddim(oracle.denoiser("v"), x_T, cosine, steps=3)
+    a = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=3)
+    b = base.sample_ddim(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=3)
     assert max_err(a, b) > 1e-3
 
 
@@ -195,14 +198,14 @@ def test_every_parametrisation_gives_the_same_trajectory(cosine, oracle):
 def test_deterministic_dtype_and_last_step_returns_x0(cosine, oracle):
     x_T = x_noise(dtype=torch.float32)
     calls = []
-    a = base.sample_dpmpp_2m(oracle.denoiser("v"), x_T, cosine, steps=7,
+    a = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=7,
                              callback=lambda i, t, x, x0: calls.append((i, t, x, x0)))
-    b = base.sample_dpmpp_2m(oracle.denoiser("v"), x_T, cosine, steps=7)
+    b = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=7)
     assert torch.equal(a, b) and a.dtype == torch.float32 and not a.requires_grad
     assert [i for i, *_ in calls] == list(range(7)) and calls[-1][1] == 0
     assert torch.equal(calls[-1][2], a) and torch.equal(a, calls[-1][3])  # x_0 is the last x0 prediction
     # float32 data with float64 coefficients: close to the float64 run (measured 2.4e-7)
-    c = base.sample_dpmpp_2m(oracle.denoiser("v"), x_T.double(), cosine, steps=7)
+    c = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T.double(), cosine, steps=7)
     assert max_err(a.double(), c) < 1e-5
 
 
@@ -214,8 +217,8 @@ def test_t_start_starts_from_the_given_x_t(cosine, oracle):
     x_t = base.q_sample(x0, 600, torch.randn(64, 3, generator=g, dtype=f64), cosine)
     seen_t = []
     den = oracle.denoiser("v")
-    out = base.sample_dpmpp_2m(lambda x, t, c: seen_t.append(int(t[0])) or den(x, t, c), x_t, cosine, steps=40,
-                               t_start=600)
+    out = base.sample_dpmpp_2m(denoise_fn(lambda x, t, c: seen_t.append(int(t[0])) or den(x, t, c), cosine), x_t,
+                               cosine, steps=40, t_start=600)
     assert seen_t == base.timesteps_dpm_solver(T, 40, 600)[:-1] and seen_t[0] == 600
     assert max_err(out, pf_ode_exact(x_t, 600, 0, cosine)) < 5e-3  # measured 1.8e-3 (3.3e-2 for 40-step DDIM)
 
@@ -228,11 +231,13 @@ def test_clip_limit(cosine):
     def den(x_t, t, c):
         return 3 * x_t
 
-    clipped = base.sample_dpmpp_2m(den, x_T, cosine, steps=10, parametrisation="x0", clip_limit=1.0)
-    free = base.sample_dpmpp_2m(den, x_T, cosine, steps=10, parametrisation="x0")
+    clipped = base.sample_dpmpp_2m(denoise_fn(den, cosine, parametrisation="x0", clip_limit=1.0), x_T, cosine,
+                                   steps=10)
+    free = base.sample_dpmpp_2m(denoise_fn(den, cosine, parametrisation="x0"), x_T, cosine, steps=10)
     assert clipped.abs().max().item() <= 1.0 and (clipped.abs() == 1.0).any()
     assert free.abs().max().item() > 1.5
-    assert torch.equal(base.sample_dpmpp_2m(den, x_T, cosine, steps=10, parametrisation="x0", clip_limit=1e9), free)
+    huge = denoise_fn(den, cosine, parametrisation="x0", clip_limit=1e9)
+    assert torch.equal(base.sample_dpmpp_2m(huge, x_T, cosine, steps=10), free)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from data.toy2d import chamfer_distance
 from model.classifier import SmallCNN, save_classifier
 from model.evaluation import balanced_labels, loss_per_timestep, loss_timesteps
-from model.lightning.denoiser_trainer import load_denoiser
+from model.pipeline import LatentDiffusionPipeline
 from model.scripts.evaluate import main
 
 
@@ -48,6 +48,20 @@ def test_writes_every_file_with_one_fid_per_scale(evaluated):
     protocol = r["fid_protocol"]
     assert protocol["real_images"] == 12 and protocol["generated_images"] == 20  # 120 items, 10 % held out
     assert "domain classifier" in protocol["extractor"] and "float64" in protocol["dtype"]
+
+
+def test_the_error_budget_scores_every_scale_the_round_trip_and_the_floor(evaluated):
+    budget = report(evaluated["first"])["pixel_budget"]
+    assert [r["row"] for r in budget["rows"]] == ["samples w=0", "samples w=3", "VAE round trip", "real floor"]
+    for row in budget["rows"]:
+        for metric in ("pixel_fd", "kid", "precision", "recall"):
+            assert np.isfinite(row[metric]["mean"]) and row[metric]["std"] >= 0
+        assert 0 <= row["precision"]["mean"] <= 1 and 0 <= row["recall"]["mean"] <= 1
+    p = budget["protocol"]
+    assert (p["n"], p["real_pool"], p["reference"], p["size"], p["components"], p["k"]) == (20, 120, 100, 8, 16, 3)
+    assert budget == report(evaluated["second"])["pixel_budget"]  # the same seed: the same figures
+    md = (evaluated["first"] / "evaluation.md").read_text()
+    assert "## Error budget on pixel features" in md and "| samples w=3 |" in md
 
 
 def test_dpm_solver_samples_through_the_same_command(tiny_runs, tmp_path):
@@ -94,9 +108,9 @@ def test_loss_table_of_a_zero_network_is_the_closed_form(tiny_runs):
     because the noise is fixed. Fit A, B, C on 11 timesteps: the fit must be exact."""
     from data import make_datamodule
 
-    system = load_denoiser(str(tiny_runs["pixel"]))
+    system = LatentDiffusionPipeline.from_pretrained(tiny_runs["pixel"])
     assert (system.diff.parametrisation, system.diff.loss, system.diff.min_snr_gamma) == ("v", "l2", None)
-    system.ema = Zero()
+    system.denoiser.net = Zero()
     dm = make_datamodule(system.cfg.data)
     dm.setup("fit")
     timesteps = loss_timesteps(system.diff.T)
@@ -117,7 +131,7 @@ def test_toy_reports_ddpm_and_ddim_chamfer_distances(tiny_runs, tmp_path):
     assert r["sampler"] == "DDPM 100 steps and DDIM 5 steps (eta 0)"
     from data import make_datamodule
 
-    system = load_denoiser(str(tiny_runs["toy"]))
+    system = LatentDiffusionPipeline.from_pretrained(tiny_runs["toy"])
     data = make_datamodule(system.cfg.data).points()
     for c in r["chamfer"]:
         points = torch.from_numpy(np.load(out / f"samples_{c['sampler']}.npz")["points"])

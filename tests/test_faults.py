@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.lightning.denoiser_trainer import DenoiserSystem
-from model.lightning.vae_trainer import VAESystem
+from model.lightning.systems.denoiser import DenoiserSystem
+from model.lightning.systems.vae import VAESystem
 from model.main import main
 from tiny import DIGITS, ROOT, tiny
 
@@ -63,7 +63,7 @@ def test_a_loss_that_stays_nan_stops_the_run_with_one_line(tmp_path, monkeypatch
 
 NAN_ON_RANK_1 = """
 import sys
-from model.lightning.vae_trainer import VAESystem
+from model.lightning.systems.vae import VAESystem
 from model.main import main
 
 real = VAESystem._losses

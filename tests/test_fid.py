@@ -9,7 +9,8 @@ import scipy.linalg
 import torch
 
 from data import DataConfig
-from model import fid as fidlib
+from model.compat import fid_real_states
+from model.metrics import fid as fidlib
 from model.classifier import SmallCNN
 from model.errors import UserError
 
@@ -131,8 +132,8 @@ def test_cached_statistics_round_trip_and_their_key(classifier, tmp_path):
     fidlib.save_real_stats(metric, path, {"images": 20})
     fresh = fidlib.make_fid("classifier", classifier)
     assert fidlib.load_real_stats(fresh, path)
-    for name in fidlib.REAL_STATES:
-        assert torch.equal(getattr(fresh, name), getattr(metric, name))
+    for name, value in fid_real_states(metric).items():
+        assert torch.equal(fid_real_states(fresh)[name], value)
     assert not fidlib.load_real_stats(fresh, tmp_path / "absent.pt")
     # the key follows the images (size, split, extractor, data settings), not the loader's batch size
     def key(**settings):

@@ -69,9 +69,9 @@ def copy_checkpoint(ckpt: Path, root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def latent_system(tiny_runs):
-    from model.lightning.denoiser_trainer import load_denoiser
+    from model.pipeline import LatentDiffusionPipeline
 
-    return load_denoiser(str(tiny_runs["latent"]))
+    return LatentDiffusionPipeline.from_pretrained(tiny_runs["latent"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_noising_a_latent_denoiser_checkpoint(tiny_runs, latent_system, tmp_path
     latent = grid(out / "noising_latent.png", rows=2, cols=T + 1, mode="L")  # rows: linear, cosine
     pixels = grid(out / "noising_pixels.png", rows=2, cols=T + 1, mode="L")
     x = validation_item(latent_system.cfg.data, 1)[0]  # (1, 1, H, W)
-    decoded = grey(latent_system.decode(latent_system.normalise(latent_system.encode_mean(x))))[0]
+    decoded = grey(latent_system.decode(latent_system.encode(x)))[0]
     for row in range(2):
         # t = 0 is the un-noised latent, decoded (up to uint8 rounding), and the input image itself
         assert np.abs(tile(latent, row, 0) - decoded).max() <= 1
@@ -235,7 +235,8 @@ def test_denoising_grid_of_a_latent_denoiser(latent_system, latent_denoising):
     assert record["rows"] == ["x0 (decoded)", "x0 (latent)", "x_t", "eps", "eps_hat"]
     assert len(record["mse_eps"]) == n and all(math.isfinite(m) and m > 0 for m in record["mse_eps"])
     # the ε row is the noise drawn with the seed, shown as its first three channels / 3
-    eps = torch.randn((n, LATENT_CHANNELS, IMAGE_SIZE // 4, IMAGE_SIZE // 4),
+    f = latent_system.cfg.vae.net.downsample_factor
+    eps = torch.randn((n, LATENT_CHANNELS, IMAGE_SIZE // f, IMAGE_SIZE // f),
                       generator=torch.Generator().manual_seed(seed))
     expected = to_uint8(plots.latent_tiles(eps, IMAGE_SIZE)).astype(np.int32)  # (n, H, W, 3)
     for i in range(n):
@@ -254,11 +255,11 @@ def test_denoising_noise_is_reproducible_with_the_seed(tiny_runs, latent_denoisi
 
 
 def test_denoising_grid_of_a_pixel_denoiser(tiny_runs, tmp_path):
-    from model.lightning.denoiser_trainer import config_of
+    from model.pipeline import LatentDiffusionPipeline
 
     run("denoising", "--load", tiny_runs["pixel"], "--n", 2, "--output", tmp_path)
     arr = grid(tmp_path / "denoising.png", rows=4, cols=2, mode="L")  # x0, x_t, ε, ε̂
-    x, _ = plots.validation_batch(config_of(str(tiny_runs["pixel"])).data, 2)
+    x, _ = plots.validation_batch(LatentDiffusionPipeline.from_pretrained(tiny_runs["pixel"]).cfg.data, 2)
     for i in range(2):
         np.testing.assert_array_equal(tile(arr, 0, i), grey(x)[i])
     assert json.loads((tmp_path / "denoising.json").read_text())["rows"] == ["x0", "x_t", "eps", "eps_hat"]

@@ -61,9 +61,9 @@ def latent_out(tiny_runs, tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def systems(tiny_runs) -> dict:
-    from model.lightning.denoiser_trainer import load_denoiser
+    from model.pipeline import LatentDiffusionPipeline
 
-    return {kind: load_denoiser(str(tiny_runs[kind])) for kind in ("latent", "pixel")}
+    return {kind: LatentDiffusionPipeline.from_pretrained(tiny_runs[kind]) for kind in ("latent", "pixel")}
 
 
 def first_validation_image(system) -> torch.Tensor:
@@ -124,8 +124,8 @@ def test_strength_zero_returns_the_vae_reconstruction_for_a_latent_model(systems
 # ----- the samplers start from the same z_t at t_s -----------------------------------------------------------------
 def test_every_sampler_starts_from_z_t_at_t_start(systems, monkeypatch):
     system = systems["latent"]
-    spy = Recorder(system.ema)
-    monkeypatch.setattr(system, "ema", spy)
+    spy = Recorder(system.net)
+    monkeypatch.setattr(system.denoiser, "net", spy)
     x = first_validation_image(system)
     z0 = reimagine.encode(system, x)
     eps, state = reimagine.draw_noise(z0, 0)
@@ -147,7 +147,7 @@ def test_every_sampler_starts_from_z_t_at_t_start(systems, monkeypatch):
 def test_strength_one_starts_from_noise_at_T(systems, monkeypatch):
     # A 10-step schedule keeps DDPM at strength 1 short; the network takes any integer t.
     system = systems["pixel"]
-    monkeypatch.setattr(system, "schedule", base.make_schedule("cosine", 10))
+    monkeypatch.setattr(system.denoiser, "schedule", base.make_schedule("cosine", 10))
     x = first_validation_image(system)
     z0 = reimagine.encode(system, x)
     eps, state = reimagine.draw_noise(z0, 0)

@@ -96,7 +96,7 @@ def test_metrics_are_finite_and_psnr_follows_from_mse(default_run):
     for mse, psnr in zip(m["per_image_mse"], m["per_image_psnr"]):
         assert psnr == pytest.approx(10 * math.log10(4 / mse))
     stats = json.loads((default_run / "latent_stats.json").read_text())
-    assert stats["latent_shape"] == [4, IMAGE_SIZE // 4, IMAGE_SIZE // 4]  # 4 latent channels, f = 4
+    assert stats["latent_shape"] == [4, IMAGE_SIZE // 2, IMAGE_SIZE // 2]  # config/digits.json: 4 channels, f = 2
     assert len(stats["channel_std"]) == 4 and all(s > 0 for s in stats["channel_std"])
 
 

@@ -13,11 +13,13 @@ from data import DataConfig, make_datamodule
 from data.toy2d import chamfer_distance
 from model.autoencoder import ReconstructionLoss, beta_at
 from model.checkpoint import read_checkpoint
-from model.config import from_dict
-from model.lightning.denoiser_trainer import load_denoiser
-from model.lightning.ema import ema_update
+from model.cli_config import from_dict
+from model.denoising import class_condition, denormalise
+from model.ema import ema_update
 from model.main import main
+from model.pipeline import LatentDiffusionPipeline
 from model.scripts import sample
+from tiny import load_system
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "config" / "digits.json")
@@ -94,7 +96,7 @@ def test_denoiser_validation_loss_drops(run):
 
 
 def test_denoiser_checkpoint_holds_latent_stats_and_ema(run):
-    system = load_denoiser(str(run / "denoiser" / "checkpoints" / "last.ckpt"))
+    system = load_system(str(run / "denoiser" / "checkpoints" / "last.ckpt"))
     assert bool(system.latent_stats_ready)
     assert system.latent_scale.min() > 0 and not torch.allclose(system.latent_scale, torch.ones(4))
     ema = dict(system.ema.named_parameters())
@@ -106,24 +108,27 @@ def test_denoiser_checkpoint_holds_latent_stats_and_ema(run):
     dm = make_datamodule(cfg.data)
     dm.setup("fit")
     x, _ = next(iter(dm.val_dataloader()))
-    z = system.normalise(system.encode_mean(x))
+    z = system.z0_from_batch(x, cached=False)
     assert z.mean().abs() < 0.5 and 0.5 < z.std() < 1.5
-    # denormalise ∘ normalise is the identity
+    # denormalise ∘ normalise is the identity, and the pipeline encodes as training does
     z_raw = system.encode_mean(x)
-    assert torch.allclose(system.denormalise(system.normalise(z_raw)), z_raw, atol=1e-5)
+    assert torch.allclose(denormalise(z, system.latent_shift, system.latent_scale), z_raw, atol=1e-5)
+    pipe = LatentDiffusionPipeline.from_pretrained(run / "denoiser" / "checkpoints" / "last.ckpt")
+    assert torch.equal(pipe.encode(x), z)
+    assert all(torch.equal(p, ema[n]) for n, p in pipe.net.named_parameters())  # sampling uses the EMA weights
 
 
 def test_label_dropout_to_the_null_class(run):
     """CFG training (Ho & Salimans 2022): unlabelled items and a p_uncond share of labels become the null class."""
-    system = load_denoiser(str(run / "denoiser" / "checkpoints" / "last.ckpt"))
-    null = system.null_class
-    assert null == system.num_classes == 10
+    pipe = LatentDiffusionPipeline.from_pretrained(run / "denoiser" / "checkpoints" / "last.ckpt")
+    null = pipe.null_class
+    assert null == pipe.num_classes == 10
     y = torch.tensor([3, -1, 0, 9])
-    assert system.condition(y, p_uncond=0.0).tolist() == [3, null, 0, 9]
-    assert system.condition(y, p_uncond=1.0).tolist() == [null] * 4
+    assert class_condition(y, 10, p_uncond=0.0).tolist() == pipe.condition(y).tolist() == [3, null, 0, 9]
+    assert class_condition(y, 10, p_uncond=1.0).tolist() == [null] * 4
     torch.manual_seed(0)
     labels = torch.arange(20_000) % 10
-    c = system.condition(labels, p_uncond=0.3)
+    c = class_condition(labels, 10, p_uncond=0.3)
     dropped = (c == null).float().mean().item()
     assert abs(dropped - 0.3) < 0.02  # 4.6 standard errors of a Bernoulli(0.3) mean over 20k
     kept = c != null

@@ -10,6 +10,7 @@ DIGITS = str(ROOT / "config" / "digits.json")
 def tiny(val_every: int, log_every: int = 20) -> list[str]:
     """Overrides for config/digits.json: 120 images, batch 16, 8- and 16-wide networks, no grids or bars."""
     args = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
+            "--denoiser.trainer.batch_size", "16",
             "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16",
             "--denoiser.unet.channel_mult", "[1, 2]", "--denoiser.diffusion.latent_stats_batches", "2"]
     for stage in ("vae", "denoiser"):
@@ -17,6 +18,17 @@ def tiny(val_every: int, log_every: int = 20) -> list[str]:
                  f"--{stage}.trainer.images_every_n_steps", "0", f"--{stage}.trainer.progress_bar", "false",
                  f"--{stage}.trainer.log_every_n_steps", str(log_every)]
     return args
+
+
+def load_system(path):
+    """The DenoiserSystem of a training checkpoint, weights and buffers as saved (what resume starts from)."""
+    from model.checkpoint import EXTRA_KEY, load_weights, read_checkpoint
+    from model.lightning.systems.denoiser import DenoiserSystem
+
+    ckpt = read_checkpoint(path, expected="denoiser")
+    system = DenoiserSystem(ckpt["ldm_config"], **ckpt.get(EXTRA_KEY, {}))
+    load_weights(system, ckpt["state_dict"], path)
+    return system.eval()
 
 
 def failure_summary(stderr: str) -> str:

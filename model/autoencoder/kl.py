@@ -1,6 +1,6 @@
 """KL term of the beta-VAE and its geometrically decaying weight beta(step).
 
-Scaling convention of the whole beta-VAE objective (used by `model.lightning.vae_trainer`):
+Scaling convention of the whole beta-VAE objective (used by `model.lightning.systems.vae`):
 
     loss = mean_B [ recon(x_hat, x) + beta(step) * KL(q(z|x) || N(0, I)) ]
 

@@ -28,6 +28,7 @@ class UNetConfig:
     num_heads: int = 4  # attention heads; every attended width (and the middle) must be divisible by it
     num_classes: int = 0  # 0 = unconditional; K > 0 adds K + 1 class embeddings (index K = null class for CFG)
     time_embed_dim: int | None = None  # None = 4 * base_channels, the width ratio of Ho et al.'s time MLP
+    kernel_size: int = 7  # depthwise kernel (Liu et al. 2022 use 7); 3 suits latents of 8x8 and smaller
     mlp_ratio: int = 4  # ConvNeXt inverted-bottleneck expansion (Liu et al. 2022 use 4)
     layer_scale_init: float = 1e-6  # initial layer-scale gamma (Liu et al. 2022): blocks start near identity
     dropout: float = 0.0  # dropout inside each block's MLP; 0 = off, small data sets may want 0.1
@@ -78,6 +79,8 @@ class UNetConfig:
             self.time_embed_dim is None or self.time_embed_dim > 0,
             f"denoiser.unet.time_embed_dim must be > 0 or null, got {self.time_embed_dim}; null = 4 * base_channels",
         )
+        _check(self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+               f"denoiser.unet.kernel_size must be an odd number >= 1, got {self.kernel_size}; try 7 or 3")
         _check(self.mlp_ratio >= 1, f"denoiser.unet.mlp_ratio must be >= 1, got {self.mlp_ratio}; try 4")
         _check(
             self.layer_scale_init > 0,

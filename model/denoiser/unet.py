@@ -21,7 +21,7 @@ def group_count(channels: int, max_groups: int = 32) -> int:
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block (Liu et al. 2022, fig. 4) with FiLM conditioning (Perez et al. 2018).
 
-        h = dwconv7x7(x)                          depthwise spatial mixing
+        h = dwconv(x)                             depthwise spatial mixing (k x k, 7 in the paper)
         h = LN(h) * (1 + scale(e)) + shift(e)     channels-last LayerNorm, then FiLM from the embedding e
         h = Linear(GELU(Linear_up(h)))            inverted bottleneck, width in -> mlp_ratio * out -> out
         out = skip(x) + gamma * h                 layer scale gamma; skip = 1x1 conv when channels change
@@ -35,9 +35,10 @@ class ConvNeXtBlock(nn.Module):
         mlp_ratio: int = 4,
         layer_scale_init: float = 1e-6,
         dropout: float = 0.0,
+        kernel_size: int = 7,
     ) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(in_channels, in_channels, kernel_size=7, padding=3, groups=in_channels)
+        self.dwconv = nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels)
         self.norm = nn.LayerNorm(in_channels)
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * in_channels))
         self.mlp = nn.Sequential(
@@ -58,6 +59,12 @@ class ConvNeXtBlock(nn.Module):
         h = self.mlp(h) * self.gamma  # (B, H, W, C_out)
         h = rearrange(h, "b h w c -> b c h w")  # (B, C_out, H, W)
         return self.skip(x) + h
+
+
+def convnext_block(in_channels: int, out_channels: int, cfg: UNetConfig) -> ConvNeXtBlock:
+    """A ConvNeXtBlock with the embedding width, expansion, layer scale, dropout and kernel of `cfg`."""
+    return ConvNeXtBlock(in_channels, out_channels, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout,
+                         cfg.kernel_size)
 
 
 class SelfAttention2d(nn.Module):
@@ -109,10 +116,7 @@ class Level(nn.Module):
 
     def __init__(self, in_channels: list[int], out_channels: int, cfg: UNetConfig, attention: bool) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            ConvNeXtBlock(c, out_channels, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout)
-            for c in in_channels
-        )
+        self.blocks = nn.ModuleList(convnext_block(c, out_channels, cfg) for c in in_channels)
         self.attentions = nn.ModuleList(
             SelfAttention2d(out_channels, cfg.num_heads) if attention else nn.Identity() for _ in in_channels
         )
@@ -146,9 +150,9 @@ class ConvNeXtUNet(nn.Module):
         self.downsamples = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(cfg.levels - 1))
 
         w_mid = widths[-1]
-        self.mid_block1 = ConvNeXtBlock(w_mid, w_mid, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout)
+        self.mid_block1 = convnext_block(w_mid, w_mid, cfg)
         self.mid_attention = SelfAttention2d(w_mid, cfg.num_heads)
-        self.mid_block2 = ConvNeXtBlock(w_mid, w_mid, cfg.embed_dim, cfg.mlp_ratio, cfg.layer_scale_init, cfg.dropout)
+        self.mid_block2 = convnext_block(w_mid, w_mid, cfg)
 
         # decoder[i] is level i (indexed like the encoder); it runs from level L-1 down to 0
         self.decoder = nn.ModuleList(

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from model.base import SAMPLER_NAMES, SAMPLERS
 from model.errors import UserError
 
 
@@ -80,12 +81,9 @@ def evenly_spaced(items: list, count: int) -> list:
     return [items[i] for i in idx]
 
 
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
-
-
 def add_sampler_arguments(p) -> None:
     """--sampler, its shorthand --ddim, and --steps, as `sample` and `evaluate` take them."""
-    p.add_argument("--sampler", choices=list(SAMPLER_NAMES), default=None,
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="ddpm (ancestral), ddim (Song et al.) or dpmpp_2m (DPM-Solver++(2M), Lu et al.)")
     p.add_argument("--ddim", action="store_true", help="shorthand for --sampler ddim")
     p.add_argument("--steps", type=int, default=None,
@@ -110,3 +108,31 @@ def describe_sampler(sampler: str, steps: int, eta: float = 0.0) -> str:
     """e.g. "DDIM 25 steps (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps"."""
     text = f"{SAMPLER_NAMES[sampler]} {steps} steps"
     return text + (f" (eta {eta:g})" if sampler == "ddim" else "")
+
+
+def add_pixel_arguments(p) -> None:
+    """The pixel metrics' protocol: the compared side, principal components, k, draws and the real pool."""
+    p.add_argument("--pixel-size", "--pixel_size", type=int, default=None,
+                   help="side the pixel metrics compare at (default: the data's native size, digits 8; else <= 32)")
+    p.add_argument("--pca-components", "--pca_components", type=int, default=16,
+                   help="principal components of the real reference the pixel features keep (16)")
+    p.add_argument("--pr-k", "--pr_k", type=int, default=3, help="k of improved precision/recall (3, as the paper)")
+    p.add_argument("--draws", type=int, default=10, help="random floor/reference splits averaged (10)")
+    p.add_argument("--real-pool", "--real_pool", type=int, default=10_000,
+                   help="real images drawn from the data set (training and validation) for the pixel metrics")
+
+
+def pixel_protocol(args, dm):
+    """The PixelProtocol of the parsed arguments for data module `dm`; out-of-range values are a UserError."""
+    from model.evaluation import pixel_size
+    from model.metrics.budget import PixelProtocol
+
+    size = args.pixel_size or pixel_size(dm)
+    for flag, value, low in (("--pixel-size", size, 1), ("--pca-components", args.pca_components, 1),
+                             ("--pr-k", args.pr_k, 1), ("--draws", args.draws, 1), ("--real-pool", args.real_pool, 4)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if size > dm.image_size:
+        raise UserError(f"--pixel-size {size} is larger than the images ({dm.image_size} px); pass at most "
+                        f"{dm.image_size}")
+    return PixelProtocol(size=size, components=args.pca_components, k=args.pr_k, draws=args.draws, seed=args.seed)

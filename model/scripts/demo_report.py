@@ -7,8 +7,10 @@ For each guidance scale w it draws `per-class` DDIM samples of every class (the 
 noise, for every w), classifies them with the small CNN, and reports the share assigned to the requested class,
 overall and per class. The memorisation check compares the median L2 distance (flattened [-1, 1] pixels) from
 each sample to its nearest training image with the same median for held-out real images: copies of training
-images would sit near 0, far below the held-out median. Writes report.json, report.md and a sample grid per w
-to `--output` (default: report/ beside the denoiser's checkpoints folder).
+images would sit near 0, far below the held-out median. The error budget on pixel features (pixel Fréchet
+distance, KID, precision and recall of the samples of each w, of the VAE round trip and of the real floor; see
+`model.metrics.budget`) says how close the samples come to real digits in style and sharpness. Writes report.json,
+report.md and a sample grid per w to `--output` (default: report/ beside the denoiser's checkpoints folder).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import torch
 from torch import Tensor
 
 from model.errors import ArgParser, UserError, cli_entry
-from model.evaluation import check_classifier_fits, generate, per_class_accuracy, predict
+from model.evaluation import check_classifier_fits, generate, per_class_accuracy, pixel_budget, predict
+from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
+from model.scripts.common import add_pixel_arguments
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
 
@@ -36,6 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="guidance scales w to compare: (1+w)·cond − w·uncond")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
+    add_pixel_arguments(p)
     p.add_argument("--output", default=None, help="output folder (default: report/ beside the checkpoints folder)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     return p
@@ -50,14 +55,14 @@ def check_args(args, T: int) -> None:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
 
 
-def check_fit(system, clf) -> None:
+def check_fit(pipe, clf) -> None:
     """The denoiser must be a class-conditional image model whose images the classifier can read."""
-    if system.cfg.denoiser.network == "toy_mlp":
+    if pipe.cfg.denoiser.network == "toy_mlp":
         raise UserError("this denoiser samples 2-D points, not images; the report needs an image model")
-    if system.num_classes == 0:
+    if pipe.num_classes == 0:
         raise UserError("the report needs a class-conditional denoiser, but this one is unconditional "
                         "(train with denoiser.unet.num_classes set)")
-    check_classifier_fits(clf, system, conditional=True)
+    check_classifier_fits(clf, pipe, conditional=True)
 
 
 @torch.no_grad()
@@ -77,12 +82,24 @@ def real_images(loader, shape: tuple[int, ...]) -> Tensor:
     return torch.cat(batches) if batches else torch.empty(0, *shape)
 
 
+def side_by_side(real: Tensor, real_labels: Tensor, samples: Tensor, labels: Tensor, per_class: int) -> Tensor:
+    """One row per class: `per_class` real images, a grey spacer, `per_class` samples of that class; (N, C, H, W)
+    for `save_grid` with nrow = 2 * per_class + 1. Rows of classes with too few real images are padded grey."""
+    spacer = torch.zeros_like(real[:1])  # 0 is mid-grey in [-1, 1]
+    rows = []
+    for k in labels.unique(sorted=True).tolist():
+        mine, theirs = real[real_labels == k][:per_class], samples[labels == k][:per_class]
+        pad = spacer.expand(per_class - len(mine), *real.shape[1:])
+        rows += [mine, pad, spacer, theirs, spacer.expand(per_class - len(theirs), *real.shape[1:])]
+    return torch.cat(rows)
+
+
 def median(x: Tensor) -> Optional[float]:
     return float(x.median()) if len(x) else None
 
 
-def build_report(args, system, meta: dict[str, Any], dm, labels: Tensor,
-                 preds: list[Tensor], d_samples: list[Tensor], d_held: Tensor) -> dict[str, Any]:
+def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: list[Tensor],
+                 d_samples: list[Tensor], d_held: Tensor, budget: dict[str, Any]) -> dict[str, Any]:
     held = median(d_held)
     scales = []
     for w, pred, d in zip(args.cfg_scale, preds, d_samples):
@@ -90,7 +107,7 @@ def build_report(args, system, meta: dict[str, Any], dm, labels: Tensor,
         scales.append({
             "cfg_scale": w,
             "accuracy": float((pred == labels).float().mean()),
-            "per_class_accuracy": per_class_accuracy(pred, labels, system.num_classes),
+            "per_class_accuracy": per_class_accuracy(pred, labels, pipe.num_classes),
             "median_nn_distance": med,
             "nn_distance_ratio": med / held if held else None,  # ~1: as far from the training set as new real data
         })
@@ -100,7 +117,7 @@ def build_report(args, system, meta: dict[str, Any], dm, labels: Tensor,
         "sampler": "ddim", "steps": args.steps, "per_class": args.per_class, "seed": args.seed,
         "class_names": list(dm.class_names), "train_items": len(dm.train_set), "held_out_items": len(d_held),
         "held_out_median_nn_distance": held,
-        "scales": scales,
+        "scales": scales, "pixel_budget": budget,
     }
 
 
@@ -118,6 +135,7 @@ def table(report: dict[str, Any]) -> str:
                      f"{fmt(s['median_nn_distance']):>10} {fmt(s['nn_distance_ratio'], 2):>10}")
     lines.append(f"held-out real images: median NN distance to the training set "
                  f"{fmt(report['held_out_median_nn_distance'])} ({report['held_out_items']} images)")
+    lines.append(budget_text(report["pixel_budget"]))
     return "\n".join(lines)
 
 
@@ -142,6 +160,10 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
         f"{fmt(report['held_out_median_nn_distance'])} for the {report['held_out_items']} held-out real images "
         f"(to their nearest of the {report['train_items']} training images). Copies of training images would "
         f"give a median near 0, far below the held-out one; a ratio near 1 or above means no sign of copying.", "",
+        "## Error budget on pixel features", "",
+        "The samples of each w, the real images' VAE round trip and real images themselves (the floor), scored the "
+        "same way; a row near the floor is as close to real digits as real digits are.", "",
+        budget_markdown(report["pixel_budget"]), "",
         "## Samples (one row per class)", "",
         *[f"![{g}]({g})" for g in grids], "",
     ])
@@ -153,25 +175,28 @@ def main(argv: list[str]) -> int:
     from data import make_datamodule
     from model.classifier import load_classifier
     from model.images import save_grid
-    from model.lightning.denoiser_trainer import load_denoiser
-    from model.scripts.common import output_folder, resolve_device
+    from model.pipeline import LatentDiffusionPipeline
+    from model.metrics.budget import check_sizes
+    from model.scripts.common import output_folder, pixel_protocol, resolve_device
 
     device = resolve_device(args.device)
-    system = load_denoiser(args.load, map_location=device)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
     clf, meta = load_classifier(args.classifier)
     clf = clf.to(device)
-    check_fit(system, clf)
-    check_args(args, system.diff.T)
-    out = output_folder(args.output, args.load, "report")
-
-    dm = make_datamodule(system.cfg.data)
+    check_fit(pipe, clf)
+    check_args(args, pipe.diff.T)
+    dm = make_datamodule(pipe.cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    K = system.num_classes
+    K = pipe.num_classes
+    protocol = pixel_protocol(args, dm)
+    check_sizes(min(args.real_pool, len(dm.all_items())), K * args.per_class, per=K, flag="--per-class")
+    out = output_folder(args.output, args.load, "report")
+
     labels = torch.arange(K).repeat_interleave(args.per_class)  # (K * per_class,), class-major
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
-        x = generate(system, len(labels), labels, w, sampler="ddim", steps=args.steps, seed=args.seed,
+        x = generate(pipe, len(labels), labels, w, sampler="ddim", steps=args.steps, seed=args.seed,
                      batch_size=args.batch_size)
         samples.append(x)
         preds.append(predict(clf, x, device))
@@ -179,10 +204,17 @@ def main(argv: list[str]) -> int:
         grids.append(f"samples_w{w:g}.png")
         save_grid(x[keep], out / grids[-1], nrow=min(GRID_PER_CLASS, args.per_class))
     held_out = real_images(dm.val_dataloader(), dm.data_shape)
+    held_labels = torch.cat([y for _, y in dm.val_dataloader()]) if len(held_out) else torch.empty(0, dtype=torch.long)
+    for w, x in zip(args.cfg_scale, samples):  # held-out real digits (left) beside samples (right), class by class
+        grids.append(f"real_vs_samples_w{w:g}.png")
+        save_grid(side_by_side(held_out, held_labels, x, labels, GRID_PER_CLASS), out / grids[-1],
+                  nrow=2 * GRID_PER_CLASS + 1)
     d_all = nearest_distances(torch.cat(samples + [held_out]), dm.train_dataloader())
     d_samples, d_held = list(d_all[: len(labels) * len(samples)].split(len(labels))), d_all[len(labels) * len(samples):]
+    budget = pixel_budget(pipe, dm, {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}, protocol,
+                          args.real_pool, args.batch_size)
 
-    report = build_report(args, system, meta, dm, labels, preds, d_samples, d_held)
+    report = build_report(args, pipe, meta, dm, labels, preds, d_samples, d_held, budget)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report, grids))
     print(table(report))

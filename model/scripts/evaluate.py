@@ -13,6 +13,10 @@ conditional model it also reports the class accuracy of the samples. Then the EM
 set at fixed timesteps (sheet 000, 2.2e). The 2-D toy instead gets the Chamfer distance of DDPM (all T steps) and
 DDIM (or `--sampler`, with `--steps`) samples to the data, with both point clouds plotted.
 
+Beside FID, every image model gets the error budget on pixel features that see blur, stroke width and style
+(`model.metrics.budget`): pixel Fréchet distance, KID and improved precision/recall of the samples of each w, of the
+VAE round trip of real images and of real images themselves (the floor), each at n = `--num_samples`.
+
 Writes evaluation.json, evaluation.md, loss_per_timestep.csv and samples_w<w>.png / .npz (toy: chamfer.png and
 samples_ddpm.npz / samples_ddim.npz) to `--output` (default: evaluation/ beside the checkpoints folder). The real
 set's FID statistics are cached in `--stats-cache` per data set, resolution and extractor.
@@ -29,7 +33,9 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
-from model.scripts.common import add_sampler_arguments, chosen_sampler, describe_sampler, sampler_steps
+from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
+from model.scripts.common import (add_pixel_arguments, add_sampler_arguments, chosen_sampler, describe_sampler,
+                                  sampler_steps)
 
 GRID_MAX = 100  # samples shown in each samples_w<w>.png
 
@@ -51,6 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="Inception pool features: 64, 192, 768 or 2048 (the standard)")
     p.add_argument("--stats-cache", "--stats_cache", default="runs/fid_stats",
                    help="folder for the cached FID statistics of real data sets")
+    add_pixel_arguments(p)
     p.add_argument("--loss-timesteps", "--loss_timesteps", type=int, nargs="+", default=None,
                    help="timesteps of the loss table (default: 1 and T/10, 2T/10, ..., T)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
@@ -59,8 +66,8 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args, system) -> None:
-    T = system.diff.T
+def check_args(args, pipe) -> None:
+    T = pipe.diff.T
     if args.num_samples < 2:
         raise UserError(f"--num_samples must be at least 2 (FID needs a covariance), got {args.num_samples}")
     if args.steps is not None and not 0 < args.steps <= T:
@@ -70,7 +77,7 @@ def check_args(args, system) -> None:
     bad = [t for t in args.loss_timesteps or [] if not 1 <= t <= T]
     if bad:
         raise UserError(f"--loss-timesteps must lie in [1, T={T}], got {bad}")
-    if system.num_classes == 0 and any(w != 0 for w in args.cfg_scale):
+    if pipe.num_classes == 0 and any(w != 0 for w in args.cfg_scale):
         raise UserError("--cfg-scale other than 0 needs a class-conditional model, but this one is unconditional; "
                         "use --cfg-scale 0")
     if args.extractor == "classifier" and args.classifier is None:
@@ -84,30 +91,30 @@ def choose_extractor(args) -> str:
 
 
 # ----- image models ---------------------------------------------------------------------------------------------
-def real_stats(fid, args, system, extractor: str, val_loader) -> tuple[int, str]:
+def real_stats(fid, args, pipe, extractor: str, val_loader) -> tuple[int, str]:
     """Load the real set's statistics from the cache, or compute and cache them; (number of images, where from)."""
-    from model import fid as fidlib
+    from model.metrics import fid as fidlib
 
     ident = fidlib.extractor_id(extractor, args.classifier, args.inception_weights, args.inception_features)
-    path = fidlib.stats_file(args.stats_cache, system.cfg.data, "val", ident)
+    path = fidlib.stats_file(args.stats_cache, pipe.cfg.data, "val", ident)
     if fidlib.load_real_stats(fid, path):
-        return int(fid.real_features_num_samples), f"cached {path}"
+        return fidlib.real_image_count(fid), f"cached {path}"
     fidlib.update(fid, (x for x, _ in val_loader), real=True, extractor=extractor)
-    n_real = int(fid.real_features_num_samples)
-    fidlib.save_real_stats(fid, path, {"extractor": ident, "images": n_real, "data": system.cfg.data.name})
+    n_real = fidlib.real_image_count(fid)
+    fidlib.save_real_stats(fid, path, {"extractor": ident, "images": n_real, "data": pipe.cfg.data.name})
     return n_real, f"computed, cached to {path}"
 
 
-def scale_result(args, system, fid, extractor: str, clf, w: float, out: Path, device: str) -> dict[str, Any]:
-    """Draw the samples of one guidance scale, write them, and measure FID (and class accuracy)."""
-    from model import fid as fidlib
+def scale_result(args, pipe, fid, extractor: str, clf, w: float, out: Path, device: str):
+    """Draw the samples of one guidance scale, write them, and measure FID (and class accuracy); (result, samples)."""
+    from model.metrics import fid as fidlib
     from model.evaluation import balanced_labels, generate, per_class_accuracy, predict
     from model.images import save_grid, to_uint8
 
-    labels = balanced_labels(args.num_samples, system.num_classes)
-    x = generate(system, args.num_samples, labels, w, sampler=args.sampler, steps=args.steps, seed=args.seed,
+    labels = balanced_labels(args.num_samples, pipe.num_classes)
+    x = generate(pipe, args.num_samples, labels, w, sampler=args.sampler, steps=args.steps, seed=args.seed,
                  batch_size=args.batch_size)
-    save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=system.num_classes or 10)
+    save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=pipe.num_classes or 10)
     np.savez_compressed(out / f"samples_w{w:g}.npz", images=to_uint8(x),
                         labels=(labels if labels is not None else torch.full((len(x),), -1)).numpy())
     fid.reset()  # drops the generated statistics of the previous w, keeps the real ones
@@ -116,14 +123,14 @@ def scale_result(args, system, fid, extractor: str, clf, w: float, out: Path, de
     if clf is not None and labels is not None:
         pred = predict(clf, x, device)
         result["accuracy"] = float((pred == labels).float().mean())
-        result["per_class_accuracy"] = per_class_accuracy(pred, labels, system.num_classes)
-    return result
+        result["per_class_accuracy"] = per_class_accuracy(pred, labels, pipe.num_classes)
+    return result, x
 
 
 def real_baseline(args, fid, extractor: str, train_set) -> dict[str, Any]:
     """FID of up to num_samples real training images against the validation statistics: the floor that a finite
     sample sets under this protocol (a perfect model would score about this, not 0)."""
-    from model import fid as fidlib
+    from model.metrics import fid as fidlib
 
     n = min(args.num_samples, len(train_set))
     images = torch.stack([train_set[i][0] for i in range(n)])  # (n, C, H, W)
@@ -132,26 +139,31 @@ def real_baseline(args, fid, extractor: str, train_set) -> dict[str, Any]:
     return {"images": n, "fid": float(fid.compute())}
 
 
-def evaluate_images(args, system, dm, clf, extractor: str, fid, out: Path, device: str) -> dict[str, Any]:
-    from model import fid as fidlib
+def evaluate_images(args, pipe, dm, clf, extractor: str, fid, protocol, out: Path, device: str) -> dict[str, Any]:
+    from model.evaluation import pixel_budget
+    from model.metrics import fid as fidlib
 
-    n_real, source = real_stats(fid, args, system, extractor, dm.val_dataloader())
-    scales = [scale_result(args, system, fid, extractor, clf, w, out, device) for w in args.cfg_scale]
+    n_real, source = real_stats(fid, args, pipe, extractor, dm.val_dataloader())
+    scales, samples = [], {}
+    for w in args.cfg_scale:
+        result, samples[f"samples w={w:g}"] = scale_result(args, pipe, fid, extractor, clf, w, out, device)
+        scales.append(result)
     return {"fid_protocol": {**fidlib.protocol(extractor, n_real, args.num_samples, dm.data_shape, args.classifier,
                                               args.inception_features, args.inception_weights),
                              "real_statistics": source},
             "scales": scales, "real_baseline": real_baseline(args, fid, extractor, dm.train_set),
-            **loss_table(args, system, dm, out)}
+            "pixel_budget": pixel_budget(pipe, dm, samples, protocol, args.real_pool, args.batch_size),
+            **loss_table(args, pipe, dm, out)}
 
 
 # ----- the 2-D toy ----------------------------------------------------------------------------------------------
-def toy_samplers(args, system) -> list[tuple[str, int]]:
+def toy_samplers(args, pipe) -> list[tuple[str, int]]:
     """DDPM with all T steps, then the chosen sampler (DDIM unless --sampler says otherwise) with its steps."""
     other = args.sampler if args.sampler != "ddpm" else "ddim"
-    return [("ddpm", system.diff.T), (other, sampler_steps(other, args.steps, system.diff.sample_steps, system.diff.T))]
+    return [("ddpm", pipe.diff.T), (other, sampler_steps(other, args.steps, pipe.diff.sample_steps, pipe.diff.T))]
 
 
-def evaluate_points(args, system, dm, out: Path) -> dict[str, Any]:
+def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
     """Chamfer distance of DDPM and DDIM samples to the data (sheet 004), with both point clouds plotted."""
     from data.toy2d import chamfer_distance
     from model.evaluation import generate
@@ -159,38 +171,38 @@ def evaluate_points(args, system, dm, out: Path) -> dict[str, Any]:
 
     data = dm.points()
     results, panels = [], []
-    for sampler, steps in toy_samplers(args, system):
-        points = generate(system, args.num_samples, None, 0.0, sampler=sampler, steps=steps, seed=args.seed,
+    for sampler, steps in toy_samplers(args, pipe):
+        points = generate(pipe, args.num_samples, None, 0.0, sampler=sampler, steps=steps, seed=args.seed,
                           batch_size=args.batch_size)
         cd = chamfer_distance(points, data[: args.num_samples])
         np.savez_compressed(out / f"samples_{sampler}.npz", points=points.numpy())
         results.append({"sampler": sampler, "steps": steps, "chamfer_distance": cd})
         panels.append((f"{describe_sampler(sampler, steps)}: Chamfer distance {cd:.4f}", points.numpy()))
     scatter_panels(panels, data.numpy(), out / "chamfer.png")
-    return {"chamfer": results, **loss_table(args, system, dm, out)}
+    return {"chamfer": results, **loss_table(args, pipe, dm, out)}
 
 
 # ----- shared ---------------------------------------------------------------------------------------------------
-def loss_table(args, system, dm, out: Path) -> dict[str, Any]:
+def loss_table(args, pipe, dm, out: Path) -> dict[str, Any]:
     """The EMA network's validation loss at fixed timesteps, also written as loss_per_timestep.csv."""
     from model.evaluation import loss_per_timestep, loss_timesteps
 
-    timesteps = sorted(set(args.loss_timesteps)) if args.loss_timesteps else loss_timesteps(system.diff.T)
-    losses = loss_per_timestep(system, dm.val_dataloader(), timesteps)
+    timesteps = sorted(set(args.loss_timesteps)) if args.loss_timesteps else loss_timesteps(pipe.diff.T)
+    losses = loss_per_timestep(pipe, dm.val_dataloader(), timesteps)
     with open(out / "loss_per_timestep.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["t", "alpha_bar", "loss"])
-        writer.writerows([t, f"{float(system.schedule.alpha_bar[t]):.6g}", f"{loss:.6g}"]
+        writer.writerows([t, f"{float(pipe.schedule.alpha_bar[t]):.6g}", f"{loss:.6g}"]
                          for t, loss in zip(timesteps, losses))
     return {"loss_per_timestep": [{"t": t, "loss": loss} for t, loss in zip(timesteps, losses)],
-            "loss": system.diff.loss, "parametrisation": system.diff.parametrisation}
+            "loss": pipe.diff.loss, "parametrisation": pipe.diff.parametrisation}
 
 
-def sampler_text(args, system) -> str:
-    if system.cfg.denoiser.network == "toy_mlp":  # the toy compares two samplers
-        return " and ".join(describe_sampler(s, n) for s, n in toy_samplers(args, system))
-    return describe_sampler(args.sampler, sampler_steps(args.sampler, args.steps, system.diff.sample_steps,
-                                                        system.diff.T))
+def sampler_text(args, pipe) -> str:
+    if pipe.cfg.denoiser.network == "toy_mlp":  # the toy compares two samplers
+        return " and ".join(describe_sampler(s, n) for s, n in toy_samplers(args, pipe))
+    return describe_sampler(args.sampler, sampler_steps(args.sampler, args.steps, pipe.diff.sample_steps,
+                                                        pipe.diff.T))
 
 
 def table(report: dict[str, Any]) -> str:
@@ -204,6 +216,7 @@ def table(report: dict[str, Any]) -> str:
         base = report["real_baseline"]
         lines.append(f"{'real':>6} {base['fid']:>10.4f} {'':>9}  ({base['images']} training images: the floor)")
         lines.append("protocol: " + "; ".join(f"{k} {v}" for k, v in report["fid_protocol"].items()))
+        lines.append(budget_text(report["pixel_budget"]))
     for c in report.get("chamfer", []):
         lines.append(f"{describe_sampler(c['sampler'], c['steps'])}: Chamfer distance {c['chamfer_distance']:.4f}")
     lines.append("loss per timestep: " + ", ".join(f"t={r['t']} {r['loss']:.4f}" for r in report["loss_per_timestep"]))
@@ -222,6 +235,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"same validation statistics, the floor that a finite sample sets.", "",
                   "Protocol (FID figures compare only under the same one):", ""]
         lines += [f"- {k}: {v}" for k, v in report["fid_protocol"].items()]
+        lines += ["", "## Error budget on pixel features", "", budget_markdown(report["pixel_budget"])]
         lines += ["", *[f"![samples w={s['cfg_scale']:g}](samples_w{s['cfg_scale']:g}.png)" for s in report["scales"]]]
     if "chamfer" in report:
         lines += ["## Chamfer distance to the data", "", "| sampler | Chamfer distance |", "|---|---|"]
@@ -234,18 +248,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_judges(args, system, device: str):
+def load_judges(args, pipe, device: str):
     """(classifier or None, extractor name, FID metric or None), every check done before anything is written."""
     from model.classifier import load_classifier
     from model.evaluation import check_classifier_fits
-    from model.fid import make_fid
+    from model.metrics.fid import make_fid
 
-    if system.cfg.denoiser.network == "toy_mlp":
+    if pipe.cfg.denoiser.network == "toy_mlp":
         return None, None, None
     clf = None
     if args.classifier is not None:
         clf = load_classifier(args.classifier)[0].to(device)
-        check_classifier_fits(clf, system, conditional=system.num_classes > 0)
+        check_classifier_fits(clf, pipe, conditional=pipe.num_classes > 0)
     extractor = choose_extractor(args)
     fid = make_fid(extractor, clf, args.inception_weights, args.inception_features).to(device)
     return clf, extractor, fid
@@ -254,23 +268,28 @@ def load_judges(args, system, device: str):
 @cli_entry
 def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    from model.lightning.denoiser_trainer import load_denoiser
-    from model.scripts.common import held_out, output_folder, resolve_device
+    from model.pipeline import LatentDiffusionPipeline
+    from model.metrics.budget import check_sizes
+    from model.scripts.common import held_out, output_folder, pixel_protocol, resolve_device
 
     device = resolve_device(args.device)
-    system = load_denoiser(args.load, map_location=device)
-    check_args(args, system)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
+    check_args(args, pipe)
     args.sampler = chosen_sampler(args, "ddpm")
-    clf, extractor, fid = load_judges(args, system, device)
-    dm = held_out(system.cfg.data)  # refuses an empty validation split before the output folder exists
+    clf, extractor, fid = load_judges(args, pipe, device)
+    dm = held_out(pipe.cfg.data)  # refuses an empty validation split before the output folder exists
+    protocol = None
+    if fid is not None:
+        protocol = pixel_protocol(args, dm)
+        check_sizes(min(args.real_pool, len(dm.all_items())), args.num_samples)
     out = output_folder(args.output, args.load, "evaluation")
 
-    report: dict[str, Any] = {"denoiser": str(args.load), "sampler": sampler_text(args, system),
+    report: dict[str, Any] = {"denoiser": str(args.load), "sampler": sampler_text(args, pipe),
                               "num_samples": args.num_samples, "seed": args.seed}
     if fid is None:
-        report.update(evaluate_points(args, system, dm, out))
+        report.update(evaluate_points(args, pipe, dm, out))
     else:
-        report.update(evaluate_images(args, system, dm, clf, extractor, fid, out, device))
+        report.update(evaluate_images(args, pipe, dm, clf, extractor, fid, protocol, out, device))
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "evaluation.md").write_text(markdown(report))
     print(table(report))

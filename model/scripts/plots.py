@@ -209,11 +209,11 @@ def vae_codec(path: str, device: str) -> Codec:
 
 def denoiser_codec(path: str, device: str) -> Codec:
     """A denoiser checkpoint: its normalised latent (z − shift) / scale, or none in pixel space."""
-    system = load_image_denoiser(path, device, "noising")
-    if system.autoencoder is None:
-        return Codec(system.cfg.data, None, None, "none (pixel-space denoiser)")
-    return Codec(system.cfg.data, lambda x: system.normalise(system.encode_mean(x.to(device))).cpu(),
-                 lambda z: system.decode(z.to(device)).cpu(),
+    pipe = load_image_denoiser(path, device, "noising")
+    if pipe.autoencoder is None:
+        return Codec(pipe.cfg.data, None, None, "none (pixel-space denoiser)")
+    return Codec(pipe.cfg.data, lambda x: pipe.encode(x.to(device)).cpu(),
+                 lambda z: pipe.decode(z.to(device)).cpu(),
                  "the denoiser's normalised latent (z - shift) / scale")
 
 
@@ -370,13 +370,13 @@ def run_loss(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 def load_image_denoiser(path: str, device: str, command: str):
     """A denoiser checkpoint of images (latent or pixel space); the 2-D toy is refused."""
-    from model.lightning.denoiser_trainer import load_denoiser
+    from model.pipeline import LatentDiffusionPipeline
 
-    system = load_denoiser(path, map_location=device)
-    if system.cfg.denoiser.network == "toy_mlp":
+    pipe = LatentDiffusionPipeline.from_pretrained(path, device)
+    if pipe.cfg.denoiser.network == "toy_mlp":
         raise UserError(f"{path} is the 2-D toy denoiser (points, not images); {command} needs an image denoiser "
                         f"checkpoint")
-    return system
+    return pipe
 
 
 def validation_batch(data: "DataConfig", n: int) -> tuple[Tensor, Tensor]:
@@ -394,22 +394,22 @@ def spread_timesteps(n: int, T: int) -> Tensor:
     return t.clamp(1, T)
 
 
-def denoise_items(system, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, ...]:
+def denoise_items(pipe, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, ...]:
     """(z0, t, eps, x_t, eps_hat) on CPU for images x (N, C, H, W) with labels y (N,): item i at t_i."""
-    device = system.device
-    z0 = system.normalise(system.encode_mean(x.to(device))).cpu()  # (N, C_z, h, w), or the pixels
-    t = spread_timesteps(len(x), system.diff.T)
+    device = pipe.device
+    z0 = pipe.encode(x.to(device)).cpu()  # (N, C_z, h, w), or the pixels
+    t = spread_timesteps(len(x), pipe.diff.T)
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))  # (N, C_z, h, w)
-    x_t, eps_hat = predict_noise(system, z0.to(device), y, t, eps.to(device))
+    x_t, eps_hat = predict_noise(pipe, z0.to(device), y, t, eps.to(device))
     return z0, t, eps, x_t.cpu(), eps_hat.cpu()
 
 
 @torch.no_grad()
-def predict_noise(system, z0: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+def predict_noise(pipe, z0: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     """(x_t, ε̂): x_t from the forward process, ε̂ from the EMA network's output via `base.to_x0_eps`."""
-    x_t = base.q_sample(z0, t, eps, system.schedule)
-    pred = system.ema(x_t, t.to(z0.device), system.condition(y.to(z0.device), p_uncond=0.0))
-    _, eps_hat = base.to_x0_eps(pred, x_t, t, system.schedule, system.diff.parametrisation)
+    x_t = base.q_sample(z0, t, eps, pipe.schedule)
+    pred = pipe.net(x_t, t.to(z0.device), pipe.condition(y.to(z0.device)))
+    _, eps_hat = base.to_x0_eps(pred, x_t, t, pipe.schedule, pipe.diff.parametrisation)
     return x_t, eps_hat
 
 
@@ -430,13 +430,13 @@ def same_channels(rows: list[Tensor]) -> list[Tensor]:
     return [r.expand(-1, c, -1, -1) for r in rows]
 
 
-def denoising_rows(system, x: Tensor, z0: Tensor, x_t: Tensor, eps: Tensor, eps_hat: Tensor) -> dict[str, Tensor]:
+def denoising_rows(pipe, x: Tensor, z0: Tensor, x_t: Tensor, eps: Tensor, eps_hat: Tensor) -> dict[str, Tensor]:
     """The grid's rows by name, each (N, C, H, W): pixels as they are, latents through `latent_tiles`."""
-    if system.autoencoder is None:
+    if pipe.autoencoder is None:
         return {"x0": x, "x_t": x_t, "eps": eps, "eps_hat": eps_hat}
     size = x.shape[-1]
     latents = {"x0 (latent)": z0, "x_t": x_t, "eps": eps, "eps_hat": eps_hat}
-    decoded = system.decode(z0.to(system.device)).cpu()  # (N, C, H, W)
+    decoded = pipe.decode(z0.to(pipe.device)).cpu()  # (N, C, H, W)
     return {"x0 (decoded)": decoded, **{name: latent_tiles(z, size) for name, z in latents.items()}}
 
 
@@ -455,14 +455,14 @@ def run_denoising(args) -> None:
 
     check_positive(args.n, "--n", "the grid needs at least one column")
     device = resolve_device(args.device)
-    system = load_image_denoiser(args.load, device, "denoising")
-    x, y = validation_batch(system.cfg.data, args.n)
+    pipe = load_image_denoiser(args.load, device, "denoising")
+    x, y = validation_batch(pipe.cfg.data, args.n)
     out = output_folder(args.output, args.load, "plots")
-    z0, t, eps, x_t, eps_hat = denoise_items(system, x, y, args.seed)
-    rows = denoising_rows(system, x, z0, x_t, eps, eps_hat)
+    z0, t, eps, x_t, eps_hat = denoise_items(pipe, x, y, args.seed)
+    rows = denoising_rows(pipe, x, z0, x_t, eps, eps_hat)
     latent = f"normalised latent; tiles show value / {LATENT_RANGE:g} clamped to [-1, 1]"
-    space = "pixels" if system.autoencoder is None else latent
-    info = {"space": space, "seed": args.seed, "parametrisation": system.diff.parametrisation}
+    space = "pixels" if pipe.autoencoder is None else latent
+    info = {"space": space, "seed": args.seed, "parametrisation": pipe.diff.parametrisation}
     write_denoising(out, rows, t, eps, eps_hat, info)
     note = f" (the validation split has only {len(x)})" if len(x) < args.n else ""
     print(f"wrote denoising.png and denoising.json: {len(x)} items{note} at t = {t.tolist()}, rows "

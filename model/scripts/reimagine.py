@@ -144,8 +144,8 @@ def sampler_times(sampler: Sampler, T: int, t_start: int, steps: int) -> list[in
     return base.timesteps_ddpm(T, steps, t_start)
 
 
-def refuse_toy(system) -> None:
-    if system.cfg.denoiser.network == "toy_mlp":
+def refuse_toy(pipe) -> None:
+    if pipe.cfg.denoiser.network == "toy_mlp":
         raise UserError("this is the 2-D toy (denoiser.network toy_mlp): it has points, no images to reimagine; "
                         "pass an image denoiser checkpoint")
 
@@ -174,14 +174,14 @@ def condition(class_: Optional[int], item_label: Optional[int], num_classes: int
     return None, "the null class (unconditional; pass --class K to condition on class K)"
 
 
-def encode(system, x: Tensor) -> Tensor:
+def encode(pipe, x: Tensor) -> Tensor:
     """Images (B, C, H, W) → normalised latents z0 (pixel-space models: z0 = x)."""
-    return system.normalise(system.encode_mean(x))
+    return pipe.encode(x)
 
 
-def to_image(system, z: Tensor) -> Tensor:
+def to_image(pipe, z: Tensor) -> Tensor:
     """Normalised latents → images clamped to [-1, 1], as the PNGs show them (pixel samples may overshoot)."""
-    return system.decode(z).clamp(-1, 1)
+    return pipe.decode(z).clamp(-1, 1)
 
 
 def draw_noise(z0: Tensor, seed: int) -> tuple[Tensor, Tensor]:
@@ -201,7 +201,7 @@ def generator_at(state: Tensor) -> torch.Generator:
     return gen
 
 
-def denoise(system, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, labels: Optional[Tensor],
+def denoise(pipe, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, labels: Optional[Tensor],
             cfg_scale: float, ddpm_state: Tensor, keep: set[int]) -> tuple[Tensor, list[tuple[int, Tensor]]]:
     """Run `sampler` from x_T = z_t at t_start; the result and the states (t, x_t) at the times in `keep`."""
     frames = [(t_start, z_t)] if t_start in keep else []
@@ -212,27 +212,27 @@ def denoise(system, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, lab
         if t in keep:
             frames.append((t, x_t.detach().clone()))
 
-    z0_hat = system.sample(1, labels, sampler="ddim" if sampler.ddim else "ddpm", steps=steps, eta=0.0,
-                           clip_limit=system.diff.clip_limit, cfg_scale=cfg_scale, generator=generator_at(ddpm_state),
+    z0_hat = pipe.sample(1, labels, sampler="ddim" if sampler.ddim else "ddpm", steps=steps, eta=0.0,
+                           clip_limit=pipe.diff.clip_limit, cfg_scale=cfg_scale, generator=generator_at(ddpm_state),
                            x_T=z_t, t_start=t_start, callback=keep_state)
     return z0_hat, frames
 
 
-def reimagine_at(system, z0: Tensor, eps: Tensor, strength: float, samplers: list[Sampler],
+def reimagine_at(pipe, z0: Tensor, eps: Tensor, strength: float, samplers: list[Sampler],
                  labels: Optional[Tensor], cfg_scale: float, ddpm_state: Tensor,
                  frames: int = 0) -> Reimagining:
     """Noise z0 once to z_t = q_sample(z0, t_s, eps) and denoise that z_t with every sampler.
 
     `frames` > 0 keeps about that many evenly spaced states of each sampler's trajectory (t_s and 0 included).
     """
-    T = system.schedule.T
+    T = pipe.schedule.T
     t_start = start_time(strength, T)
-    z_t = base.q_sample(z0, t_start, eps, system.schedule)  # (1, C, h, w); z0 itself at t = 0
+    z_t = base.q_sample(z0, t_start, eps, pipe.schedule)  # (1, C, h, w); z0 itself at t = 0
     result = Reimagining(strength, t_start, z_t, steps={}, z0_hat={}, frames={})
     for sampler in samplers:
         steps = sampler_steps(sampler, strength, t_start)
         keep = set(evenly_spaced(sampler_times(sampler, T, t_start, steps), frames)) if frames else set()
-        z0_hat, kept = denoise(system, z_t, t_start, sampler, steps, labels, cfg_scale, ddpm_state, keep)
+        z0_hat, kept = denoise(pipe, z_t, t_start, sampler, steps, labels, cfg_scale, ddpm_state, keep)
         result.steps[sampler.name] = steps
         result.z0_hat[sampler.name] = z0_hat
         result.frames[sampler.name] = kept
@@ -244,31 +244,31 @@ def make_samplers(ddim_steps: list[int]) -> list[Sampler]:
     return [Sampler(DDPM), *[Sampler(f"DDIM-{n}", n) for n in ddim_steps]]
 
 
-def pixel_mse(system, x: Tensor, z: Tensor) -> float:
+def pixel_mse(pipe, x: Tensor, z: Tensor) -> float:
     """Mean squared error between the original image x and the decoded latent z, both in [-1, 1]."""
-    return float((to_image(system, z) - x).pow(2).mean())
+    return float((to_image(pipe, z) - x).pow(2).mean())
 
 
-def strength_record(system, x: Tensor, r: Reimagining) -> dict:
+def strength_record(pipe, x: Tensor, r: Reimagining) -> dict:
     """The JSON entry of one strength: t_s, steps per sampler, MSE per reconstruction (and of the noised image)."""
     return {"strength": r.strength, "t": r.t_start, "steps": dict(r.steps),
-            "mse": {name: pixel_mse(system, x, z) for name, z in r.z0_hat.items()},
-            "mse_noised": pixel_mse(system, x, r.z_t)}
+            "mse": {name: pixel_mse(pipe, x, z) for name, z in r.z0_hat.items()},
+            "mse_noised": pixel_mse(pipe, x, r.z_t)}
 
 
-def comparison_grid(system, x: Tensor, results: list[Reimagining], samplers: list[Sampler]) -> Tensor:
+def comparison_grid(pipe, x: Tensor, results: list[Reimagining], samplers: list[Sampler]) -> Tensor:
     """(S·(3 + D), C, H, W): per strength the original | noised | DDPM | DDIM-n ... (D DDIM settings)."""
-    rows = [torch.cat([x, to_image(system, r.z_t), *[to_image(system, r.z0_hat[s.name]) for s in samplers]])
+    rows = [torch.cat([x, to_image(pipe, r.z_t), *[to_image(pipe, r.z0_hat[s.name]) for s in samplers]])
             for r in results]  # S × (3 + D, C, H, W)
     return torch.cat(rows)
 
 
-def intermediates_grid(system, r: Reimagining, names: list[str]) -> tuple[Tensor, int]:
+def intermediates_grid(pipe, r: Reimagining, names: list[str]) -> tuple[Tensor, int]:
     """(len(names)·W, C, H, W): one row of decoded states per sampler, padded with blank frames to width W."""
     width = max(len(r.frames[name]) for name in names)
     rows = []
     for name in names:
-        images = torch.cat([to_image(system, z) for _, z in r.frames[name]])  # (F, C, H, W)
+        images = torch.cat([to_image(pipe, z) for _, z in r.frames[name]])  # (F, C, H, W)
         blank = torch.full((width - len(images), *images.shape[1:]), BLANK, device=images.device)
         rows += [images, blank]
     return torch.cat(rows), width
@@ -282,22 +282,22 @@ def table(records: list[dict], names: list[str]) -> str:
     return "\n".join([head, *lines])
 
 
-def reimagine_all(system, z0: Tensor, args, samplers: list[Sampler], label: Optional[int]) -> dict[float, Reimagining]:
+def reimagine_all(pipe, z0: Tensor, args, samplers: list[Sampler], label: Optional[int]) -> dict[float, Reimagining]:
     """Every strength of --strengths and --intermediates-strength once, from one eps; frames only for the latter."""
     labels = None if label is None else torch.tensor([label])  # (1,)
     eps, ddpm_state = draw_noise(z0, args.seed)
     results = {}
     for s in dict.fromkeys([*args.strengths, args.intermediates_strength]):  # each strength once, in order
         frames = STRIP_FRAMES if s == args.intermediates_strength else 0
-        results[s] = reimagine_at(system, z0, eps, s, samplers, labels, args.cfg_scale, ddpm_state, frames)
+        results[s] = reimagine_at(pipe, z0, eps, s, samplers, labels, args.cfg_scale, ddpm_state, frames)
     return results
 
 
-def write_intermediates(out: Path, system, r: Reimagining, names: list[str]) -> dict:
+def write_intermediates(out: Path, pipe, r: Reimagining, names: list[str]) -> dict:
     """intermediates.png (one row per sampler in `names`); returns the times of its frames for the JSON."""
     from model.images import save_grid
 
-    strip, width = intermediates_grid(system, r, names)
+    strip, width = intermediates_grid(pipe, r, names)
     save_grid(strip, out / "intermediates.png", nrow=width)
     return {"strength": r.strength, "t": r.t_start, "shows": "decoded states x_t",
             "rows": {name: [t for t, _ in r.frames[name]] for name in names}}
@@ -308,25 +308,25 @@ def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     check_args(args)
     from model.images import save_grid
-    from model.lightning.denoiser_trainer import load_denoiser
+    from model.pipeline import LatentDiffusionPipeline
 
     device = resolve_device(args.device)
-    system = load_denoiser(args.load, map_location=device)
-    refuse_toy(system)
-    x, item_label, source = input_image(args, system.cfg.data)
-    label, why = condition(args.class_, item_label, system.num_classes)
-    system.denoiser_fn(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
+    pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
+    refuse_toy(pipe)
+    x, item_label, source = input_image(args, pipe.cfg.data)
+    label, why = condition(args.class_, item_label, pipe.num_classes)
+    pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     out = output_folder(args.output, args.load, "reimagine")
 
     x = x.to(device)  # (1, C, S, S)
     samplers = make_samplers(args.ddim_steps)
-    results = reimagine_all(system, encode(system, x), args, samplers, label)
+    results = reimagine_all(pipe, encode(pipe, x), args, samplers, label)
     rows = [results[s] for s in args.strengths]
-    save_grid(comparison_grid(system, x, rows, samplers), out / "reimagine.png", nrow=2 + len(samplers))
-    intermediates = write_intermediates(out, system, results[args.intermediates_strength], [DDPM, samplers[1].name])
-    records = [strength_record(system, x, r) for r in rows]
+    save_grid(comparison_grid(pipe, x, rows, samplers), out / "reimagine.png", nrow=2 + len(samplers))
+    intermediates = write_intermediates(out, pipe, results[args.intermediates_strength], [DDPM, samplers[1].name])
+    records = [strength_record(pipe, x, r) for r in rows]
     report = {"checkpoint": str(args.load), "image": source, "condition": why, "class": label,
-              "cfg_scale": args.cfg_scale, "seed": args.seed, "T": system.schedule.T,
+              "cfg_scale": args.cfg_scale, "seed": args.seed, "T": pipe.schedule.T,
               "columns": ["original", "noised", *[s.name for s in samplers]], "strengths": records,
               "intermediates": intermediates}
     (out / "reimagine.json").write_text(json.dumps(report, indent=2) + "\n")

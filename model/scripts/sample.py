@@ -41,6 +41,8 @@ def make_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--class", dest="class_", type=int, default=None, help="condition every sample on class K")
     group.add_argument("--per-class", "--per_class", type=int, default=None, help="N samples of every class")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=256,
+                   help="samples drawn at once: memory stays bounded for any --num_samples (one seeded generator)")
     p.add_argument("--output", default=None, help="output folder (default: samples/ beside the run's checkpoints)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--debug", action="store_true")
@@ -83,6 +85,8 @@ def check_args(args, T: int) -> None:
         raise UserError(f"--clip_limit must be > 0, got {args.clip_limit}; leave it out for no clipping")
     if args.eta < 0:
         raise UserError(f"--eta must be >= 0, got {args.eta}")
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
 
 
 def write_images(out: Path, images: torch.Tensor, labels: Optional[torch.Tensor], nrow: int) -> None:
@@ -98,24 +102,24 @@ def write_images(out: Path, images: torch.Tensor, labels: Optional[torch.Tensor]
     np.savez_compressed(out / "samples.npz", images=arr, labels=lab.astype(np.int64))
 
 
-def write_reverse_process(out: Path, system, frames: list[tuple[int, torch.Tensor]]) -> None:
+def write_reverse_process(out: Path, pipe, frames: list[tuple[int, torch.Tensor]]) -> None:
     """The decoded prediction of x0 for the first sample at t = T, T−n, …, 0, as a strip and a GIF."""
     from model.images import grid_array, save_gif, save_grid
 
     strip = evenly_spaced(frames, STRIP_FRAMES)
-    save_grid(torch.cat([system.decode(z) for _, z in strip]), out / "reverse_process.png", nrow=len(strip))
+    save_grid(torch.cat([pipe.decode(z) for _, z in strip]), out / "reverse_process.png", nrow=len(strip))
     (out / "reverse_process_t.json").write_text(json.dumps([t for t, _ in strip]) + "\n")
     gif = evenly_spaced(frames, GIF_FRAMES)
-    save_gif([grid_array(system.decode(z), nrow=1) for _, z in gif], out / "reverse_process.gif")
+    save_gif([grid_array(pipe.decode(z), nrow=1) for _, z in gif], out / "reverse_process.gif")
 
 
-def write_points(out: Path, system, points: torch.Tensor) -> None:
+def write_points(out: Path, pipe, points: torch.Tensor) -> None:
     """The 2-D toy: samples.npz with the points, a scatter over the data, and the Chamfer distance."""
     from data import make_datamodule
     from data.toy2d import chamfer_distance
     from model.plots import scatter_points
 
-    dm = make_datamodule(system.cfg.data)
+    dm = make_datamodule(pipe.cfg.data)
     dm.setup("fit")
     data = dm.points()
     cd = float(chamfer_distance(points.cpu(), data[: len(points)]))
@@ -127,18 +131,18 @@ def write_points(out: Path, system, points: torch.Tensor) -> None:
 @cli_entry
 def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    from model.lightning.denoiser_trainer import load_denoiser
+    from model.pipeline import LatentDiffusionPipeline
 
     device = resolve_device(args.device)
-    system = load_denoiser(args.load, map_location=device)
-    defaults = sampling_defaults(args.config) or system.diff
-    T = system.diff.T
+    pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
+    defaults = sampling_defaults(args.config) or pipe.diff
+    T = pipe.diff.T
     check_args(args, T)
-    labels, n = class_labels(args, system.num_classes)
+    labels, n = class_labels(args, pipe.num_classes)
     sampler = chosen_sampler(args, defaults.sampler if args.config is not None else "ddpm")
     steps = sampler_steps(sampler, args.steps, defaults.sample_steps, T)
     clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
-    system.denoiser_fn(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
+    pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     out = output_folder(args.output, args.load, "samples")
 
     frames: list[tuple[int, torch.Tensor]] = []  # (t at which x0 was predicted, x0 of the first sample)
@@ -148,17 +152,17 @@ def main(argv: list[str]) -> int:
         frames.append((t_now[0], x0[:1].detach()))
         t_now[0] = t_next
 
-    gen = torch.Generator().manual_seed(args.seed)
-    z = system.sample(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
-                      cfg_scale=args.cfg_scale, generator=gen, callback=keep_first)
+    images, z = pipe.generate(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
+                              cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                              callback=keep_first)
     frames.append((0, z[:1]))
-    if system.cfg.denoiser.network == "toy_mlp":
-        write_points(out, system, z)
+    if pipe.cfg.denoiser.network == "toy_mlp":
+        write_points(out, pipe, z)
     else:
         # labels are class-major, so with --per-class each row of the grid is one class
         nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(n))))
-        write_images(out, system.decode(z), labels, nrow=nrow)
-        write_reverse_process(out, system, frames)
+        write_images(out, images, labels, nrow=nrow)
+        write_reverse_process(out, pipe, frames)
     print(f"wrote {n} samples ({describe_sampler(sampler, steps, args.eta)}, w = {args.cfg_scale}, "
           f"seed {args.seed}) to {out}")
     return 0

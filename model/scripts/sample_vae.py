@@ -99,7 +99,7 @@ def load_vae(path: str, device: str):
     """(BetaVAE in eval mode on `device`, the checkpoint's Config), rebuilt from the checkpoint alone."""
     from model.autoencoder import BetaVAE
     from model.checkpoint import load_weights, read_checkpoint, state_dict_under
-    from model.config import from_dict
+    from model.cli_config import from_dict
 
     ckpt = read_checkpoint(path, expected="vae")
     cfg = from_dict(ckpt["ldm_config"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.compat import lerp_all_
+
 
 def ema_decay_at(step: int, decay: float) -> float:
     """Warm-up of the decay, min(decay, (1 + n) / (10 + n)), so short runs are not dominated by the init."""
@@ -15,6 +17,6 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·net for parameters; buffers are copied."""
     ema_params = [p for p in ema.parameters()]
     net_params = [p.detach() for p in net.parameters()]
-    torch._foreach_lerp_(ema_params, net_params, 1.0 - decay)
+    lerp_all_(ema_params, net_params, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b)

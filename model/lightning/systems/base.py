@@ -1,4 +1,4 @@
-"""What both Lightning systems share: the stored config, the kind tag, the non-finite guard, AdamW with warm-up."""
+"""What both Lightning systems share: the stored config, the kind tag, the non-finite guard, channels_last."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 from model.checkpoint import CONFIG_KEY, EXTRA_KEY, KIND_KEY, Kind
-from model.config import Config, OptimConfig, from_dict
+from model.cli_config import from_dict
+from model.compat import should_update_logs
+from model.config import Config
 from model.errors import UserError
 
 MAX_BAD_STEPS = 20  # consecutive skipped (NaN/Inf) steps after which the run stops: it is not recovering
@@ -30,6 +32,15 @@ class System(pl.LightningModule):
         self.bad_steps_in_a_row = 0  # NaN/Inf steps since the last good one
         self.skipped_steps = 0  # NaN/Inf steps in this process, logged as train/skipped_steps
         self.skip_update = False  # a non-finite loss was seen since the last optimiser step
+
+    @property
+    def stage_trainer(self):
+        """This stage's TrainerConfig (`vae.trainer` or `denoiser.trainer`)."""
+        return getattr(self.cfg, self.kind).trainer
+
+    def setup(self, stage: str) -> None:
+        if self.stage_trainer.channels_last:  # convolutions then run in NHWC, whatever layout the inputs have
+            self.to(memory_format=torch.channels_last)
 
     def extra(self) -> dict[str, Any]:
         """Plain values besides the config that rebuild this system from its checkpoint."""
@@ -82,7 +93,7 @@ class System(pl.LightningModule):
         logged only on these steps; metrics.csv gets the same rows. Lightning's own test is asked, not
         `global_step`: its step count can run one ahead of `global_step` until ContinuousLogs aligns it.
         """
-        return self.trainer._logger_connector.should_update_logs
+        return should_update_logs(self.trainer)
 
     def log_train_loss(self, loss: Tensor) -> None:
         """train/loss: every step while a progress bar shows it, else on the steps the logger writes."""
@@ -106,11 +117,3 @@ class System(pl.LightningModule):
         checkpoint[KIND_KEY] = self.kind
         checkpoint[CONFIG_KEY] = self.hparams["config"]
         checkpoint[EXTRA_KEY] = self.extra()
-
-
-def adamw_with_warmup(params, optim: OptimConfig) -> dict[str, Any]:
-    """AdamW and a LambdaLR that ramps the rate linearly over `warmup_steps`, then holds it."""
-    opt = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-    warmup = max(optim.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

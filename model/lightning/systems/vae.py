@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from model.autoencoder import BetaVAE, ReconstructionLoss, beta_at, kl_divergence
-from model.lightning.common import System, adamw_with_warmup
+from model.lightning.systems.base import System
+from model.optim import adamw_with_warmup
 
 
 class VAESystem(System):
@@ -50,7 +51,7 @@ class VAESystem(System):
                        "val/mse": (x_hat - x).pow(2).mean()}, sync_dist=True, prog_bar=False)
 
     def configure_optimizers(self):
-        return adamw_with_warmup(self.vae.parameters(), self.cfg.vae.optim)
+        return adamw_with_warmup(self.vae.parameters(), self.cfg.vae.optim, self.cfg.vae.trainer.max_steps)
 
     @torch.no_grad()
     def image_grid_rows(self, x: Tensor) -> list[Tensor]:

@@ -23,7 +23,7 @@ def weights_digest(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

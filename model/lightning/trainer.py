@@ -15,12 +15,13 @@ from data import make_datamodule
 from model.checkpoint import checkpoint_step
 from model.config import Config, TrainerConfig, to_dict, write_json
 from model.errors import UserError
-from model.lightning.atomic_io import AtomicCheckpointIO
-from model.lightning.callbacks import ImageGrid
-from model.lightning.interrupt import GracefulStop
-from model.lightning.ranks import SameWeightsOnEveryRank
-from model.lightning.resumed_logs import ContinuousLogs
-from model.lightning.rng_state import RNGState
+from model.lightning.checkpoint_io import AtomicCheckpointIO
+from model.lightning.callbacks.image_grid import ImageGrid
+from model.lightning.callbacks.graceful_stop import GracefulStop
+from model.lightning.callbacks.progress import StepProgressBar
+from model.lightning.callbacks.same_weights import SameWeightsOnEveryRank
+from model.lightning.callbacks.continuous_logs import ContinuousLogs
+from model.lightning.callbacks.rng_state import RNGState
 from model.lightning.slurm import cluster_plugins, job_id, requeue
 from model.run_folder import check_stage_folder
 
@@ -37,9 +38,9 @@ def make_logger(tc: TrainerConfig, folder: Path, name: str, resume_step: Optiona
 
         return WandbLogger(project=tc.wandb_project, name=name, save_dir=str(folder), offline=tc.wandb_offline)
     if resume_step is not None:
-        from model.lightning.resumed_logs import ResumedCSVLogger
+        from model.compat import resumed_csv_logger
 
-        return ResumedCSVLogger(str(folder), name="logs", version="", resume_step=resume_step)
+        return resumed_csv_logger(str(folder), resume_step, name="logs", version="")
     from pytorch_lightning.loggers import CSVLogger
 
     return CSVLogger(str(folder), name="logs", version="")
@@ -58,6 +59,8 @@ def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Cal
     ]
     if tc.images_every_n_steps:
         callbacks.append(ImageGrid(folder / "images", tc.images_every_n_steps))
+    if tc.progress_bar:
+        callbacks.append(StepProgressBar(folder.name))
     return callbacks
 
 
@@ -90,6 +93,7 @@ def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         default_root_dir=str(folder),
         enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,  # the stage's first line gives the parameter count
         accelerator=tc.accelerator,
         devices=devices,
         num_nodes=tc.num_nodes,
@@ -109,7 +113,7 @@ def check_one_batch(dm) -> None:
 def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = None,
                 load_vae: Optional[str] = None) -> Path:
     """Train one stage into `folder/<stage>`; returns the path of its last checkpoint."""
-    from model.lightning.vae_trainer import VAESystem
+    from model.lightning.systems.vae import VAESystem
 
     stage_dir = folder / stage
     check_stage_folder(stage_dir, resuming=load is not None)
@@ -133,7 +137,7 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before
     if trainer.is_global_zero:
-        print(describe_batch(stage, cfg, tc, trainer.world_size))
+        print(describe_batch(stage, cfg, tc, trainer.world_size, system), flush=True)
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=load, weights_only=True)
     last = stage_dir / "checkpoints" / "last.ckpt"
@@ -147,13 +151,33 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     return last
 
 
-def describe_batch(stage: str, cfg: Config, tc: TrainerConfig, world_size: int) -> str:
-    """The global batch and what the learning rate applies to: the numbers a scaled-out run must keep in mind."""
+def describe_batch(stage: str, cfg: Config, tc: TrainerConfig, world_size: int, system) -> str:
+    """The stage's one opening line: its size, the global batch and what the learning rate applies to (the numbers a
+    scaled-out run must keep in mind)."""
     per_device = tc.batch_size or cfg.data.batch_size
     lr = (cfg.vae.optim if stage == "vae" else cfg.denoiser.optim).lr
-    return (f"{stage}: global batch {per_device * world_size * tc.accumulate_grad_batches} = {per_device} per process "
-            f"x {world_size} process(es) x {tc.accumulate_grad_batches} accumulated; lr {lr:g} per optimiser step "
-            f"(not rescaled with the batch)")
+    trained = sum(p.numel() for p in system.parameters() if p.requires_grad)
+    return (f"{stage}: {trained / 1e6:.2f} M trained parameters, {tc.max_steps} steps; global batch "
+            f"{per_device * world_size * tc.accumulate_grad_batches} = {per_device} per process x {world_size} "
+            f"process(es) x {tc.accumulate_grad_batches} accumulated; lr {lr:g} per optimiser step (not rescaled "
+            f"with the batch)")
+
+
+QUIET_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+
+
+def quiet_frameworks() -> None:
+    """A normal run prints the package's lines and the progress bar only: Lightning's start-up notes (devices, tips,
+    model summary) and the framework warnings that say nothing about the run (deprecations inside Lightning, the
+    eval-mode frozen VAE, a small data set's short epochs) are dropped; `--verbose` keeps them all."""
+    import logging
+    import warnings
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|smaller than the logging interval|"
+                                              r"does not have many workers|Tip:).*")
 
 
 def requeue_after(stop: GracefulStop, trainer: pl.Trainer) -> Optional[str]:
@@ -165,7 +189,7 @@ def requeue_after(stop: GracefulStop, trainer: pl.Trainer) -> Optional[str]:
 
 
 def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):
-    from model.lightning.denoiser_trainer import DenoiserSystem
+    from model.lightning.systems.denoiser import DenoiserSystem
 
     num_classes = dm.num_classes if cfg.denoiser.unet.num_classes or cfg.denoiser.toy.num_classes else 0
     wanted = cfg.denoiser.toy.num_classes if cfg.denoiser.network == "toy_mlp" else cfg.denoiser.unet.num_classes

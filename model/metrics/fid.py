@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from model.checkpoint import KIND_KEY, atomic_torch_save, load_torch_file, read_checkpoint
+from model.compat import fid_real_states, set_fid_real_states
 from model.errors import UserError
 
 STATS_KIND = "fid_stats"
 INCEPTION_FEATURES = (64, 192, 768, 2048)  # the pooling points torch-fidelity's Inception offers
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the name torch-fidelity downloads to the hub cache
 LOADER_ONLY = ("batch_size", "num_workers")  # data settings that do not change which images the real set holds
-REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
 def images_to_uint8(x: Tensor) -> Tensor:
@@ -147,17 +147,17 @@ def load_real_stats(fid, path: Path) -> bool:
     if not path.is_file():
         return False
     stats = read_checkpoint(path, expected=STATS_KIND)
-    if tuple(stats["real_features_sum"].shape) != tuple(fid.real_features_sum.shape):
+    mine = fid_real_states(fid)
+    if any(tuple(stats[name].shape) != tuple(value.shape) for name, value in mine.items()):
         raise UserError(f"cached FID statistics {path} have another feature size; delete the file to recompute it")
-    for name in REAL_STATES:
-        setattr(fid, name, stats[name].to(getattr(fid, name)))
+    set_fid_real_states(fid, stats)
     return True
 
 
 def save_real_stats(fid, path: Path, protocol: dict[str, Any]) -> None:
     """Write the metric's real statistics (and how they were made) atomically, for the next evaluation."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stats = {name: getattr(fid, name).detach().cpu() for name in REAL_STATES}
+    stats = {name: value.detach().cpu() for name, value in fid_real_states(fid).items()}
     atomic_torch_save({KIND_KEY: STATS_KIND, "protocol": protocol, **stats}, path)
 
 
@@ -174,3 +174,8 @@ def protocol(extractor: str, n_real: int, n_fake: int, image_shape: tuple[int, .
         resize = f"none ({h}x{w} is the classifier's input size)"
     return {"extractor": feat, "real_images": n_real, "generated_images": n_fake, "resize": resize,
             "dtype": "uint8 images; features and statistics in float64", "metric": "torchmetrics FrechetInceptionDistance"}
+
+
+def real_image_count(fid) -> int:
+    """How many real images the metric's statistics hold."""
+    return int(fid_real_states(fid)["real_features_num_samples"])

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from model.lightning.ranks import gather
+from model.lightning.callbacks.same_weights import gather
 
 
 def cuda_in_use(pl_module: pl.LightningModule) -> bool:

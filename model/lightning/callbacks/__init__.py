@@ -1,0 +1,1 @@
+"""Callbacks of a training run: image grids, graceful stop on signals, rank checks, RNG state, continuous logs."""

@@ -1,0 +1,160 @@
+"""Stage 2 system: a denoiser on frozen-VAE latents (or pixels, or 2-D points), v-target, CFG label dropout, EMA.
+
+One mechanism, three uses: with `denoiser.autoencoder = "vae"` it is latent diffusion (Rombach et al. 2022),
+with "none" it is pixel-space diffusion, and with the toy MLP on 2-D points it is sheet 004's toy. The math lives
+in `model/base.py` and the wrapper `model/denoising.py`; this module adds training, validation and checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from model import base
+from model.autoencoder import BetaVAE
+from model.checkpoint import load_weights, read_checkpoint, state_dict_under
+from model.denoising import Denoiser, class_condition, denormalise, loss_at, normalise, timestep_losses
+from model.ema import ema_decay_at, ema_update
+from model.errors import UserError
+from model.lightning.systems.base import System
+from model.optim import adamw_with_warmup
+from model.pipeline import denoiser_network, sample_shape
+
+
+class DenoiserSystem(System):
+    """Trains `net` to predict the diffusion target; `ema` is the copy that validation and sampling use."""
+
+    kind = "denoiser"
+
+    def __init__(self, config: dict[str, Any], num_classes: int = 0) -> None:
+        super().__init__(config)
+        self.num_classes = num_classes
+        self.diff = self.cfg.denoiser.diffusion
+        self.schedule = base.make_schedule(self.diff.schedule, self.diff.T)
+        self.net = denoiser_network(self.cfg, num_classes)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.autoencoder: Optional[BetaVAE] = None
+        if self.cfg.denoiser.autoencoder == "vae":
+            self.autoencoder = BetaVAE(self.cfg.vae.net).requires_grad_(False).eval()
+        channels = self.cfg.vae.net.latent_channels if self.autoencoder is not None else 1
+        # Latent normalisation z_norm = (z - shift) / scale, per channel, estimated from training data once.
+        self.register_buffer("latent_shift", torch.zeros(channels))
+        self.register_buffer("latent_scale", torch.ones(channels))
+        self.register_buffer("latent_stats_ready", torch.tensor(self.autoencoder is None))
+
+    def extra(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def denoiser(self, net: Optional[nn.Module] = None) -> Denoiser:
+        """The wrapper around `net` (default: the EMA network) with this system's schedule and latent statistics."""
+        stats = (self.latent_shift, self.latent_scale) if self.autoencoder is not None else (None, None)
+        return Denoiser(self.ema if net is None else net, self.schedule, self.diff.parametrisation, self.num_classes,
+                        *stats)
+
+    # ----- the frozen autoencoder and the latent statistics --------------------------------------------------
+    def load_vae(self, path: str, kind: str = "vae") -> None:
+        """Take the VAE weights from a stage-1 checkpoint (its config must match `vae.net`), or with
+        kind="denoiser" from the denoiser checkpoint being resumed."""
+        if self.autoencoder is None:
+            raise UserError("--load-vae was given but denoiser.autoencoder is 'none'; drop --load-vae or set it to 'vae'")
+        ckpt = read_checkpoint(path, expected=kind)
+        load_weights(self.autoencoder, state_dict_under(ckpt, "vae" if kind == "vae" else "autoencoder"), path)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.autoencoder is not None:
+            self.autoencoder.eval()  # frozen: never in training mode (no sampling of z, fixed norms)
+        return self
+
+    @torch.no_grad()
+    def encode_mean(self, x: Tensor) -> Tensor:
+        """Images → un-normalised latents, the posterior mean (deterministic)."""
+        if self.autoencoder is None:
+            return x
+        return self.autoencoder.encode(x)[0]
+
+    @torch.no_grad()
+    def decode(self, z_norm: Tensor) -> Tensor:
+        """Normalised latents → images in [-1, 1] (identity for pixel space and points)."""
+        if self.autoencoder is None:
+            return z_norm
+        return self.autoencoder.decode(denormalise(z_norm, self.latent_shift, self.latent_scale)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def estimate_latent_stats(self, batches) -> None:
+        """Per-channel mean and std of the raw latents over `batches`, averaged across DDP ranks."""
+        total = torch.zeros(3, self.latent_shift.numel(), dtype=torch.float64, device=self.device)
+        for i, (x, _) in enumerate(batches):
+            if i >= self.diff.latent_stats_batches:
+                break
+            z = x.to(self.device) if self.diff.cache_latents else self.encode_mean(x.to(self.device))
+            z = z.double().transpose(0, 1).flatten(1)  # (C, B*H*W)
+            total += torch.stack([torch.full_like(z[:, 0], z.shape[1]), z.sum(1), z.pow(2).sum(1)])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        n, s, s2 = total
+        mean = s / n
+        std = (s2 / n - mean.pow(2)).clamp_min(1e-12).sqrt()
+        self.latent_shift.copy_(mean.float())
+        self.latent_scale.copy_(std.float())
+        self.latent_stats_ready.fill_(True)
+
+    def on_fit_start(self) -> None:
+        if not bool(self.latent_stats_ready):
+            self.estimate_latent_stats(self.trainer.datamodule.train_dataloader())
+
+    # ----- training ----------------------------------------------------------------------------------------
+    def z0_from_batch(self, x: Tensor, cached: bool) -> Tensor:
+        """The batch in the network's space: normalised latents (cached or encoded now), or the pixels/points."""
+        if self.autoencoder is None:
+            return x
+        return normalise(x if cached else self.encode_mean(x), self.latent_shift, self.latent_scale)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        z0 = self.z0_from_batch(x, self.diff.cache_latents)
+        c = class_condition(y, self.num_classes, self.diff.p_uncond)
+        t = torch.randint(1, self.diff.T + 1, (z0.shape[0],), device=z0.device)
+        loss = self.loss_at(self.net, z0, c, t, torch.randn_like(z0)).mean()
+        self.log_train_loss(loss)
+        return self.finite_or_skip(loss)
+
+    def loss_at(self, net: nn.Module, z0: Tensor, c: Optional[Tensor], t: Tensor, eps: Tensor) -> Tensor:
+        """Per-sample diffusion loss (B,) of `net` at timesteps t with noise eps (`model.denoising.loss_at`)."""
+        return loss_at(net, z0, c, t, eps, self.schedule, self.diff.parametrisation, self.diff.loss,
+                       self.diff.min_snr_gamma)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # After every real optimiser step (not every micro-batch under accumulation); identical on all DDP ranks
+        # because the weights are.
+        ema_update(self.ema, self.net, ema_decay_at(self.global_step, self.diff.ema_decay))
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The EMA network's loss at fixed timesteps with fixed noise (seeded by the batch index), and their mean."""
+        x, y = batch
+        timesteps = self.diff.fixed_val_timesteps()
+        per_t = timestep_losses(self.ema, self.z0_from_batch(x, cached=False), class_condition(y, self.num_classes),
+                                timesteps, self.schedule, self.diff.parametrisation, self.diff.loss,
+                                self.diff.min_snr_gamma, seed=10_000 + batch_idx).mean(1)  # (len(timesteps),)
+        losses = {f"val/loss_t{t}": loss for t, loss in zip(timesteps, per_t)}
+        losses["val/loss"] = per_t.mean()
+        self.log_dict(losses, sync_dist=True)
+
+    def configure_optimizers(self):
+        return adamw_with_warmup(self.net.parameters(), self.cfg.denoiser.optim, self.cfg.denoiser.trainer.max_steps)
+
+    # ----- the periodic sample grid --------------------------------------------------------------------------
+    @torch.no_grad()
+    def image_grid_rows(self, x: Tensor) -> list[Tensor]:
+        """Rows for the periodic grid: real validation images over samples (of the same classes)."""
+        n = x.shape[0]
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        labels = torch.arange(n) % self.num_classes if self.num_classes else None
+        x_T = torch.randn(sample_shape(self.cfg, n), generator=gen).to(self.device)
+        steps = None if self.diff.sampler == "ddpm" else self.diff.sample_steps  # DDPM: every step
+        z = self.denoiser().sample(x_T, labels, sampler=self.diff.sampler, steps=steps, clip_limit=self.diff.clip_limit,
+                                   generator=gen)
+        return [x, self.decode(z)]

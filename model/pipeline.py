@@ -1,0 +1,210 @@
+"""A trained latent diffusion model, loaded for sampling and evaluation without Lightning.
+
+    from model.pipeline import LatentDiffusionPipeline
+    pipe = LatentDiffusionPipeline.from_pretrained("runs/digits-1/denoiser/checkpoints/last.ckpt")
+    images = pipe(16, class_labels=[3] * 16, cfg_scale=2, sampler="dpmpp_2m", steps=20, seed=0)  # uint8 (16, H, W, C)
+
+The pipeline holds the config, the `Denoiser` wrapper around the EMA network (with the schedule, parametrisation,
+class conditioning and latent statistics) and the frozen autoencoder. It imports torch, the networks and
+`model/base.py`; training is the only thing that needs Lightning.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model import base
+from model.config import Config
+from model.denoising import Denoiser, class_condition
+from model.errors import UserError
+
+
+def denoiser_network(cfg: Config, num_classes: int) -> nn.Module:
+    """The network named by `denoiser.network` (ConvNeXt UNet or the 2-D toy MLP), for the data's classes."""
+    from model.denoiser import build_network
+
+    den = cfg.denoiser
+    network_cfg = den.toy if den.network == "toy_mlp" else den.unet
+    return build_network(den.network, dataclasses.replace(network_cfg, num_classes=num_classes))
+
+
+def sample_shape(cfg: Config, n: int) -> tuple[int, ...]:
+    """The shape of n samples in the denoiser's space: points, latents (C_z, H/f, W/f) or pixels (C, H, W)."""
+    if cfg.denoiser.network == "toy_mlp":
+        return (n, cfg.denoiser.toy.dim)
+    if cfg.denoiser.autoencoder == "vae":
+        size = cfg.data.image_size // cfg.vae.net.downsample_factor
+        return (n, cfg.vae.net.latent_channels, size, size)
+    return (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+
+
+class LatentDiffusionPipeline:
+    """Sample and evaluate a trained model: `denoiser` (the wrapper, EMA weights) and `autoencoder` (None in pixel
+    space and for points), on `device`."""
+
+    def __init__(self, cfg: Config, denoiser: Denoiser, autoencoder: Optional[nn.Module], device: str = "cpu",
+                 source: str = "") -> None:
+        self.cfg = cfg
+        self.denoiser = denoiser.eval().to(device)
+        self.autoencoder = autoencoder.eval().requires_grad_(False).to(device) if autoencoder is not None else None
+        self.device = torch.device(device)
+        self.source = source
+
+    # ----- loading ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: Union[str, Path], device: str = "cpu") -> "LatentDiffusionPipeline":
+        """From a denoiser checkpoint (.ckpt, written by training) or an export folder (`model.scripts.export`)."""
+        path = Path(path)
+        if path.is_dir():
+            from model.export import read_export
+
+            cfg, num_classes, tensors = read_export(path)
+        else:
+            cfg, num_classes, tensors = read_training_checkpoint(path)
+        return cls.build(cfg, num_classes, tensors, device, str(path))
+
+    @classmethod
+    def build(cls, cfg: Config, num_classes: int, tensors: dict[str, dict[str, Tensor]], device: str,
+              source: str) -> "LatentDiffusionPipeline":
+        """From a config and the state dicts "denoiser" (the EMA network), "autoencoder" and "latent" (shift and
+        scale), as both file formats give them."""
+        from model.checkpoint import load_weights
+
+        net = denoiser_network(cfg, num_classes)
+        load_weights(net, tensors["denoiser"], source)
+        autoencoder, shift, scale = None, None, None
+        if cfg.denoiser.autoencoder == "vae":
+            from model.autoencoder import BetaVAE
+
+            autoencoder = BetaVAE(cfg.vae.net)
+            load_weights(autoencoder, tensors["autoencoder"], source)
+            shift, scale = tensors["latent"]["shift"], tensors["latent"]["scale"]
+        schedule = base.make_schedule(cfg.denoiser.diffusion.schedule, cfg.denoiser.diffusion.T)
+        denoiser = Denoiser(net, schedule, cfg.denoiser.diffusion.parametrisation, num_classes, shift, scale)
+        return cls(cfg, denoiser, autoencoder, device, source)
+
+    # ----- what the scripts read -------------------------------------------------------------------------------
+    @property
+    def diff(self):
+        """The diffusion settings the model was trained with (T, schedule, parametrisation, sampler defaults)."""
+        return self.cfg.denoiser.diffusion
+
+    @property
+    def schedule(self) -> base.Schedule:
+        return self.denoiser.schedule
+
+    @property
+    def num_classes(self) -> int:
+        return self.denoiser.num_classes
+
+    @property
+    def null_class(self) -> int:
+        return self.denoiser.null_class
+
+    @property
+    def net(self) -> nn.Module:
+        """The EMA network."""
+        return self.denoiser.net
+
+    def condition(self, y: Tensor) -> Optional[Tensor]:
+        """Data labels (-1: unlabelled) → network labels (the null class for unlabelled); None when unconditional."""
+        return class_condition(y, self.num_classes)
+
+    def check_guidance(self, cfg_scale: float) -> None:
+        """Refuses guidance on an unconditional model (before a command writes anything)."""
+        self.denoiser.check_options(None if cfg_scale == 0 else torch.zeros(1, dtype=torch.long), cfg_scale, None)
+
+    # ----- latents ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Images in [-1, 1] → normalised latents (the posterior mean); pixels and points pass unchanged."""
+        x = x.to(self.device)
+        if self.autoencoder is None:
+            return x
+        return self.denoiser.normalise(self.autoencoder.encode(x)[0])
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Normalised latents → images in [-1, 1]; pixels and points pass unchanged."""
+        z = z.to(self.device)
+        if self.autoencoder is None:
+            return z
+        return self.autoencoder.decode(self.denoiser.denormalise(z)).clamp(-1, 1)
+
+    # ----- sampling --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim", steps: Optional[int] = None,
+               eta: float = 0.0, clip_limit: Optional[float] = None, cfg_scale: float = 0.0,
+               generator: Optional[torch.Generator] = None, x_T: Optional[Tensor] = None,
+               t_start: Optional[int] = None, callback: Optional[base.Callback] = None) -> Tensor:
+        """n samples in the denoiser's space (normalised latents, pixels or points); `decode` them to images.
+
+        labels None: the null class. DDPM runs every step unless `steps` is given; DDIM and DPM-Solver++ default to
+        the config's sample_steps. The generator draws x_T (on the CPU, so a seed gives the same samples on any
+        device) and DDPM's and DDIM's noise.
+        """
+        if x_T is None:
+            x_T = torch.randn(sample_shape(self.cfg, n), generator=generator)
+        if sampler != "ddpm" and steps is None:
+            steps = self.diff.sample_steps
+        return self.denoiser.sample(x_T.to(self.device), labels, sampler=sampler, steps=steps, eta=eta,
+                                    guidance=cfg_scale, clip_limit=clip_limit, generator=generator, t_start=t_start,
+                                    callback=callback)
+
+    @torch.no_grad()
+    def generate(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
+                 steps: Optional[int] = None, eta: float = 0.0, clip_limit: Optional[float] = None,
+                 cfg_scale: float = 0.0, seed: int = 0, batch_size: int = 256,
+                 callback: Optional[base.Callback] = None) -> tuple[Tensor, Tensor]:
+        """(images in [-1, 1] or the toy's points, samples in the denoiser's space), both on the CPU: n samples drawn
+        `batch_size` at a time from one generator seeded with `seed`, so memory stays bounded for any n and a seed
+        gives the same samples on a CPU. `callback` follows the first batch."""
+        if n <= 0:
+            raise UserError(f"the number of samples must be > 0, got {n}")
+        if batch_size <= 0:
+            raise UserError(f"the batch size must be > 0, got {batch_size}")
+        if labels is not None and len(labels) != n:
+            raise UserError(f"{len(labels)} class labels for {n} samples; give one label per sample")
+        gen = torch.Generator().manual_seed(seed)
+        images, latents = [], []
+        for start in range(0, n, batch_size):
+            chunk = labels[start: start + batch_size] if labels is not None else None
+            z = self.sample(min(batch_size, n - start), chunk, sampler=sampler, steps=steps, eta=eta,
+                            clip_limit=clip_limit, cfg_scale=cfg_scale, generator=gen,
+                            callback=callback if start == 0 else None)
+            latents.append(z.cpu())
+            images.append(self.decode(z).cpu())
+        return torch.cat(images), torch.cat(latents)
+
+    def __call__(self, n: int, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *, cfg_scale: float = 0.0,
+                 sampler: str = "dpmpp_2m", steps: Optional[int] = 20, seed: int = 0, eta: float = 0.0,
+                 clip_limit: Optional[float] = None, batch_size: int = 256,
+                 return_latents: bool = False) -> Union[np.ndarray, tuple[np.ndarray, Tensor]]:
+        """n images as uint8 (n, H, W, C) (the 2-D toy: float points (n, 2)); with return_latents, also the samples
+        in the denoiser's space. See `generate`."""
+        from model.images import to_uint8
+
+        labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        x, z = self.generate(n, labels, sampler=sampler, steps=steps, eta=eta, clip_limit=clip_limit,
+                             cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+        out = x.numpy() if self.cfg.denoiser.network == "toy_mlp" else to_uint8(x)
+        return (out, z) if return_latents else out
+
+def read_training_checkpoint(path: Path) -> tuple[Config, int, dict[str, dict[str, Tensor]]]:
+    """(config, number of classes, {"denoiser", "autoencoder", "latent"} state dicts) of a denoiser .ckpt; the EMA
+    weights are the ones sampling uses."""
+    from model.checkpoint import EXTRA_KEY, read_checkpoint, state_dict_under
+    from model.cli_config import from_dict
+
+    ckpt = read_checkpoint(path, expected="denoiser")
+    cfg = from_dict(ckpt["ldm_config"])
+    state = ckpt["state_dict"]
+    tensors = {"denoiser": state_dict_under(ckpt, "ema"), "autoencoder": state_dict_under(ckpt, "autoencoder"),
+               "latent": {"shift": state["latent_shift"], "scale": state["latent_scale"]}}
+    return cfg, int(ckpt.get(EXTRA_KEY, {}).get("num_classes", 0)), tensors
+
