@@ -215,8 +215,15 @@ def test_inventory(command, argv, needles, files, tmp_path, capsys, monkeypatch)
         assert sorted(p.name for p in stage.iterdir()) == ["checkpoints", "logs"], stage
 
 
-def test_inventory_is_large_and_covers_every_command():
-    assert len(INVENTORY) >= 30
+def test_every_command_of_the_package_has_bad_input_cases():
+    """A new script under model/scripts joins the inventory (COMMANDS and at least one case) or this fails."""
+    import pkgutil
+
+    import model.scripts
+
+    scripts = {m.name for m in pkgutil.iter_modules(model.scripts.__path__)
+               if hasattr(__import__(f"model.scripts.{m.name}", fromlist=["main"]), "main")}
+    assert scripts | {"main"} == set(COMMANDS)
     assert {c for c, _, _ in INVENTORY} == set(COMMANDS)
 
 

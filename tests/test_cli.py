@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tiny import failure_summary
@@ -39,6 +40,7 @@ def test_debug_flag_shows_traceback(tmp_path):
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
+@pytest.mark.slow
 def test_train_sh_runs_a_stage_and_rejects_a_bad_stage(tmp_path):
     """train.sh (what train.sbatch launches) maps CONFIG/STAGE/RUN onto model.main and passes extra arguments on."""
     script = str(ROOT / "train.sh")
@@ -54,6 +56,8 @@ def test_train_sh_runs_a_stage_and_rejects_a_bad_stage(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: STAGE must be")
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_ddp_run_on_cpu(tmp_path):
     """Both stages under DDP with 2 CPU processes (gloo): the run ends at the configured step, rank zero alone
     reports, the checkpoint holds the same step count a single process would reach, and both ranks end with the
@@ -75,3 +79,25 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
         assert ckpt["global_step"] == 4
         digests = ckpt["callbacks"]["SameWeightsOnEveryRank"]["digests"]  # net, EMA, latent statistics per rank
         assert len(digests) == 2 and digests[0] == digests[1]
+
+
+@pytest.mark.slow
+def test_a_normal_run_prints_its_own_lines_and_a_step_bar_and_verbose_shows_the_rest(tmp_path):
+    def train(*extra: str) -> str:
+        cmd = [sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--output_dir", str(tmp_path),
+               "--vae.trainer.max_steps", "12", "--vae.trainer.val_every_n_steps", "6", "--data.max_items", "200",
+               *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    out = train("-n", "1")
+    lines = [ln for ln in out.replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines[0].startswith("vae: 0.10 M trained parameters, 12 steps; global batch 32")
+    assert any("12/12" in ln and "step/s" in ln for ln in lines)  # the bar counts optimiser steps, not epochs
+    rest = [ln for ln in lines if "step/s" not in ln][1:]
+    assert len(rest) == 2 and rest[0].startswith("vae: trained to step 12 in ")
+    assert rest[1] == f"VAE checkpoint: {tmp_path}/digits-1/vae/checkpoints/last.ckpt"
+    for noise in ("Epoch", "Tip", "GPU available", "Warning", "deprecated", "| Name"):
+        assert noise not in out, noise
+    assert "GPU available" in train("-n", "2", "--verbose")

@@ -81,6 +81,8 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_nan_on_one_ddp_rank_makes_every_rank_skip_that_update(tmp_path):
     """Under DDP the skip decision is reduced across ranks; a rank deciding alone would hang or diverge."""
     script = tmp_path / "nan_on_rank_1.py"
@@ -135,6 +137,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):
     target = tmp_path / "last.ckpt"
     for delay in (0.05, 0.13, 0.21, 0.34):
@@ -170,6 +173,7 @@ def resume_to(out: Path, ckpt: Path, steps: int) -> int:
                  "--vae.trainer.max_steps", str(steps), "--vae.trainer.checkpoint_every_n_steps", "5"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, sig, code, name):
     proc = start_vae_run(tmp_path)
@@ -185,6 +189,7 @@ def test_signal_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, sig, co
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == step + 3
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path):
     proc = start_vae_run(tmp_path)
     ckpts = tmp_path / "digits-1" / "vae" / "checkpoints"

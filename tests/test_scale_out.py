@@ -162,6 +162,8 @@ def ddp_vae(out: Path, n: str, steps: int, *extra: str) -> None:
     assert "global batch 32 = 16 per process x 2 process(es) x 1 accumulated" in done.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_ddp_resume_matches_the_uninterrupted_run(tmp_path):
     """gloo on CPU: both ranks end with the same weights (digests in the checkpoint), the run stopped at step 5
     (mid-epoch) and at 8 (an epoch's last batch) and resumed ends where the uninterrupted one does, and each rank's

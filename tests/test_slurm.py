@@ -20,6 +20,8 @@ import torch
 
 from tiny import DIGITS, ROOT, failure_summary, tiny
 
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.multiprocess]
+
 VAE_STEPS, DENOISER_STEPS = 60, 10
 # one torch thread per process in the job and in the reference run, so both sum in the same order
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CONFIG": DIGITS, "RUN": "1"}

@@ -11,6 +11,7 @@ import torch
 
 from data import DataConfig, make_datamodule
 from data.toy2d import chamfer_distance
+from model import base
 from model.autoencoder import ReconstructionLoss, beta_at
 from model.checkpoint import read_checkpoint
 from model.cli_config import from_dict
@@ -183,6 +184,13 @@ def test_sampling_unconditional_labels_and_ddpm_strided(run, tmp_path):
     data = np.load(out / "samples.npz")
     assert data["labels"].tolist() == [-1, -1, -1]
     assert (out / "sample_0002.png").exists()
+    # without -cfg the sampler is DDPM; --steps 4 strides it over t = 1000, 750, 500, 250 (and 0)
+    assert json.loads((out / "reverse_process_t.json").read_text()) == base.timesteps_ddpm(1000, 4) == [1000, 750,
+                                                                                                      500, 250, 0]
+    pipe = LatentDiffusionPipeline.from_pretrained(ckpt)
+    strided = pipe(3, sampler="ddpm", steps=4, seed=0)
+    assert np.array_equal(strided, data["images"])  # the strided chain with the implied betas, as the pipeline runs it
+    assert not np.array_equal(pipe(3, sampler="ddpm", steps=5, seed=0), data["images"])
 
 
 def test_same_seed_same_samples(run, tmp_path):
@@ -229,6 +237,7 @@ def test_ema_update_rule():
     assert ema.weight.item() == pytest.approx(0.19)
 
 
+@pytest.mark.slow
 def test_toy_reaches_chamfer_bound(tmp_path, capsys):
     """The 2-D toy (sheet 004): after a short run, DDIM samples lie on the swiss roll.
 
