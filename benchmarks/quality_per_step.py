@@ -28,7 +28,7 @@ DEFAULT_SETTINGS = [f"{s}:{n}" for s in ("ddpm", "ddim", "dpmpp_2m") for n in ST
 
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m benchmarks.quality_per_step", description=__doc__.split("\n")[0])
-    p.add_argument("--load", required=True, help="class-conditional denoiser checkpoint (.ckpt)")
+    p.add_argument("--load", required=True, help="class-conditional denoiser checkpoint (.ckpt) or export folder")
     p.add_argument("--classifier", required=True, help="classifier .pt from model.scripts.train_classifier")
     p.add_argument("--num_samples", "--num-samples", type=int, default=500, help="samples per setting (500)")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0, help="guidance w for every setting (0)")

@@ -59,13 +59,15 @@ class LatentDiffusionPipeline:
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], device: str = "cpu") -> "LatentDiffusionPipeline":
         """From a denoiser checkpoint (.ckpt, written by training) or an export folder (`model.scripts.export`)."""
+        from model.cli_config import from_dict
+        from model.export import checkpoint_contents, read_export
+
         path = Path(path)
         if path.is_dir():
-            from model.export import read_export
-
             cfg, num_classes, tensors = read_export(path)
         else:
-            cfg, num_classes, tensors = read_training_checkpoint(path)
+            config, num_classes, _, tensors = checkpoint_contents(path)
+            cfg = from_dict(config)
         return cls.build(cfg, num_classes, tensors, device, str(path))
 
     @classmethod
@@ -194,17 +196,3 @@ class LatentDiffusionPipeline:
                              cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
         out = x.numpy() if self.cfg.denoiser.network == "toy_mlp" else to_uint8(x)
         return (out, z) if return_latents else out
-
-def read_training_checkpoint(path: Path) -> tuple[Config, int, dict[str, dict[str, Tensor]]]:
-    """(config, number of classes, {"denoiser", "autoencoder", "latent"} state dicts) of a denoiser .ckpt; the EMA
-    weights are the ones sampling uses."""
-    from model.checkpoint import EXTRA_KEY, read_checkpoint, state_dict_under
-    from model.cli_config import from_dict
-
-    ckpt = read_checkpoint(path, expected="denoiser")
-    cfg = from_dict(ckpt["ldm_config"])
-    state = ckpt["state_dict"]
-    tensors = {"denoiser": state_dict_under(ckpt, "ema"), "autoencoder": state_dict_under(ckpt, "autoencoder"),
-               "latent": {"shift": state["latent_shift"], "scale": state["latent_scale"]}}
-    return cfg, int(ckpt.get(EXTRA_KEY, {}).get("num_classes", 0)), tensors
-

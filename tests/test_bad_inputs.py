@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from model.main import main as train_main
-from model.scripts import demo_report, evaluate, plots, reimagine, sample, sample_vae, train_classifier
+from model.scripts import demo_report, evaluate, export, plots, reimagine, sample, sample_vae, train_classifier
 from tiny import DIGITS, ROOT, tiny
 
 TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
             "train_classifier": train_classifier.main, "demo_report": demo_report.main, "evaluate": evaluate.main,
-            "plots": plots.main, "reimagine": reimagine.main}
+            "plots": plots.main, "reimagine": reimagine.main, "export": export.main}
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,12 @@ INVENTORY = [
     ("reimagine", ["--load", "{den}", "--strengths", "1.5"], ["strength", "[0, 1]"]),
     ("reimagine", ["--load", "{den}", "--image", "/nowhere/x.png"], ["does not exist"]),
     ("reimagine", ["--load", "{toy}"], ["2-D toy"]),
+    # ---- export ----
+    ("export", ["--load", "{vae}", "--output", "{root}/export"], ["vae checkpoint", "denoiser"]),
+    ("export", ["--load", "{den}", "--output", "{file}"], ["is a file"]),
+    ("export", ["--load", "{den}", "--output", "{root}"], ["not empty", "--overwrite"]),
+    ("export", ["--load", "{den}", "--output", "{root}/export", "--push-to-hub", "digits"], ["user/name"]),
+    ("sample", ["--load", "{empty_dir}"], ["not an export", "config.json is missing"]),
     # ---- offline ----
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.loss.lpips", "1", "--vae.loss.lpips_weights", "/nowhere/a.pth",
               "--vae.trainer.max_steps", "1"], ["/nowhere/a.pth"]),

@@ -303,3 +303,99 @@ def test_missing_checkpoint_and_toy_are_refused(capsys, tiny_runs, tmp_path):
     check_one_line_error(capsys, ["--load", str(tmp_path / "nope.ckpt")], "does not exist")
     check_one_line_error(capsys, ["--load", str(tiny_runs["toy"])], "toy")
     assert not (Path(tiny_runs["toy"]).parent.parent / "reimagine").exists()  # the default output folder
+
+
+# ----- inpainting ------------------------------------------------------------------------------------------------
+def half_mask(size: int = 16) -> torch.Tensor:
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., size // 2:] = 1.0  # regenerate the right half
+    return mask
+
+
+def run_inpaint(system, x, mask, resample=1, sampler="ddim", steps=4, seed=0):
+    from model.inpainting import inpaint, latent_mask
+
+    z0 = reimagine.encode(system, x)
+    mask_z = latent_mask(mask, tuple(z0.shape[-2:]))
+    z = inpaint(system.denoiser.bind(torch.tensor([3])), z0, mask_z, system.schedule, sampler=sampler, steps=steps,
+                resample=resample, generator=torch.Generator().manual_seed(seed))
+    return z0, mask_z, z
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", None)])
+def test_inpainting_keeps_the_known_latents_and_regenerates_the_masked_ones(systems, sampler, steps):
+    system = systems["latent"]
+    x = first_validation_image(system)
+    z0, mask_z, z = run_inpaint(system, x, half_mask(), sampler=sampler, steps=steps)
+    assert mask_z.shape[-2:] == z0.shape[-2:] and 0 < float(mask_z.mean()) < 1
+    keep = mask_z == 0
+    assert torch.equal(z.expand_as(z0)[keep.expand_as(z0)], z0[keep.expand_as(z0)])  # the known region is z0 exactly
+    assert (z - z0)[(~keep).expand_as(z0)].abs().mean() > 0.1  # the masked region is generated anew
+    _, _, again = run_inpaint(system, x, half_mask(), sampler=sampler, steps=steps)
+    assert torch.equal(z, again)  # a seed gives the same result
+
+
+def test_inpainting_a_pixel_model_keeps_the_input_pixels_outside_the_mask(systems):
+    system = systems["pixel"]
+    x = first_validation_image(system)
+    _, _, z = run_inpaint(system, x, half_mask())
+    torch.testing.assert_close(z[..., :8], x[..., :8], rtol=0, atol=1e-6)
+    assert (z[..., 8:] - x[..., 8:]).abs().mean() > 0.1
+
+
+def test_repaint_resampling_runs_every_step_r_times(systems, monkeypatch):
+    system = systems["latent"]
+    spy = Recorder(system.net)
+    monkeypatch.setattr(system.denoiser, "net", spy)
+    x = first_validation_image(system)
+    _, _, once = run_inpaint(system, x, half_mask(), resample=1)
+    calls_once = len(spy.calls)
+    _, _, thrice = run_inpaint(system, x, half_mask(), resample=3)
+    assert len(spy.calls) - calls_once == 3 * calls_once
+    assert [t for t, _ in spy.calls[calls_once:calls_once + 3]] == [1000, 1000, 1000]  # t = T, three times
+    assert not torch.equal(once, thrice)
+
+
+def test_an_all_white_mask_ignores_the_image(systems):
+    system = systems["latent"]
+    white = torch.ones(1, 1, 16, 16)
+    a = run_inpaint(system, first_validation_image(system), white)[2]
+    b = run_inpaint(system, validation_item(system.cfg.data, 1)[0], white)[2]
+    assert torch.equal(a, b)  # nothing is known: the same seed gives the same fresh sample
+
+
+def write_mask(path, array) -> str:
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_the_inpaint_command_writes_its_grid_and_blends_on_request(tiny_runs, tmp_path, capsys):
+    mask = write_mask(tmp_path / "m.png", np.where(np.arange(16)[None, :] >= 8, 255, 0).repeat(16, 0))
+    base_args = ["--load", str(tiny_runs["latent"]), "--index", "0", "--mask", mask, "--ddim-steps", "3"]
+    assert reimagine.main([*base_args, "--output", str(tmp_path / "a")]) == 0
+    assert reimagine.main([*base_args, "--blend", "--resample-steps", "2", "--output", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / n / "inpaint.json").read_text()) for n in "ab")
+    assert a["columns"] == ["original", "mask", "masked input", "DDPM", "DDIM-3"] and a["masked_fraction"] == 0.5
+    for name in ("DDPM", "DDIM-3"):
+        assert b["samplers"][name]["mse_outside"] == 0.0  # blended: the original pixels outside the mask
+        assert a["samplers"][name]["mse_inside"] > 0 and b["samplers"][name]["mse_inside"] > 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a" / "inpaint.png").size == (5 * 18 + 2, 18 + 2)
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: write_mask(d / "black.png", np.zeros((16, 16))), "all black"),
+    (lambda d: write_mask(d / "small.png", np.full((8, 8), 255)), "is 8x8 but the image is 16x16"),
+    (lambda d: (d / "junk.png").write_bytes(b"not a png") and str(d / "junk.png"), "not a readable image"),
+    (lambda d: str(d / "absent.png"), "does not exist"),
+])
+def test_bad_masks_are_one_line_and_write_nothing(tiny_runs, tmp_path, capsys, make, needle):
+    out = tmp_path / "out"
+    code = reimagine.main(["--load", str(tiny_runs["latent"]), "--mask", make(tmp_path), "--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists()
+

@@ -22,8 +22,11 @@ def resolve_device(name: str) -> str:
 
 
 def output_folder(output: Optional[str], checkpoint: str, default_name: str) -> Path:
-    """`--output`, or `<run>/<stage>/<default_name>` beside the checkpoint's `checkpoints/` folder; created."""
-    out = Path(output) if output else Path(checkpoint).resolve().parent.parent / default_name
+    """`--output`, or `<run>/<stage>/<default_name>` beside the checkpoint's `checkpoints/` folder (for an export
+    folder, `<export>-<default_name>` beside it, so the export stays as it was made); created."""
+    source = Path(checkpoint).resolve()
+    default = source.with_name(f"{source.name}-{default_name}") if source.is_dir() else source.parent.parent / default_name
+    out = Path(output) if output else default
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
 
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m model.scripts.demo_report", description=__doc__.split("\n")[0])
-    p.add_argument("--load", required=True, help="class-conditional denoiser checkpoint (.ckpt)")
+    p.add_argument("--load", required=True, help="class-conditional denoiser checkpoint (.ckpt) or export folder")
     p.add_argument("--classifier", required=True, help="classifier .pt from model.scripts.train_classifier")
     p.add_argument("--per-class", "--per_class", type=int, default=50, help="samples of every class per scale")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")

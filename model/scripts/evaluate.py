@@ -42,7 +42,7 @@ GRID_MAX = 100  # samples shown in each samples_w<w>.png
 
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m model.scripts.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt) or export folder (model.scripts.export)")
     p.add_argument("--num_samples", "--num-samples", type=int, default=500, help="samples per guidance scale")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, nargs="+", default=[0.0],
                    help="guidance scales w, one FID each: (1+w)·cond − w·uncond")

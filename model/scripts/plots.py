@@ -99,7 +99,7 @@ def add_loss_parser(sub) -> None:
 
 def add_denoising_parser(sub) -> None:
     s = sub.add_parser("denoising", help="x0, x_t, ε and the network's ε̂ for validation items at spread-out t")
-    s.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    s.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt) or export folder")
     s.add_argument("--n", type=int, default=8, help="validation items, one column each (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="seed of the noise ε (default: %(default)s)")
     add_device_and_output(s)

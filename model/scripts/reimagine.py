@@ -34,6 +34,13 @@ checkpoint's denoiser.diffusion.clip_limit, as `sample` does by default. Written
 
 A short table (strength, t, MSE per sampler) goes to stdout. The same --seed gives identical files. The 2-D toy is
 refused: it has no images to reimagine.
+
+Inpainting, `--mask PNG` (white = regenerate, the image's size): the masked region is generated from pure noise at
+T while the rest is put back at every step at the step's noise level (`model.inpainting`), by DDPM (all T steps)
+and by DDIM with each n of --ddim-steps; `--resample-steps R` repeats every step R times (RePaint), `--blend` pastes
+the original pixels back outside the mask at the end (without it, the known region is the VAE's reconstruction).
+Writes `inpaint.png` (original | mask, grey = regenerate | masked input | one column per sampler) and `inpaint.json` (the MSE against
+the original inside and outside the mask, and outside against the VAE round trip).
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,7 +91,7 @@ class Reimagining:
 
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m model.scripts.reimagine", description=__doc__.split("\n")[0])
-    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt) or export folder (model.scripts.export)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--image", default=None, help="an image file to reimagine")
     source.add_argument("--index", type=int, default=None, help="item I of the validation split (default 0)")
@@ -98,6 +106,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0,
                    help="classifier-free guidance w: (1+w)·cond − w·uncond")
     p.add_argument("--seed", type=int, default=0, help="seeds eps and the DDPM noise")
+    p.add_argument("--mask", default=None,
+                   help="inpaint instead: a PNG of the image's size, white where the image is regenerated")
+    p.add_argument("--resample-steps", "--resample_steps", type=int, default=1,
+                   help="with --mask: run every step this many times (RePaint resampling; 1 = off)")
+    p.add_argument("--blend", action="store_true",
+                   help="with --mask: keep the original pixels outside the mask (else the VAE's reconstruction)")
     p.add_argument("--output", default=None, help="output folder (default: reimagine/ beside the run's checkpoints)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--debug", action="store_true")
@@ -117,6 +131,10 @@ def check_args(args) -> None:
         raise UserError(f"--ddim-steps lists a number twice ({args.ddim_steps}); give each step count once")
     if args.index is not None and args.index < 0:
         raise UserError(f"--index must be >= 0, got {args.index}; pass the position of a validation item")
+    if args.resample_steps < 1:
+        raise UserError(f"--resample-steps must be >= 1 (1 = no resampling), got {args.resample_steps}")
+    if args.mask is None and (args.resample_steps != 1 or args.blend):
+        raise UserError("--resample-steps and --blend belong to inpainting; pass --mask PNG too")
 
 
 def round_half_up(x: float) -> int:
@@ -144,6 +162,96 @@ def sampler_times(sampler: Sampler, T: int, t_start: int, steps: int) -> list[in
     return base.timesteps_ddpm(T, steps, t_start)
 
 
+# ----- inpainting ---------------------------------------------------------------------------------------------
+def read_mask(path: str, source_size: tuple[int, int], data) -> Tensor:
+    """The mask (1, 1, S, S) in {0, 1} (1 = regenerate): white (> 127) pixels of a grey or colour PNG of the input
+    image's size, made square and resized like the image (nearest, so it stays binary)."""
+    from PIL import Image
+
+    from data.base import describe
+    from data.transforms import to_square
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--mask {file} does not exist; pass a PNG of the image's size, white where to regenerate")
+    try:
+        with Image.open(file) as img:
+            img.load()
+            grey = img.convert("L")
+    except OSError as err:
+        raise UserError(f"--mask {file} is not a readable image ({describe(err)}); pass a PNG") from err
+    if grey.size != source_size:
+        raise UserError(f"--mask {file} is {grey.size[0]}x{grey.size[1]} but the image is {source_size[0]}x"
+                        f"{source_size[1]}; draw the mask at the image's size")
+    square = to_square(grey, data.crop).resize((data.image_size, data.image_size), Image.NEAREST)
+    mask = (torch.from_numpy(np.asarray(square).copy()) > 127).float()[None, None]  # (1, 1, S, S)
+    if not bool(mask.any()):
+        raise UserError(f"--mask {file} is all black: nothing to regenerate; paint the region to regenerate white")
+    return mask
+
+
+def source_size(args, data) -> tuple[int, int]:
+    """(width, height) of the input image as given: the file's, or the data's image size for a validation item."""
+    if args.image is None:
+        return data.image_size, data.image_size
+    from PIL import Image
+
+    with Image.open(args.image) as img:
+        return img.size
+
+
+def inpaint_all(pipe, x: Tensor, mask: Tensor, samplers: list[Sampler], label: Optional[int], args) -> dict:
+    """Every sampler's inpainting of x (images in [-1, 1], blended when --blend), from one seed each."""
+    from model.inpainting import blend, inpaint, latent_mask
+
+    z0 = encode(pipe, x)
+    mask_z = latent_mask(mask, tuple(z0.shape[-2:])).to(z0)
+    c = None if label is None or not pipe.num_classes else torch.tensor([label], device=z0.device)
+    denoise = pipe.denoiser.bind(c, args.cfg_scale, pipe.diff.clip_limit)
+    out = {}
+    for sampler in samplers:
+        z = inpaint(denoise, z0, mask_z, pipe.schedule, sampler="ddim" if sampler.ddim else "ddpm",
+                    steps=sampler.ddim_steps, resample=args.resample_steps,
+                    generator=torch.Generator().manual_seed(args.seed))
+        image = to_image(pipe, z)
+        out[sampler.name] = blend(image, x, mask) if args.blend else image
+    return out
+
+
+def inpaint_record(x: Tensor, trip: Tensor, mask: Tensor, results: dict) -> dict:
+    """Per sampler: the MSE against the original inside and outside the mask, and outside against the round trip."""
+    def mse(a: Tensor, b: Tensor, where: Tensor) -> float:
+        return float(((a - b).pow(2) * where).sum() / where.sum().clamp_min(1) / a.shape[1])
+
+    outside = 1 - mask
+    return {name: {"mse_inside": mse(img, x, mask), "mse_outside": mse(img, x, outside),
+                   "mse_outside_vs_round_trip": mse(img, trip, outside)} for name, img in results.items()}
+
+
+def run_inpainting(args, pipe, x: Tensor, label: Optional[int], why: str, source: str, out: Path) -> None:
+    from model.images import save_grid
+
+    mask = read_mask(args.mask, source_size(args, pipe.cfg.data), pipe.cfg.data).to(x)
+    samplers = make_samplers(args.ddim_steps)
+    results = inpaint_all(pipe, x, mask, samplers, label, args)
+    trip = to_image(pipe, encode(pipe, x))
+    masked = x * (1 - mask)  # the region to regenerate shown mid-grey (0), as in the mask column
+    columns = [x, mask - 1, masked, *results.values()]
+    save_grid(torch.cat(columns), out / "inpaint.png", nrow=len(columns))
+    report = {"checkpoint": str(args.load), "image": source, "mask": str(args.mask), "condition": why,
+              "class": label, "cfg_scale": args.cfg_scale, "seed": args.seed, "resample_steps": args.resample_steps,
+              "blend": args.blend, "masked_fraction": float(mask.mean()),
+              "columns": ["original", "mask", "masked input", *results], "samplers": inpaint_record(x, trip, mask,
+                                                                                                   results)}
+    (out / "inpaint.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"inpainted {source} ({report['masked_fraction']:.0%} masked), condition: {why}, seed {args.seed}")
+    for name, r in report["samplers"].items():
+        print(f"{name:>10}: MSE inside {r['mse_inside']:.4f}, outside {r['mse_outside']:.5f} "
+              f"(against the VAE round trip {r['mse_outside_vs_round_trip']:.5f})")
+    print(f"wrote inpaint.png and inpaint.json to {out}")
+
+
+# ----- shared ------------------------------------------------------------------------------------------------------
 def refuse_toy(pipe) -> None:
     if pipe.cfg.denoiser.network == "toy_mlp":
         raise UserError("this is the 2-D toy (denoiser.network toy_mlp): it has points, no images to reimagine; "
@@ -316,6 +424,10 @@ def main(argv: list[str]) -> int:
     x, item_label, source = input_image(args, pipe.cfg.data)
     label, why = condition(args.class_, item_label, pipe.num_classes)
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
+    if args.mask is not None:
+        read_mask(args.mask, source_size(args, pipe.cfg.data), pipe.cfg.data)  # refuses a bad mask before writing
+        run_inpainting(args, pipe, x.to(device), label, why, source, output_folder(args.output, args.load, "inpaint"))
+        return 0
     out = output_folder(args.output, args.load, "reimagine")
 
     x = x.to(device)  # (1, C, S, S)

@@ -28,7 +28,7 @@ GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
 
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m model.scripts.sample", description=__doc__.split("\n")[0])
-    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt)")
+    p.add_argument("--load", required=True, help="denoiser checkpoint (.ckpt) or export folder (model.scripts.export)")
     p.add_argument("-cfg", "--config", default=None, help="JSON config whose denoiser.diffusion gives defaults")
     add_sampler_arguments(p)
     p.add_argument("--num_samples", "--num-samples", type=int, default=16)
