@@ -7,7 +7,6 @@ unpickles arbitrary objects: a file that needs that is refused, because unpickli
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any, Literal
@@ -68,18 +67,11 @@ def load_torch_file(path: Path) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to `path` via a temporary sibling and os.replace; the temporary is removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save to a temporary sibling, flushed to disk, then renamed over `path` (`model.writes.atomic_write`):
+    a kill or a full disk mid-save leaves the previous file whole and no partial file under the final name."""
+    from model.writes import atomic_write
+
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp), sync=True)
 
 
 def checkpoint_step(path: str | Path) -> int:

@@ -212,7 +212,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def write_json(cfg: Config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    tmp.replace(path)
+    from model.writes import write_text
+
+    write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -5,6 +5,7 @@ import argparse
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., int | None])
@@ -41,6 +42,13 @@ def cli_entry(main: F) -> F:
             if debug:
                 raise
             print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as err:  # a write the user can fix (full disk, read-only, permission): one line, exit 2
+            from model.writes import WRITE_ERRNOS, write_failed
+
+            if debug or err.errno not in WRITE_ERRNOS:
+                raise
+            print(f"error: {write_failed(err, Path(err.filename or '.'))}", file=sys.stderr)
             return EXIT_USAGE
         except Interrupted as stop:
             print(str(stop), file=sys.stderr)

@@ -40,27 +40,26 @@ def write_export(out: Path, config: dict[str, Any], num_classes: int, global_ste
                  tensors: dict[str, dict[str, Tensor]], card: str) -> list[Path]:
     """Write the export's files into `out` (each through a temporary name, so no partial file is left under a final
     name); returns the paths written."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
+    from model.writes import atomic_write, write_text
+
+    def tensors_file(content: dict[str, Tensor]):
+        def write(tmp: Path) -> None:
+            try:
+                save_file(content, str(tmp), metadata)
+            except SafetensorError as err:  # its writer's error, e.g. on a full disk: reported like torch's
+                raise RuntimeError(str(err)) from err
+            tmp.chmod(0o644)  # safetensors creates its files owner-only; an export is meant to be shared
+        return write
+
     metadata = {"format": FORMAT, "num_classes": str(num_classes), "global_step": str(global_step)}
-    written = []
-    for name, content in export_tensors(tensors).items():
-        written.append(_atomic(out / f"{name}.safetensors", lambda tmp, c=content: save_file(c, str(tmp), metadata)))
-    written.append(_atomic(out / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n")))
-    written.append(_atomic(out / "README.md", lambda tmp: tmp.write_text(card)))
+    written = [atomic_write(out / f"{name}.safetensors", tensors_file(content))
+               for name, content in export_tensors(tensors).items()]
+    written.append(write_text(out / "config.json", json.dumps(config, indent=2) + "\n"))
+    written.append(write_text(out / "README.md", card))
     return written
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.chmod(0o644)  # safetensors creates its files owner-only; an export is meant to be shared
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def read_export(folder: Path):

@@ -31,16 +31,22 @@ def grid_array(x: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return out
 
 
+def save_png(img: Image.Image, path: Path) -> Path:
+    """A PIL image as a PNG file, written atomically (`model.writes.atomic_write`)."""
+    from model.writes import atomic_write
+
+    return atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+
+
 def save_grid(x: torch.Tensor, path: Path, nrow: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(grid_array(x, nrow)).save(path)
-    return path
+    return save_png(to_pil(grid_array(x, nrow)), path)
 
 
 def save_gif(frames: list[np.ndarray], path: Path, ms_per_frame: int = 150) -> Path:
     """Frames (H, W, C) uint8 → an animated GIF that holds the last frame a little longer."""
     pil = [to_pil(f) for f in frames]
     durations = [ms_per_frame] * (len(pil) - 1) + [ms_per_frame * 6]
-    pil[0].save(path, save_all=True, append_images=pil[1:], duration=durations, loop=0)
-    return Path(path)
+    from model.writes import atomic_write
+
+    return atomic_write(Path(path), lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
+                                                            duration=durations, loop=0))

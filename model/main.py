@@ -19,7 +19,10 @@ from model.cli_config import from_dict
 from model.config import Config, check_denoiser_shapes, to_dict
 from model.checkpoint import CONFIG_KEY, read_checkpoint
 from model.errors import UserError, cli_entry
-from model.run_folder import last_checkpoint, next_run_number, run_dir
+from model.run_folder import last_checkpoint, newest_checkpoint, next_run_number, run_dir
+from model.run_lock import RunLock
+from model.writes import (WRITE_ERRNOS, WriteFailed, check_writable, missing_folders, remove_if_empty,
+                          write_failed)
 
 
 def make_parser():
@@ -141,22 +144,52 @@ def main(argv: list[str]) -> int:
     # a requeued job whose stage had reached its max_steps goes on to the next stage
     finished = {stage: step >= getattr(cfg, stage).trainer.max_steps for stage, (_, step) in resumed.items()}
 
-    from model.lightning.trainer import quiet_frameworks, train_stage
+    from model.lightning.trainer import quiet_frameworks
 
     if not args.verbose:
         quiet_frameworks()
-
-    vae_ckpt = args.load_vae
-    if args.train_vae:
-        vae_ckpt = loads["vae"] if finished.get("vae") else str(train_stage("vae", cfg, folder, load=loads["vae"]))
-        rank_zero_print(f"VAE checkpoint: {vae_ckpt}")
-    if args.train_denoiser:
-        last = loads["denoiser"]
-        if not finished.get("denoiser"):
-            last = str(train_stage("denoiser", cfg, folder, load=last, load_vae=vae_ckpt))
-        rank_zero_print(f"denoiser checkpoint: {last}")
+    check_writable(folder, "output_dir")  # a read-only or full output folder: refused before training starts
+    created = missing_folders(folder.absolute())
+    try:
+        with RunLock(folder):  # one run per folder: a second start on it stops here, naming the first
+            train_stages(args, cfg, folder, loads, finished)
+    finally:
+        remove_if_empty(created)  # refused before anything was written: leave no empty run folder behind
     return 0
 
+
+def train_stages(args, cfg: Config, folder: Path, loads: dict[str, Optional[str]], finished: dict[str, bool]) -> None:
+    """The stages asked for, in order; a failed write names the newest whole checkpoint to resume from."""
+    from model.lightning.trainer import train_stage
+
+    vae_ckpt = args.load_vae
+    stage = "vae"
+    try:
+        if args.train_vae:
+            vae_ckpt = loads["vae"] if finished.get("vae") else str(train_stage("vae", cfg, folder, load=loads["vae"]))
+            rank_zero_print(f"VAE checkpoint: {vae_ckpt}")
+        stage = "denoiser"
+        if args.train_denoiser:
+            last = loads["denoiser"]
+            if not finished.get("denoiser"):
+                last = str(train_stage("denoiser", cfg, folder, load=last, load_vae=vae_ckpt))
+            rank_zero_print(f"denoiser checkpoint: {last}")
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise with_resume_hint(write_failed(err, Path(err.filename or folder)), folder, stage) from err
+    except WriteFailed as err:
+        raise with_resume_hint(err, folder, stage) from err
+
+
+def with_resume_hint(err: WriteFailed, folder: Path, stage: str) -> UserError:
+    """The write error plus what to resume from: the stage's newest whole checkpoint (every one is written whole)."""
+    newest = newest_checkpoint(folder / stage)
+    if newest is None:
+        return UserError(f"{err}; no {stage} checkpoint was written yet, so start the stage again")
+    path, step = newest
+    return UserError(f"{err}; the newest whole checkpoint is {path} (step {step}): resume with the same command "
+                     f"plus --load {path}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -30,18 +30,18 @@ def scatter_panels(panels: list[tuple[str, np.ndarray]], data: np.ndarray, path:
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save_figure(plt, fig, path)
 
 
 def _save_figure(plt, fig, path: Path) -> Path:
-    """Tight layout, write the PNG, free the figure."""
+    """Tight layout, write the PNG (atomically), free the figure."""
+    from model.writes import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    try:
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def line_panels(x: np.ndarray, panels: dict[str, dict[str, np.ndarray]], path: Path, xlabel: str,

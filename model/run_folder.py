@@ -34,3 +34,20 @@ def last_checkpoint(folder: Path, stage: str) -> Optional[Path]:
     """`<run>/<stage>/checkpoints/last.ckpt` when a previous allocation of this run wrote one."""
     path = folder / stage / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None
+
+
+def newest_checkpoint(stage_dir: Path) -> Optional[tuple[Path, int]]:
+    """(path, step) of the stage's checkpoint with the highest step (last.ckpt on a tie), or None. Every checkpoint
+    under its final name is whole: they are written to a temporary name first (model/writes.py)."""
+    from model.checkpoint import checkpoint_step
+
+    found = []
+    for path in (stage_dir / "checkpoints").glob("*.ckpt"):
+        try:
+            found.append((checkpoint_step(path), path.name == "last.ckpt", path))
+        except Exception:  # noqa: BLE001  an unreadable file is not one to resume from
+            continue
+    if not found:
+        return None
+    step, _, path = max(found)
+    return path, step

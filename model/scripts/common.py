@@ -10,6 +10,7 @@ from torch import Tensor
 
 from model.base import SAMPLER_NAMES, SAMPLERS
 from model.errors import UserError
+from model.writes import check_writable
 
 
 def resolve_device(name: str) -> str:
@@ -29,6 +30,7 @@ def output_folder(output: Optional[str], checkpoint: str, default_name: str) -> 
     out = Path(output) if output else default
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file, not a folder; pick a folder path")
+    check_writable(out)  # a read-only or full folder is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     return out
 

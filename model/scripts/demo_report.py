@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.writes import write_text
 from model.evaluation import check_classifier_fits, generate, per_class_accuracy, pixel_budget, predict
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
 from model.scripts.common import add_pixel_arguments
@@ -215,8 +216,8 @@ def main(argv: list[str]) -> int:
                           args.real_pool, args.batch_size)
 
     report = build_report(args, pipe, meta, dm, labels, preds, d_samples, d_held, budget)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(report, grids))
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "report.md", markdown(report, grids))
     print(table(report))
     print(f"wrote report.json and report.md to {out}")
     return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.writes import save_npz, write_text
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
 from model.scripts.common import (add_pixel_arguments, add_sampler_arguments, chosen_sampler, describe_sampler,
                                   sampler_steps)
@@ -115,7 +117,7 @@ def scale_result(args, pipe, fid, extractor: str, clf, w: float, out: Path, devi
     x = generate(pipe, args.num_samples, labels, w, sampler=args.sampler, steps=args.steps, seed=args.seed,
                  batch_size=args.batch_size)
     save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=pipe.num_classes or 10)
-    np.savez_compressed(out / f"samples_w{w:g}.npz", images=to_uint8(x),
+    save_npz(out / f"samples_w{w:g}.npz", images=to_uint8(x),
                         labels=(labels if labels is not None else torch.full((len(x),), -1)).numpy())
     fid.reset()  # drops the generated statistics of the previous w, keeps the real ones
     fidlib.update(fid, x.split(args.batch_size), real=False, extractor=extractor)
@@ -175,7 +177,7 @@ def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
         points = generate(pipe, args.num_samples, None, 0.0, sampler=sampler, steps=steps, seed=args.seed,
                           batch_size=args.batch_size)
         cd = chamfer_distance(points, data[: args.num_samples])
-        np.savez_compressed(out / f"samples_{sampler}.npz", points=points.numpy())
+        save_npz(out / f"samples_{sampler}.npz", points=points.numpy())
         results.append({"sampler": sampler, "steps": steps, "chamfer_distance": cd})
         panels.append((f"{describe_sampler(sampler, steps)}: Chamfer distance {cd:.4f}", points.numpy()))
     scatter_panels(panels, data.numpy(), out / "chamfer.png")
@@ -189,11 +191,11 @@ def loss_table(args, pipe, dm, out: Path) -> dict[str, Any]:
 
     timesteps = sorted(set(args.loss_timesteps)) if args.loss_timesteps else loss_timesteps(pipe.diff.T)
     losses = loss_per_timestep(pipe, dm.val_dataloader(), timesteps)
-    with open(out / "loss_per_timestep.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["t", "alpha_bar", "loss"])
-        writer.writerows([t, f"{float(pipe.schedule.alpha_bar[t]):.6g}", f"{loss:.6g}"]
-                         for t, loss in zip(timesteps, losses))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["t", "alpha_bar", "loss"])
+    writer.writerows([t, f"{float(pipe.schedule.alpha_bar[t]):.6g}", f"{loss:.6g}"] for t, loss in zip(timesteps, losses))
+    write_text(out / "loss_per_timestep.csv", text.getvalue())
     return {"loss_per_timestep": [{"t": t, "loss": loss} for t, loss in zip(timesteps, losses)],
             "loss": pipe.diff.loss, "parametrisation": pipe.diff.parametrisation}
 
@@ -290,8 +292,8 @@ def main(argv: list[str]) -> int:
         report.update(evaluate_points(args, pipe, dm, out))
     else:
         report.update(evaluate_images(args, pipe, dm, clf, extractor, fid, protocol, out, device))
-    (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "evaluation.md").write_text(markdown(report))
+    write_text(out / "evaluation.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "evaluation.md", markdown(report))
     print(table(report))
     print(f"wrote evaluation.json and evaluation.md to {out}")
     return 0

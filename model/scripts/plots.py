@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from torch import Tensor
 
 from model import base
 from model.errors import ArgParser, UserError, cli_entry
+from model.writes import write_text
 
 if TYPE_CHECKING:
     from data.config import DataConfig
@@ -143,10 +145,11 @@ def schedule_columns(schedules: dict[str, base.Schedule]) -> dict[str, list]:
 
 def write_csv(columns: dict[str, list], path: Path) -> None:
     """One row per entry; floats as Python writes them (shortest form that reads back to the same float64)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(zip(*columns.values()))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values()))
+    write_text(path, text.getvalue())
 
 
 def print_table(columns: dict[str, list]) -> None:
@@ -447,7 +450,7 @@ def write_denoising(out: Path, rows: dict[str, Tensor], t: Tensor, eps: Tensor, 
     save_grid(torch.cat(same_channels(list(rows.values()))), out / "denoising.png", nrow=len(t))
     mse = (eps_hat - eps).pow(2).flatten(1).mean(1)  # (N,)
     record = {"t": t.tolist(), "mse_eps": mse.tolist(), "rows": list(rows), **info}
-    (out / "denoising.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text(out / "denoising.json", json.dumps(record, indent=2) + "\n")
 
 
 def run_denoising(args) -> None:

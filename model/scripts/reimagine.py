@@ -57,6 +57,7 @@ from torch import Tensor
 
 from model import base
 from model.errors import ArgParser, UserError, cli_entry
+from model.writes import write_text
 from model.scripts.common import evenly_spaced, image_file, output_folder, resolve_device, validation_item
 from model.scripts.sample import class_labels
 
@@ -243,7 +244,7 @@ def run_inpainting(args, pipe, x: Tensor, label: Optional[int], why: str, source
               "blend": args.blend, "masked_fraction": float(mask.mean()),
               "columns": ["original", "mask", "masked input", *results], "samplers": inpaint_record(x, trip, mask,
                                                                                                    results)}
-    (out / "inpaint.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out / "inpaint.json", json.dumps(report, indent=2) + "\n")
     print(f"inpainted {source} ({report['masked_fraction']:.0%} masked), condition: {why}, seed {args.seed}")
     for name, r in report["samplers"].items():
         print(f"{name:>10}: MSE inside {r['mse_inside']:.4f}, outside {r['mse_outside']:.5f} "
@@ -441,7 +442,7 @@ def main(argv: list[str]) -> int:
               "cfg_scale": args.cfg_scale, "seed": args.seed, "T": pipe.schedule.T,
               "columns": ["original", "noised", *[s.name for s in samplers]], "strengths": records,
               "intermediates": intermediates}
-    (out / "reimagine.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out / "reimagine.json", json.dumps(report, indent=2) + "\n")
     print(f"reimagined {source}, condition: {why}, seed {args.seed}; MSE in pixel space against the original:")
     print(table(records, [s.name for s in samplers]))
     print(f"wrote reimagine.png, reimagine.json and intermediates.png to {out}")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.writes import save_npz, write_text
 from model.scripts.common import (add_sampler_arguments, chosen_sampler, describe_sampler, evenly_spaced,
                                   output_folder, resolve_device, sampler_steps)
 
@@ -91,15 +92,15 @@ def check_args(args, T: int) -> None:
 
 def write_images(out: Path, images: torch.Tensor, labels: Optional[torch.Tensor], nrow: int) -> None:
     """grid.png, sample_<i>[_class<K>].png and samples.npz (images uint8 N×H×W×C, labels, −1 = unconditional)."""
-    from model.images import save_grid, to_pil, to_uint8
+    from model.images import save_grid, save_png, to_pil, to_uint8
 
     arr = to_uint8(images)
     lab = labels.numpy() if labels is not None else np.full(len(arr), -1)
     save_grid(images, out / "grid.png", nrow=nrow)
     for i, (img, k) in enumerate(zip(arr, lab)):
         suffix = f"_class{k}" if k >= 0 else ""
-        to_pil(img).save(out / f"sample_{i:04d}{suffix}.png")
-    np.savez_compressed(out / "samples.npz", images=arr, labels=lab.astype(np.int64))
+        save_png(to_pil(img), out / f"sample_{i:04d}{suffix}.png")
+    save_npz(out / "samples.npz", images=arr, labels=lab.astype(np.int64))
 
 
 def write_reverse_process(out: Path, pipe, frames: list[tuple[int, torch.Tensor]]) -> None:
@@ -108,7 +109,7 @@ def write_reverse_process(out: Path, pipe, frames: list[tuple[int, torch.Tensor]
 
     strip = evenly_spaced(frames, STRIP_FRAMES)
     save_grid(torch.cat([pipe.decode(z) for _, z in strip]), out / "reverse_process.png", nrow=len(strip))
-    (out / "reverse_process_t.json").write_text(json.dumps([t for t, _ in strip]) + "\n")
+    write_text(out / "reverse_process_t.json", json.dumps([t for t, _ in strip]) + "\n")
     gif = evenly_spaced(frames, GIF_FRAMES)
     save_gif([grid_array(pipe.decode(z), nrow=1) for _, z in gif], out / "reverse_process.gif")
 
@@ -123,7 +124,7 @@ def write_points(out: Path, pipe, points: torch.Tensor) -> None:
     dm.setup("fit")
     data = dm.points()
     cd = float(chamfer_distance(points.cpu(), data[: len(points)]))
-    np.savez_compressed(out / "samples.npz", points=points.cpu().numpy())
+    save_npz(out / "samples.npz", points=points.cpu().numpy())
     scatter_points(points.cpu().numpy(), data.numpy(), out / "grid.png", title=f"Chamfer distance {cd:.4f}")
     print(f"Chamfer distance to the data: {cd:.4f}")
 

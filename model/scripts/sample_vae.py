@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from model.errors import ArgParser, UserError, cli_entry
+from model.writes import write_text
 
 INTERP_STEPS = 8  # interpolation frames, the two endpoints included
 STATS_IMAGES = 256  # validation images encoded to moment-match the aggregate posterior
@@ -225,7 +226,7 @@ def main(argv: list[str]) -> int:
     x, x_hat = images[:k], decode(vae, mean[:k], bs, device)
     save_grid(interleave_pairs(x, x_hat), out / "reconstructions.png", nrow=2 * grid_columns(k))
     metrics = reconstruction_metrics(x, x_hat)
-    (out / "reconstructions.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "reconstructions.json", json.dumps(metrics, indent=2) + "\n")
     note = f" (the validation split has only {k})" if k < n else ""
     print(f"reconstructions of {k} validation images{note}: MSE {metrics['mse']:.5f}, PSNR {metrics['psnr']:.2f} dB")
 
@@ -239,7 +240,7 @@ def main(argv: list[str]) -> int:
     save_grid(decode(vae, z_matched, bs, device), out / "random_latents_matched.png", nrow=grid_columns(n))
     stats = {"num_images": len(images), "latent_shape": list(mean.shape[1:]),
              "channel_mean": m.tolist(), "channel_std": s.tolist()}
-    (out / "latent_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_text(out / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
     print(f"aggregate posterior over {len(images)} validation images, per channel: mean "
           f"[{', '.join(f'{v:.3f}' for v in m.tolist())}], std [{', '.join(f'{v:.3f}' for v in s.tolist())}]")
 
