@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.common import Report
 from model.errors import ArgParser, UserError, cli_entry
-from model.scripts.common import add_pixel_arguments
+from model.scripts.common import add_pixel_arguments, add_spacing_argument
 
 STEPS = (5, 10, 25, 50, 100)
 # (sampler, steps); "ddpm:all" runs every one of the T steps
@@ -39,6 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-cache", "--stats_cache", default="runs/fid_stats")
     p.add_argument("--plot", default="benchmarks/results/quality_per_step.png", help="where the plot goes")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_spacing_argument(p)
     add_pixel_arguments(p)
     return p
 
@@ -66,13 +67,14 @@ def draw_setting(pipe, fid, clf, sampler: str, steps, args, device: str) -> tupl
     labels = balanced_labels(args.num_samples, pipe.num_classes)
     start = time.perf_counter()
     x = generate(pipe, args.num_samples, labels, args.cfg_scale, sampler=sampler, steps=steps, seed=args.seed,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, spacing=args.spacing)
     seconds = time.perf_counter() - start
     fid.reset()
     fidlib.update(fid, x.split(args.batch_size), real=False, extractor="classifier")
     n = sampler_steps(sampler, steps, pipe.diff.sample_steps, pipe.diff.T)
     accuracy = float((predict(clf, x, device) == labels).float().mean())
-    return {"sampler": describe_sampler(sampler, n), "network evaluations": n * (2 if args.cfg_scale else 1),
+    return {"sampler": describe_sampler(sampler, n, spacing="uniform" if steps is None else args.spacing),
+            "network evaluations": n * (2 if args.cfg_scale else 1),
             "class accuracy": accuracy, "FID (domain)": float(fid.compute()), "seconds": seconds}, x
 
 
@@ -132,6 +134,7 @@ def main(argv: list[str]) -> int:
     if pipe.num_classes == 0:
         raise UserError("quality per step needs a class-conditional model (class accuracy); train one first")
     check_classifier_fits(clf, pipe, conditional=True)
+    args.spacing = args.spacing or pipe.diff.sample_spacing
     dm = held_out(pipe.cfg.data)
     protocol = pixel_protocol(args, dm)
     check_sizes(min(args.real_pool, len(dm.all_items())), args.num_samples)

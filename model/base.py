@@ -556,8 +556,16 @@ def predict_x0_eps(denoiser: Network, x_t: Tensor, t: TimeLike, c: Optional[Tens
 # ----------------------------------------------------------------------------------------------------------------
 # Timesteps and loops
 # ----------------------------------------------------------------------------------------------------------------
-def _spaced(T: int, steps: Optional[int], t_start: Optional[int]) -> list[int]:
-    """steps + 1 descending ints from t_start to 0, evenly spaced (rounded half up, exact integer arithmetic)."""
+SPACINGS = ("uniform", "noise-dense")  # how a sampler's times are spread between t_start and 0
+
+
+def _spaced(T: int, steps: Optional[int], t_start: Optional[int], spacing: str = "uniform") -> list[int]:
+    """steps + 1 descending ints from t_start to 0.
+
+    "uniform": evenly spaced, t_i = round(t_start (n - i) / n) (rounded half up, exact integer arithmetic).
+    "noise-dense": t_i = round(t_start (1 - (i / n)^2)), short steps where sampling starts (high noise, where the
+    global shape is decided) and long ones near t = 0; kept strictly decreasing with room for the steps left.
+    """
     _check_T(T)
     t_start = T if t_start is None else t_start
     if isinstance(t_start, bool) or not isinstance(t_start, int) or not 1 <= t_start <= T:
@@ -566,39 +574,49 @@ def _spaced(T: int, steps: Optional[int], t_start: Optional[int]) -> list[int]:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_start:
         raise UserError(f"sampling steps must be an integer in [1, {t_start}] (at most t_start, i.e. T={T} from "
                         f"pure noise), got {steps!r}")
-    # t_i = round(t_start (steps - i) / steps); the spacing t_start/steps >= 1 makes the rounded values distinct.
-    return [(2 * t_start * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if spacing == "uniform":
+        # t_i = round(t_start (steps - i) / steps); the spacing t_start/steps >= 1 makes the rounded values distinct.
+        return [(2 * t_start * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
+    times = [t_start]
+    for i in range(1, steps + 1):
+        target = math.floor(t_start * (1.0 - (i / steps) ** 2) + 0.5)
+        times.append(max(min(target, times[-1] - 1), steps - i))
+    return times
 
 
-def timesteps_ddpm(T: int, steps: Optional[int] = None, t_start: Optional[int] = None) -> list[int]:
-    """Descending times [t_start, ..., 0] for DDPM: every step by default, else `steps` evenly spaced jumps."""
-    return _spaced(T, steps, t_start)
+def timesteps_ddpm(T: int, steps: Optional[int] = None, t_start: Optional[int] = None,
+                   spacing: str = "uniform") -> list[int]:
+    """Descending times [t_start, ..., 0] for DDPM: every step by default, else `steps` jumps (`_spaced`)."""
+    return _spaced(T, steps, t_start, spacing)
 
 
-def timesteps_ddim(T: int, steps: int, t_start: Optional[int] = None) -> list[int]:
-    """Descending times [t_start, ..., 0] for DDIM: `steps` evenly spaced jumps (rounded, unique)."""
+def timesteps_ddim(T: int, steps: int, t_start: Optional[int] = None, spacing: str = "uniform") -> list[int]:
+    """Descending times [t_start, ..., 0] for DDIM: `steps` jumps (`_spaced`: rounded, unique)."""
     if steps is None:
         raise UserError("DDIM needs a number of steps, e.g. 50")
-    return _spaced(T, steps, t_start)
+    return _spaced(T, steps, t_start, spacing)
 
 
-def timesteps_dpm_solver(T: int, steps: int, t_start: Optional[int] = None) -> list[int]:
-    """Descending times [t_start, ..., 0] for DPM-Solver++: `steps` evenly spaced jumps, the same times as DDIM."""
+def timesteps_dpm_solver(T: int, steps: int, t_start: Optional[int] = None, spacing: str = "uniform") -> list[int]:
+    """Descending times [t_start, ..., 0] for DPM-Solver++: `steps` jumps, the same times as DDIM."""
     if steps is None:
         raise UserError("DPM-Solver++ needs a number of steps, e.g. 20")
-    return _spaced(T, steps, t_start)
+    return _spaced(T, steps, t_start, spacing)
 
 
 def sample_ddpm(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: Optional[int] = None,
                 t_start: Optional[int] = None, variance: Literal["beta_tilde", "beta"] = "beta_tilde",
-                generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None) -> Tensor:
+                generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
+                spacing: str = "uniform") -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), strided over `timesteps_ddpm` with the implied betas.
 
     denoise(x_t, t) -> (x0, eps) (`model.denoising.Denoiser.bind`). x_T is pure noise when starting at T, or a given
     x_t at t_start (reimagining). callback(i, t, x_t, x0) runs after step i with the new state x_t at time t and the
-    x0 predicted on the way there.
+    x0 predicted on the way there. `spacing` spreads the times (`_spaced`).
     """
-    times = timesteps_ddpm(schedule.T, steps, t_start)
+    times = timesteps_ddpm(schedule.T, steps, t_start, spacing)
     x = x_T
     with torch.no_grad():
         for i, (t, t_prev) in enumerate(zip(times[:-1], times[1:])):
@@ -611,13 +629,13 @@ def sample_ddpm(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: O
 
 def sample_ddim(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int = 50,
                 t_start: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
-                callback: Optional[Callback] = None) -> Tensor:
+                callback: Optional[Callback] = None, spacing: str = "uniform") -> Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) over `timesteps_ddim`; eta = 0 is deterministic.
 
-    denoise, x_T, t_start and callback as in `sample_ddpm`.
+    denoise, x_T, t_start, callback and spacing as in `sample_ddpm`.
     """
     _check_eta(eta)
-    times = timesteps_ddim(schedule.T, steps, t_start)
+    times = timesteps_ddim(schedule.T, steps, t_start, spacing)
     x = x_T
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
@@ -629,7 +647,8 @@ def sample_ddim(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: i
 
 
 def sample_dpmpp_2m(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int = 20,
-                    t_start: Optional[int] = None, callback: Optional[Callback] = None) -> Tensor:
+                    t_start: Optional[int] = None, callback: Optional[Callback] = None,
+                    spacing: str = "uniform") -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): x_next = (sigma_next / sigma_t) x_t - alpha_next (e^-h - 1) D.
 
     Deterministic multistep solver of the probability-flow ODE in lambda with the data prediction, one network call
@@ -637,9 +656,9 @@ def sample_dpmpp_2m(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, step
     (= DDIM, eta 0) and on the last step to t = 0, where sigma = 0 and lambda = +inf make r = h_prev / h = 0, so that
     step is first order and returns x_0 = x0 (as diffusers' lower_order_final with final_sigmas_type="zero", and
     k-diffusion); in between D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with the previous step's prediction.
-    denoise, x_T, t_start and callback as in `sample_ddpm`.
+    denoise, x_T, t_start, callback and spacing as in `sample_ddpm`.
     """
-    times = timesteps_dpm_solver(schedule.T, steps, t_start)
+    times = timesteps_dpm_solver(schedule.T, steps, t_start, spacing)
     x, x0_prev, t_prev = x_T, None, None
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
@@ -662,11 +681,11 @@ def check_sampler(name: str) -> None:
 
 def sample(sampler: str, denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: Optional[int] = None,
            t_start: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
-           callback: Optional[Callback] = None) -> Tensor:
+           callback: Optional[Callback] = None, spacing: str = "uniform") -> Tensor:
     """Run the sampler registered under `sampler` in SAMPLERS. DDPM runs every step when steps is None; eta is
     DDIM's (the others are deterministic or ancestral by construction); the generator draws DDPM's and DDIM's noise."""
     check_sampler(sampler)
-    common = dict(t_start=t_start, callback=callback)
+    common = dict(t_start=t_start, callback=callback, spacing=spacing)
     if sampler == "ddpm":
         return sample_ddpm(denoise, x_T, schedule, steps=steps, generator=generator, **common)
     if steps is None:

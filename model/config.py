@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from data.config import DataConfig
 from model.autoencoder.config import LossConfig, VAEConfig
 from model.denoiser.config import ToyMLPConfig, UNetConfig
-from model.base import SAMPLERS
+from model.base import SAMPLERS, SPACINGS
 from model.errors import UserError
 
 
@@ -101,6 +101,7 @@ class DiffusionConfig:
     # the sampler of the sample grids written during training and the default of `sample -cfg`
     sampler: str = "ddim"  # a name of model.base.SAMPLERS: ddpm, ddim or dpmpp_2m
     sample_steps: int = 50  # DDIM / DPM-Solver++ steps for those grids
+    sample_spacing: str = "uniform"  # the default spread of sampling times: uniform or noise-dense (model.base)
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
     cache_latents: bool = False  # encode the training set once instead of every epoch (no flips then)
     latent_stats_batches: int = 20  # batches used to estimate the latent shift and scale
@@ -117,6 +118,8 @@ class DiffusionConfig:
                f"denoiser.diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
         _check(self.sampler in SAMPLERS,
                f"denoiser.diffusion.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        _check(self.sample_spacing in SPACINGS,
+               f"denoiser.diffusion.sample_spacing must be one of {', '.join(SPACINGS)}, got {self.sample_spacing!r}")
         _check(0 < self.sample_steps <= self.T,
                f"denoiser.diffusion.sample_steps must be in [1, T={self.T}], got {self.sample_steps}")
         bad = [t for t in self.val_timesteps if not 1 <= t <= self.T]

@@ -104,12 +104,13 @@ class Denoiser(nn.Module):
     def sample(self, x_T: Tensor, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
                steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0,
                clip_limit: Optional[float] = None, generator: Optional[torch.Generator] = None,
-               t_start: Optional[int] = None, callback: Optional[base.Callback] = None) -> Tensor:
+               t_start: Optional[int] = None, callback: Optional[base.Callback] = None,
+               spacing: str = "uniform") -> Tensor:
         """Run `sampler` (a name in base.SAMPLERS) from x_T (pure noise at T, or x_t at t_start); returns the
         normalised x0 (decode latents with the autoencoder after `denormalise`)."""
         c = labels.to(x_T.device) if labels is not None and self.num_classes else None
         return base.sample(sampler, self.bind(c, guidance, clip_limit), x_T, self.schedule, steps=steps,
-                           t_start=t_start, eta=eta, generator=generator, callback=callback)
+                           t_start=t_start, eta=eta, generator=generator, callback=callback, spacing=spacing)
 
 
 @torch.no_grad()

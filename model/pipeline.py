@@ -143,11 +143,12 @@ class LatentDiffusionPipeline:
     def sample(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim", steps: Optional[int] = None,
                eta: float = 0.0, clip_limit: Optional[float] = None, cfg_scale: float = 0.0,
                generator: Optional[torch.Generator] = None, x_T: Optional[Tensor] = None,
-               t_start: Optional[int] = None, callback: Optional[base.Callback] = None) -> Tensor:
+               t_start: Optional[int] = None, callback: Optional[base.Callback] = None,
+               spacing: Optional[str] = None) -> Tensor:
         """n samples in the denoiser's space (normalised latents, pixels or points); `decode` them to images.
 
         labels None: the null class. DDPM runs every step unless `steps` is given; DDIM and DPM-Solver++ default to
-        the config's sample_steps. The generator draws x_T (on the CPU, so a seed gives the same samples on any
+        the config's sample_steps, and every sampler to its sample_spacing. The generator draws x_T (on the CPU, so a seed gives the same samples on any
         device) and DDPM's and DDIM's noise.
         """
         if x_T is None:
@@ -156,13 +157,13 @@ class LatentDiffusionPipeline:
             steps = self.diff.sample_steps
         return self.denoiser.sample(x_T.to(self.device), labels, sampler=sampler, steps=steps, eta=eta,
                                     guidance=cfg_scale, clip_limit=clip_limit, generator=generator, t_start=t_start,
-                                    callback=callback)
+                                    callback=callback, spacing=spacing or self.diff.sample_spacing)
 
     @torch.no_grad()
     def generate(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
                  steps: Optional[int] = None, eta: float = 0.0, clip_limit: Optional[float] = None,
                  cfg_scale: float = 0.0, seed: int = 0, batch_size: int = 256,
-                 callback: Optional[base.Callback] = None) -> tuple[Tensor, Tensor]:
+                 callback: Optional[base.Callback] = None, spacing: Optional[str] = None) -> tuple[Tensor, Tensor]:
         """(images in [-1, 1] or the toy's points, samples in the denoiser's space), both on the CPU: n samples drawn
         `batch_size` at a time from one generator seeded with `seed`, so memory stays bounded for any n and a seed
         gives the same samples on a CPU. `callback` follows the first batch."""
@@ -178,14 +179,14 @@ class LatentDiffusionPipeline:
             chunk = labels[start: start + batch_size] if labels is not None else None
             z = self.sample(min(batch_size, n - start), chunk, sampler=sampler, steps=steps, eta=eta,
                             clip_limit=clip_limit, cfg_scale=cfg_scale, generator=gen,
-                            callback=callback if start == 0 else None)
+                            callback=callback if start == 0 else None, spacing=spacing)
             latents.append(z.cpu())
             images.append(self.decode(z).cpu())
         return torch.cat(images), torch.cat(latents)
 
     def __call__(self, n: int, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *, cfg_scale: float = 0.0,
                  sampler: str = "dpmpp_2m", steps: Optional[int] = 20, seed: int = 0, eta: float = 0.0,
-                 clip_limit: Optional[float] = None, batch_size: int = 256,
+                 clip_limit: Optional[float] = None, batch_size: int = 256, spacing: Optional[str] = None,
                  return_latents: bool = False) -> Union[np.ndarray, tuple[np.ndarray, Tensor]]:
         """n images as uint8 (n, H, W, C) (the 2-D toy: float points (n, 2)); with return_latents, also the samples
         in the denoiser's space. See `generate`."""
@@ -193,6 +194,6 @@ class LatentDiffusionPipeline:
 
         labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         x, z = self.generate(n, labels, sampler=sampler, steps=steps, eta=eta, clip_limit=clip_limit,
-                             cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+                             cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, spacing=spacing)
         out = x.numpy() if self.cfg.denoiser.network == "toy_mlp" else to_uint8(x)
         return (out, z) if return_latents else out

@@ -1,4 +1,4 @@
-"""The inventory of bad inputs (issue 7): every command answers each with one line, exit code 2, no traceback.
+"""The inventory of bad inputs: every command answers each with one line, exit code 2, no traceback.
 
 Each case runs a real entry point (`main(argv)` of model.main or a script) and checks the answer's form and that
 it names the problem. The checkpoints and data the cases need are made here, small.

@@ -498,6 +498,22 @@ def test_timesteps():
         assert max(gaps) - min(gaps) <= 1  # evenly spaced up to rounding
 
 
+def test_noise_dense_spacing_is_its_closed_form_and_a_valid_grid():
+    # t_i = round(t_start (1 - (i / n)^2)), half up: short steps at high noise, long ones near t = 0
+    assert base.timesteps_ddim(1000, 10, spacing="noise-dense") == [1000, 990, 960, 910, 840, 750, 640, 510, 360,
+                                                                    190, 0]
+    assert base.timesteps_ddpm(1000, 4, spacing="noise-dense") == [1000, 938, 750, 438, 0]
+    for T, steps, t_start in [(1000, 25, None), (1000, 999, None), (1000, 1000, None), (200, 150, 180), (5, 5, 5)]:
+        ts = base.timesteps_dpm_solver(T, steps, t_start, spacing="noise-dense")
+        assert ts[0] == (t_start or T) and ts[-1] == 0 and len(ts) == steps + 1
+        assert all(a > b for a, b in zip(ts, ts[1:]))  # strictly decreasing even where rounding would collide
+    gaps = [a - b for a, b in zip(base.timesteps_ddim(1000, 50, spacing="noise-dense"),
+                                  base.timesteps_ddim(1000, 50, spacing="noise-dense")[1:])]
+    assert gaps == sorted(gaps) and (gaps[0], gaps[-1]) == (1, 40)  # growing steps towards t = 0, 20 on average
+    with pytest.raises(UserError, match="spacing"):
+        base.timesteps_ddim(100, 10, spacing="karras")
+
+
 def test_sampling_reproducible_and_seed_dependent():
     s = base.make_schedule("cosine", 50)
     net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3)).double()
@@ -538,6 +554,9 @@ def test_loops_callback_t_start_no_grad():
     assert [i for i, *_ in calls] == list(range(10))
     assert [t for _, t, *_ in calls] == base.timesteps_ddim(100, 10, 60)[1:]
     assert seen_t == base.timesteps_ddim(100, 10, 60)[:-1] and seen_t[0] == 60
+    seen_t.clear()
+    base.sample_dpmpp_2m(denoise_fn(den, s), x_T, s, steps=5, spacing="noise-dense")
+    assert seen_t == base.timesteps_dpm_solver(100, 5, spacing="noise-dense")[:-1] == [100, 96, 84, 64, 36]
     assert torch.equal(calls[-1][2], out) and torch.equal(out, calls[-1][3])  # the last step returns x0
     # gradients are off inside the loop, but the result is a normal tensor (no inference mode)
     assert not out.requires_grad and not out.is_inference() and out.dtype == torch.float32

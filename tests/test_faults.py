@@ -1,4 +1,4 @@
-"""Faults (issue 7): NaN/Inf steps, checkpoints killed mid-write, Ctrl-C/SIGTERM/SIGKILL, and reproducibility."""
+"""Faults: NaN/Inf steps, checkpoints killed mid-write, Ctrl-C/SIGTERM/SIGKILL, and reproducibility."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,4 @@
-"""Scaling out without SLURM (issue 6): resumable data order, exact resume, 2-process DDP on CPU, auto-resume, knobs.
+"""Scaling out without SLURM: resumable data order, exact resume, 2-process DDP on CPU, auto-resume, knobs.
 
 The SLURM side (sbatch, requeue, SIGUSR1) is in test_slurm.py.
 """

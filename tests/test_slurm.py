@@ -1,4 +1,4 @@
-"""`sbatch train.sbatch` on a real SLURM cluster (issue 6): 2 tasks (DDP over gloo on CPU), preempted mid-run by
+"""`sbatch train.sbatch` on a real SLURM cluster: 2 tasks (DDP over gloo on CPU), preempted mid-run by
 `scontrol requeue` (SIGTERM) or warned by SLURM's time-limit signal (SIGUSR1); the job comes back, resumes from its
 last.ckpt and ends with the same step count and the same weights as an uninterrupted 2-process run.
 

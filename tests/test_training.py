@@ -11,7 +11,6 @@ import torch
 
 from data import DataConfig, make_datamodule
 from data.toy2d import chamfer_distance
-from model import base
 from model.autoencoder import ReconstructionLoss, beta_at
 from model.checkpoint import read_checkpoint
 from model.cli_config import from_dict
@@ -184,10 +183,13 @@ def test_sampling_unconditional_labels_and_ddpm_strided(run, tmp_path):
     data = np.load(out / "samples.npz")
     assert data["labels"].tolist() == [-1, -1, -1]
     assert (out / "sample_0002.png").exists()
-    # without -cfg the sampler is DDPM; --steps 4 strides it over t = 1000, 750, 500, 250 (and 0)
-    assert json.loads((out / "reverse_process_t.json").read_text()) == base.timesteps_ddpm(1000, 4) == [1000, 750,
-                                                                                                      500, 250, 0]
+    # without -cfg the sampler is DDPM; --steps 4 strides it over the checkpoint's noise-dense times (and 0)
     pipe = LatentDiffusionPipeline.from_pretrained(ckpt)
+    assert pipe.diff.sample_spacing == "noise-dense"
+    assert json.loads((out / "reverse_process_t.json").read_text()) == [1000, 938, 750, 438, 0]
+    assert sample.main(["--load", ckpt, "--steps", "4", "--num_samples", "3", "--spacing", "uniform", "--output",
+                        str(tmp_path / "uniform")]) == 0
+    assert json.loads((tmp_path / "uniform" / "reverse_process_t.json").read_text()) == [1000, 750, 500, 250, 0]
     strided = pipe(3, sampler="ddpm", steps=4, seed=0)
     assert np.array_equal(strided, data["images"])  # the strided chain with the implied betas, as the pipeline runs it
     assert not np.array_equal(pipe(3, sampler="ddpm", steps=5, seed=0), data["images"])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.base import SAMPLER_NAMES, SAMPLERS
+from model.base import SAMPLER_NAMES, SAMPLERS, SPACINGS
 from model.errors import UserError
 from model.writes import check_writable
 
@@ -87,12 +87,18 @@ def evenly_spaced(items: list, count: int) -> list:
 
 
 def add_sampler_arguments(p) -> None:
-    """--sampler, its shorthand --ddim, and --steps, as `sample` and `evaluate` take them."""
+    """--sampler, its shorthand --ddim, --steps and --spacing, as `sample` and `evaluate` take them."""
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="ddpm (ancestral), ddim (Song et al.) or dpmpp_2m (DPM-Solver++(2M), Lu et al.)")
     p.add_argument("--ddim", action="store_true", help="shorthand for --sampler ddim")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps (ddpm default: all T; ddim and dpmpp_2m: the config's sample_steps)")
+    add_spacing_argument(p)
+
+
+def add_spacing_argument(p) -> None:
+    p.add_argument("--spacing", choices=list(SPACINGS), default=None,
+                   help="how sampling times are spread from T to 0 (default: the checkpoint's sample_spacing)")
 
 
 def chosen_sampler(args, default: str) -> str:
@@ -109,9 +115,9 @@ def sampler_steps(sampler: str, steps: Optional[int], sample_steps: int, T: int)
     return T if sampler == "ddpm" else sample_steps
 
 
-def describe_sampler(sampler: str, steps: int, eta: float = 0.0) -> str:
-    """e.g. "DDIM 25 steps (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps"."""
-    text = f"{SAMPLER_NAMES[sampler]} {steps} steps"
+def describe_sampler(sampler: str, steps: int, eta: float = 0.0, spacing: str = "uniform") -> str:
+    """e.g. "DDIM 25 steps (eta 0)", "DPM-Solver++(2M) 10 steps, noise-dense", "DDPM 1000 steps"."""
+    text = f"{SAMPLER_NAMES[sampler]} {steps} steps" + ("" if spacing == "uniform" else f", {spacing}")
     return text + (f" (eta {eta:g})" if sampler == "ddim" else "")
 
 

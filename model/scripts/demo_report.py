@@ -26,7 +26,7 @@ from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
 from model.evaluation import check_classifier_fits, generate, per_class_accuracy, pixel_budget, predict
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
-from model.scripts.common import add_pixel_arguments
+from model.scripts.common import add_pixel_arguments, add_spacing_argument
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
 
@@ -41,6 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="guidance scales w to compare: (1+w)·cond − w·uncond")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
+    add_spacing_argument(p)
     add_pixel_arguments(p)
     p.add_argument("--output", default=None, help="output folder (default: report/ beside the checkpoints folder)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
@@ -115,7 +116,8 @@ def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: li
     return {
         "denoiser": str(args.load), "classifier": str(args.classifier),
         "classifier_val_accuracy": meta.get("val_accuracy"),
-        "sampler": "ddim", "steps": args.steps, "per_class": args.per_class, "seed": args.seed,
+        "sampler": "ddim", "steps": args.steps, "spacing": args.spacing, "per_class": args.per_class,
+        "seed": args.seed,
         "class_names": list(dm.class_names), "train_items": len(dm.train_set), "held_out_items": len(d_held),
         "held_out_median_nn_distance": held,
         "scales": scales, "pixel_budget": budget,
@@ -151,7 +153,8 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
         "# Sample report", "",
         f"Denoiser `{report['denoiser']}`, classifier `{report['classifier']}` (held-out accuracy on real images "
         f"{fmt(report['classifier_val_accuracy'])}).",
-        f"DDIM, {report['steps']} steps, {report['per_class']} samples per class, seed {report['seed']} "
+        f"DDIM, {report['steps']} steps ({report['spacing']} spacing), {report['per_class']} samples per class, "
+        f"seed {report['seed']} "
         f"(the same starting noise for every w).", "",
         "## Class accuracy of the samples", "",
         "The share of samples asked to be a class that the classifier assigns to it (overall and per class).", "",
@@ -186,6 +189,7 @@ def main(argv: list[str]) -> int:
     clf = clf.to(device)
     check_fit(pipe, clf)
     check_args(args, pipe.diff.T)
+    args.spacing = args.spacing or pipe.diff.sample_spacing
     dm = make_datamodule(pipe.cfg.data)
     dm.prepare_data()
     dm.setup("fit")
@@ -198,7 +202,7 @@ def main(argv: list[str]) -> int:
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
         x = generate(pipe, len(labels), labels, w, sampler="ddim", steps=args.steps, seed=args.seed,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, spacing=args.spacing)
         samples.append(x)
         preds.append(predict(clf, x, device))
         keep = torch.arange(len(labels)) % args.per_class < GRID_PER_CLASS  # the first few of every class

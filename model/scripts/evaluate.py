@@ -115,7 +115,7 @@ def scale_result(args, pipe, fid, extractor: str, clf, w: float, out: Path, devi
 
     labels = balanced_labels(args.num_samples, pipe.num_classes)
     x = generate(pipe, args.num_samples, labels, w, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, spacing=args.spacing)
     save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=pipe.num_classes or 10)
     save_npz(out / f"samples_w{w:g}.npz", images=to_uint8(x),
                         labels=(labels if labels is not None else torch.full((len(x),), -1)).numpy())
@@ -175,11 +175,12 @@ def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
     results, panels = [], []
     for sampler, steps in toy_samplers(args, pipe):
         points = generate(pipe, args.num_samples, None, 0.0, sampler=sampler, steps=steps, seed=args.seed,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, spacing=args.spacing)
         cd = chamfer_distance(points, data[: args.num_samples])
         save_npz(out / f"samples_{sampler}.npz", points=points.numpy())
         results.append({"sampler": sampler, "steps": steps, "chamfer_distance": cd})
-        panels.append((f"{describe_sampler(sampler, steps)}: Chamfer distance {cd:.4f}", points.numpy()))
+        panels.append((f"{describe_sampler(sampler, steps, spacing=args.spacing)}: Chamfer distance {cd:.4f}",
+                       points.numpy()))
     scatter_panels(panels, data.numpy(), out / "chamfer.png")
     return {"chamfer": results, **loss_table(args, pipe, dm, out)}
 
@@ -202,9 +203,9 @@ def loss_table(args, pipe, dm, out: Path) -> dict[str, Any]:
 
 def sampler_text(args, pipe) -> str:
     if pipe.cfg.denoiser.network == "toy_mlp":  # the toy compares two samplers
-        return " and ".join(describe_sampler(s, n) for s, n in toy_samplers(args, pipe))
-    return describe_sampler(args.sampler, sampler_steps(args.sampler, args.steps, pipe.diff.sample_steps,
-                                                        pipe.diff.T))
+        return " and ".join(describe_sampler(s, n, spacing=args.spacing) for s, n in toy_samplers(args, pipe))
+    steps = sampler_steps(args.sampler, args.steps, pipe.diff.sample_steps, pipe.diff.T)
+    return describe_sampler(args.sampler, steps, spacing=args.spacing)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -278,6 +279,7 @@ def main(argv: list[str]) -> int:
     pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
     check_args(args, pipe)
     args.sampler = chosen_sampler(args, "ddpm")
+    args.spacing = args.spacing or pipe.diff.sample_spacing
     clf, extractor, fid = load_judges(args, pipe, device)
     dm = held_out(pipe.cfg.data)  # refuses an empty validation split before the output folder exists
     protocol = None

@@ -323,7 +323,7 @@ def denoise(pipe, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, label
 
     z0_hat = pipe.sample(1, labels, sampler="ddim" if sampler.ddim else "ddpm", steps=steps, eta=0.0,
                            clip_limit=pipe.diff.clip_limit, cfg_scale=cfg_scale, generator=generator_at(ddpm_state),
-                           x_T=z_t, t_start=t_start, callback=keep_state)
+                           x_T=z_t, t_start=t_start, callback=keep_state, spacing="uniform")
     return z0_hat, frames
 
 

@@ -143,6 +143,7 @@ def main(argv: list[str]) -> int:
     sampler = chosen_sampler(args, defaults.sampler if args.config is not None else "ddpm")
     steps = sampler_steps(sampler, args.steps, defaults.sample_steps, T)
     clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
+    spacing = args.spacing or defaults.sample_spacing
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     out = output_folder(args.output, args.load, "samples")
 
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
 
     images, z = pipe.generate(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
                               cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                              callback=keep_first)
+                              callback=keep_first, spacing=spacing)
     frames.append((0, z[:1]))
     if pipe.cfg.denoiser.network == "toy_mlp":
         write_points(out, pipe, z)
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> int:
         nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(n))))
         write_images(out, images, labels, nrow=nrow)
         write_reverse_process(out, pipe, frames)
-    print(f"wrote {n} samples ({describe_sampler(sampler, steps, args.eta)}, w = {args.cfg_scale}, "
+    print(f"wrote {n} samples ({describe_sampler(sampler, steps, args.eta, spacing)}, w = {args.cfg_scale}, "
           f"seed {args.seed}) to {out}")
     return 0
 

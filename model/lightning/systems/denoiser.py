@@ -156,5 +156,5 @@ class DenoiserSystem(System):
         x_T = torch.randn(sample_shape(self.cfg, n), generator=gen).to(self.device)
         steps = None if self.diff.sampler == "ddpm" else self.diff.sample_steps  # DDPM: every step
         z = self.denoiser().sample(x_T, labels, sampler=self.diff.sampler, steps=steps, clip_limit=self.diff.clip_limit,
-                                   generator=gen)
+                                   generator=gen, spacing=self.diff.sample_spacing)
         return [x, self.decode(z)]
