@@ -131,6 +131,11 @@ class BaseDataModule(pl.LightningDataModule):
         self.train_set = Subset(self._dataset(train=True), train_idx)
         self.val_set = Subset(self._dataset(train=False), val_idx)
 
+    def split_items(self, split: str) -> Dataset:
+        """The items of one split ("train" or "val") without augmentation, in the split's order."""
+        self._ensure_setup()
+        return Subset(self._dataset(train=False), (self.train_set if split == "train" else self.val_set).indices)
+
     def all_items(self) -> Dataset:
         """Every item of the split, training and validation, without augmentation (data.max_items applies): the
         real images the quality metrics use."""

@@ -6,16 +6,23 @@ from typing import Literal, Optional
 
 from model.errors import UserError
 
-DATA_NAMES = ("digits", "folder", "mnist", "cifar10", "hf", "toy2d")
+DATA_NAMES = ("digits", "folder", "mnist", "cifar10", "hf", "toy2d", "latents")
 TOY_SHAPES = ("swiss_roll", "moons", "gaussians8", "circles", "checkerboard")
+
+
+# Values that size memory are checked before anything is allocated: a typo such as an extra digit then fails in one
+# line instead of in an allocation of many gigabytes.
+MAX_IMAGE_SIZE = 4096  # pixels per side
+MAX_BATCH_SIZE = 65_536  # items per batch and process
 
 
 @dataclass
 class DataConfig:
     # digits ships with scikit-learn: trains offline with no files to fetch.
-    name: Literal["digits", "folder", "mnist", "cifar10", "hf", "toy2d"] = "digits"
+    name: Literal["digits", "folder", "mnist", "cifar10", "hf", "toy2d", "latents"] = "digits"
     # folder: the image folder; mnist/cifar10: torchvision root (None = ~/.cache/ldm-data);
-    # hf: a saved data set directory or a hub name. Unused for digits and toy2d.
+    # hf: a saved data set directory or a hub name; latents: the folder model.scripts.encode_latents wrote.
+    # Unused for digits and toy2d.
     root: Optional[str] = None
     # 32 px keeps a pixel-space UNet small on CPU; raise it for real photos.
     image_size: int = 32
@@ -53,15 +60,18 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATA_NAMES:
             raise UserError(f"data.name must be one of {', '.join(DATA_NAMES)}, got {self.name!r}; set data.name")
-        if self.name in ("folder", "hf") and not self.root:
-            what = "an image folder" if self.name == "folder" else "a saved data set directory or a hub name"
+        if self.name in ("folder", "hf", "latents") and not self.root:
+            what = {"folder": "an image folder", "hf": "a saved data set directory or a hub name",
+                    "latents": "a folder written by python -m model.scripts.encode_latents"}[self.name]
             raise UserError(f"data.root is not set but data.name={self.name} needs it; set data.root to {what}")
-        if self.image_size <= 0:
-            raise UserError(f"data.image_size must be > 0, got {self.image_size}; set data.image_size, e.g. 32")
+        if not 0 < self.image_size <= MAX_IMAGE_SIZE:
+            raise UserError(f"data.image_size must be in [1, {MAX_IMAGE_SIZE}], got {self.image_size}; set "
+                            f"data.image_size, e.g. 32")
         if self.channels not in (1, 3):
             raise UserError(f"data.channels must be 1 or 3, got {self.channels}; set data.channels 1 (grey) or 3 (RGB)")
-        if self.batch_size <= 0:
-            raise UserError(f"data.batch_size must be > 0, got {self.batch_size}; set data.batch_size, e.g. 64")
+        if not 0 < self.batch_size <= MAX_BATCH_SIZE:
+            raise UserError(f"data.batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}; set "
+                            f"data.batch_size, e.g. 64")
         if self.num_workers < 0:
             raise UserError(f"data.num_workers must be >= 0, got {self.num_workers}; set data.num_workers to 0 or more")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -7,6 +7,7 @@ from data.config import DataConfig
 from data.digits import DigitsDataModule
 from data.folder import FolderDataModule
 from data.hf import HFDataModule
+from data.latents import LatentsDataModule
 from data.torchvision_sets import CIFAR10DataModule, MNISTDataModule
 from data.toy2d import Toy2DDataModule
 
@@ -17,6 +18,7 @@ DATAMODULES: dict[str, type[pl.LightningDataModule]] = {
     "cifar10": CIFAR10DataModule,
     "hf": HFDataModule,
     "toy2d": Toy2DDataModule,
+    "latents": LatentsDataModule,
 }
 
 

@@ -74,6 +74,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(obj, tmp), sync=True)
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, bit for bit, with their names: which exact weights a file came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def checkpoint_step(path: str | Path) -> int:
     """The optimiser step a checkpoint was saved at (memory-mapped: the weights are not read)."""
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))

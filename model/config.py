@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from data.config import DataConfig
+from data.config import MAX_BATCH_SIZE, DataConfig
 from model.autoencoder.config import LossConfig, VAEConfig
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.base import SAMPLERS, SPACINGS
 from model.errors import UserError
+
+
+MAX_T = 100_000  # diffusion steps: the schedule tables (float64, T + 1 entries) stay small
 
 
 def _check(ok: bool, message: str) -> None:
@@ -70,11 +73,13 @@ class TrainerConfig:
     progress_bar: bool = True
     deterministic: bool = False  # True asks torch for deterministic kernels (slower on GPU)
     channels_last: bool = False  # NHWC weights: faster depthwise convs on CPUs and tensor cores (outputs ~1e-6 apart)
+    compile: bool = False  # torch.compile the networks: faster steps after a compilation of a minute or more
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, f"trainer.max_steps must be > 0, got {self.max_steps}")
-        _check(self.batch_size is None or self.batch_size > 0,
-               f"trainer.batch_size must be > 0 or null (= data.batch_size), got {self.batch_size}")
+        _check(self.batch_size is None or 0 < self.batch_size <= MAX_BATCH_SIZE,
+               f"trainer.batch_size must be in [1, {MAX_BATCH_SIZE}] or null (= data.batch_size), got "
+               f"{self.batch_size}")
         _check(self.accumulate_grad_batches >= 1,
                f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
         _check(self.gradient_clip_val is None or self.gradient_clip_val > 0,
@@ -107,7 +112,8 @@ class DiffusionConfig:
     latent_stats_batches: int = 20  # batches used to estimate the latent shift and scale
 
     def __post_init__(self) -> None:
-        _check(self.T > 0, f"denoiser.diffusion.T must be > 0, got {self.T}")
+        _check(0 < self.T <= MAX_T, f"denoiser.diffusion.T must be in [1, {MAX_T}] (papers use 1000 to 4000), "
+                                    f"got {self.T}")
         _check(0.0 <= self.p_uncond <= 1.0,
                f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")
         _check(0.0 <= self.ema_decay < 1.0,

@@ -160,13 +160,13 @@ class LatentDiffusionPipeline:
                                     callback=callback, spacing=spacing or self.diff.sample_spacing)
 
     @torch.no_grad()
-    def generate(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
-                 steps: Optional[int] = None, eta: float = 0.0, clip_limit: Optional[float] = None,
-                 cfg_scale: float = 0.0, seed: int = 0, batch_size: int = 256,
-                 callback: Optional[base.Callback] = None, spacing: Optional[str] = None) -> tuple[Tensor, Tensor]:
-        """(images in [-1, 1] or the toy's points, samples in the denoiser's space), both on the CPU: n samples drawn
-        `batch_size` at a time from one generator seeded with `seed`, so memory stays bounded for any n and a seed
-        gives the same samples on a CPU. `callback` follows the first batch."""
+    def batches(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
+                steps: Optional[int] = None, eta: float = 0.0, clip_limit: Optional[float] = None,
+                cfg_scale: float = 0.0, seed: int = 0, batch_size: int = 256,
+                callback: Optional[base.Callback] = None, spacing: Optional[str] = None):
+        """Yield (images in [-1, 1] or the toy's points, samples in the denoiser's space), both on the CPU, for n
+        samples drawn `batch_size` at a time from one generator seeded with `seed`: memory stays bounded for any n,
+        and the same seed and batch size give the same samples on a CPU. `callback` follows the first batch."""
         if n <= 0:
             raise UserError(f"the number of samples must be > 0, got {n}")
         if batch_size <= 0:
@@ -174,14 +174,16 @@ class LatentDiffusionPipeline:
         if labels is not None and len(labels) != n:
             raise UserError(f"{len(labels)} class labels for {n} samples; give one label per sample")
         gen = torch.Generator().manual_seed(seed)
-        images, latents = [], []
         for start in range(0, n, batch_size):
             chunk = labels[start: start + batch_size] if labels is not None else None
             z = self.sample(min(batch_size, n - start), chunk, sampler=sampler, steps=steps, eta=eta,
                             clip_limit=clip_limit, cfg_scale=cfg_scale, generator=gen,
                             callback=callback if start == 0 else None, spacing=spacing)
-            latents.append(z.cpu())
-            images.append(self.decode(z).cpu())
+            yield self.decode(z).cpu(), z.cpu()
+
+    def generate(self, n: int, labels: Optional[Tensor] = None, **kwargs) -> tuple[Tensor, Tensor]:
+        """All of `batches` at once: (images or points, samples in the denoiser's space), on the CPU."""
+        images, latents = zip(*self.batches(n, labels, **kwargs))
         return torch.cat(images), torch.cat(latents)
 
     def __call__(self, n: int, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *, cfg_scale: float = 0.0,

@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 
 from model.main import main as train_main
-from model.scripts import demo_report, evaluate, export, plots, reimagine, sample, sample_vae, train_classifier
+from model.scripts import (demo_report, encode_latents, evaluate, export, plots, reimagine, sample, sample_vae,
+                           train_classifier)
 from tiny import DIGITS, ROOT, tiny
 
 TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
             "train_classifier": train_classifier.main, "demo_report": demo_report.main, "evaluate": evaluate.main,
-            "plots": plots.main, "reimagine": reimagine.main, "export": export.main}
+            "plots": plots.main, "reimagine": reimagine.main, "export": export.main,
+            "encode_latents": encode_latents.main}
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +169,17 @@ INVENTORY = [
     ("reimagine", ["--load", "{den}", "--strengths", "1.5"], ["strength", "[0, 1]"]),
     ("reimagine", ["--load", "{den}", "--image", "/nowhere/x.png"], ["does not exist"]),
     ("reimagine", ["--load", "{toy}"], ["2-D toy"]),
+    # ---- sizes that would allocate too much ----
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.T", "2000000000"], ["T must be in [1, 100000]"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "100000"], ["data.image_size must be in"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.trainer.batch_size", "10000000"], ["trainer.batch_size must be"]),
+    ("sample", ["--load", "{den}", "--num_samples", "100000000"], ["GiB in samples.npz", "at most 8388608 per call"]),
+    # ---- latents on disk ----
+    ("encode_latents", ["-cfg", DIGITS, "--load-vae", "{den}", "--output", "{root}/lat"], ["denoiser checkpoint",
+                                                                                            "a vae is needed"]),
+    ("encode_latents", ["-cfg", DIGITS, "--load-vae", "{vae}", "--output", "{root}"], ["not empty"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--data.name", "latents", "--data.root", "{empty_dir}",
+              "--load-vae", "{vae}"], ["meta.json is missing", "encode_latents"]),
     # ---- export ----
     ("export", ["--load", "{vae}", "--output", "{root}/export"], ["vae checkpoint", "denoiser"]),
     ("export", ["--load", "{den}", "--output", "{file}"], ["is a file"]),

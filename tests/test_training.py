@@ -274,3 +274,30 @@ def test_other_loggers_work_offline(tmp_path, monkeypatch, logger, marker):
                  "--vae.trainer.logger", logger])
     assert code == 0
     assert any(marker in str(p) for p in (tmp_path / "digits-1" / "vae").rglob("*")), logger
+
+
+def test_a_resumed_run_continues_the_same_wandb_run_and_grids_reach_the_loggers(tmp_path, monkeypatch):
+    """The W&B run id is kept in the stage folder; the resumed start logs into the same (offline) run. The sample
+    and reconstruction grids go to TensorBoard and W&B as well as to PNGs."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = ["-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir", str(tmp_path), *SMALL,
+            "--vae.trainer.val_every_n_steps", "2", "--vae.trainer.logger", "wandb",
+            "--vae.trainer.images_every_n_steps", "2"]
+    assert main([*args, "--vae.trainer.max_steps", "2"]) == 0
+    stage = tmp_path / "digits-1" / "vae"
+    run_id = (stage / "wandb_run_id.txt").read_text().strip()
+    assert main([*args, "--vae.trainer.max_steps", "4", "--load", str(stage / "checkpoints" / "last.ckpt")]) == 0
+    assert (stage / "wandb_run_id.txt").read_text().strip() == run_id
+    runs = sorted(p.name for p in (stage / "wandb").glob("offline-run-*"))
+    assert runs and all(name.endswith(run_id) for name in runs)  # two starts, one W&B run id
+    assert list((stage / "wandb").rglob("*.png"))  # the grids were logged as images
+    tb = tmp_path / "tb"
+    assert main(["-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir", str(tb), *SMALL,
+                 "--vae.trainer.max_steps", "2", "--vae.trainer.val_every_n_steps", "2",
+                 "--vae.trainer.logger", "tensorboard", "--vae.trainer.images_every_n_steps", "2"]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb / "digits-1" / "vae" / "logs"), size_guidance={"images": 0})
+    events.Reload()
+    assert "images/grid" in events.Tags()["images"]

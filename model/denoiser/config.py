@@ -32,6 +32,7 @@ class UNetConfig:
     mlp_ratio: int = 4  # ConvNeXt inverted-bottleneck expansion (Liu et al. 2022 use 4)
     layer_scale_init: float = 1e-6  # initial layer-scale gamma (Liu et al. 2022): blocks start near identity
     dropout: float = 0.0  # dropout inside each block's MLP; 0 = off, small data sets may want 0.1
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
 
     def __post_init__(self) -> None:
         if isinstance(self.channel_mult, tuple):

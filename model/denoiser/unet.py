@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from model.denoiser.config import UNetConfig
 from model.denoiser.embeddings import ClassEmbedding, TimeEmbedding
@@ -194,6 +195,13 @@ class ConvNeXtUNet(nn.Module):
                 f"for a UNet with {self.cfg.levels} levels; resize the input or use fewer levels"
             )
 
+    def run(self, block: nn.Module, attention: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
+        """attention(block(h, emb)); with gradient checkpointing while training, its activations are recomputed in
+        the backward pass instead of kept (Chen et al. 2016): less memory for about one more forward pass."""
+        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(lambda a, b: attention(block(a, b)), h, emb, use_reentrant=False)
+        return attention(block(h, emb))
+
     def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         """x (B, C, H, W), t (B,) int64, c (B,) int64 or None (= null class) -> (B, C, H, W)."""
         self.check_input(x)
@@ -203,7 +211,7 @@ class ConvNeXtUNet(nn.Module):
         skips: list[Tensor] = []
         for i, level in enumerate(self.encoder):
             for block, attention in zip(level.blocks, level.attentions):
-                h = attention(block(h, emb))  # (B, w_i, H_i, W_i)
+                h = self.run(block, attention, h, emb)  # (B, w_i, H_i, W_i)
                 skips.append(h)
             if i < len(self.downsamples):
                 h = self.downsamples[i](h)  # (B, w_{i+1}, H_i / 2, W_i / 2)
@@ -214,7 +222,7 @@ class ConvNeXtUNet(nn.Module):
             level = self.decoder[i]
             for block, attention in zip(level.blocks, level.attentions):
                 h = torch.cat([h, skips.pop()], dim=1)  # (B, 2 w_i, H_i, W_i)
-                h = attention(block(h, emb))  # (B, w_i, H_i, W_i)
+                h = self.run(block, attention, h, emb)  # (B, w_i, H_i, W_i)
             if i > 0:
                 h = self.upsamples[i - 1](h)  # (B, w_{i-1}, 2 H_i, 2 W_i)
 

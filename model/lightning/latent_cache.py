@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from data.resumable import ResumableLoader, batches_done
 
@@ -29,7 +29,7 @@ class CachedLatents(pl.LightningDataModule):
             return
         self.images.setup(stage)
         # the training split without augmentation, in a fixed order
-        plain = Subset(self.images._dataset(train=False), self.images.train_set.indices)
+        plain = self.images.split_items("train")
         zs, ys = [], []
         for x, y in DataLoader(plain, batch_size=self.images.cfg.batch_size, shuffle=False):
             zs.append(self.encode(x).cpu())

@@ -9,6 +9,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from data import make_datamodule
@@ -36,7 +37,8 @@ def make_logger(tc: TrainerConfig, folder: Path, name: str, resume_step: Optiona
     if tc.logger == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 
-        return WandbLogger(project=tc.wandb_project, name=name, save_dir=str(folder), offline=tc.wandb_offline)
+        return WandbLogger(project=tc.wandb_project, name=name, save_dir=str(folder), offline=tc.wandb_offline,
+                           id=wandb_run_id(folder), resume="allow")
     if resume_step is not None:
         from model.compat import resumed_csv_logger
 
@@ -44,6 +46,25 @@ def make_logger(tc: TrainerConfig, folder: Path, name: str, resume_step: Optiona
     from pytorch_lightning.loggers import CSVLogger
 
     return CSVLogger(str(folder), name="logs", version="")
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(folder: Path) -> str:
+    """The W&B run id of this stage, kept in `<stage>/wandb_run_id.txt`: a resumed or requeued job continues the
+    same W&B run instead of starting a new one. Written once, by the first start (rank zero)."""
+    import secrets
+
+    path = folder / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        from model.writes import write_text
+
+        write_text(path, run_id + "\n")
+    return run_id
 
 
 def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Callback]:
@@ -127,7 +148,9 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
         system, monitor = VAESystem(to_dict(cfg)), "val/recon"
     else:
         system, monitor = make_denoiser(cfg, dm, load, load_vae), "val/loss"
-        if cfg.denoiser.diffusion.cache_latents:
+        if cfg.data.name == "latents":
+            check_latents_fit(dm.meta, cfg, system, load or load_vae)
+        elif cfg.denoiser.diffusion.cache_latents:
             from model.lightning.latent_cache import CachedLatents
 
             dm = CachedLatents(dm, system.encode_mean)
@@ -186,6 +209,21 @@ def requeue_after(stop: GracefulStop, trainer: pl.Trainer) -> Optional[str]:
     if stop.received != signal.SIGUSR1 or job is None:
         return None
     return requeue(job) if trainer.is_global_zero else "rank zero requeues the SLURM job"
+
+
+def check_latents_fit(meta: dict, cfg: Config, system, vae_path: Optional[str]) -> None:
+    """Latents on disk must come from this VAE and from images of this config's size and channels."""
+    from data.latents import check_vae
+    from model.checkpoint import weights_digest
+
+    if system.autoencoder is None:
+        raise UserError("data.name latents needs denoiser.autoencoder 'vae' (the latents are decoded by it)")
+    check_vae(meta, weights_digest(system.autoencoder), str(vae_path))
+    images = meta["data"]
+    if (images["image_size"], images["channels"]) != (cfg.data.image_size, cfg.data.channels):
+        raise UserError(f"the latents were encoded from {images['image_size']} px images with {images['channels']} "
+                        f"channel(s) but data.image_size is {cfg.data.image_size} and data.channels "
+                        f"{cfg.data.channels}; set them to the encoded images' values")
 
 
 def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):

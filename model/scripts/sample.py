@@ -24,6 +24,8 @@ from model.scripts.common import (add_sampler_arguments, chosen_sampler, describ
                                   output_folder, resolve_device, sampler_steps)
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
+GRID_MAX = 1024  # samples shown in grid.png; every sample still gets its own PNG
+MAX_SAMPLE_BYTES = 2**31  # samples.npz of one call: 2 GiB of uint8 images
 GIF_FRAMES = 40  # at most this many frames in the GIF, to keep decoding cheap
 
 
@@ -90,17 +92,34 @@ def check_args(args, T: int) -> None:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
 
 
-def write_images(out: Path, images: torch.Tensor, labels: Optional[torch.Tensor], nrow: int) -> None:
-    """grid.png, sample_<i>[_class<K>].png and samples.npz (images uint8 N×H×W×C, labels, −1 = unconditional)."""
+def check_memory(n: int, shape: tuple[int, ...]) -> None:
+    """samples.npz holds every image as uint8: refuse a count whose array would not fit, before sampling."""
+    per_image = int(np.prod(shape))
+    if n * per_image > MAX_SAMPLE_BYTES:
+        raise UserError(f"{n} samples of {'x'.join(map(str, shape))} need {n * per_image / 2**30:.1f} GiB in "
+                        f"samples.npz; draw at most {MAX_SAMPLE_BYTES // per_image} per call (several calls with "
+                        f"different --seed)")
+
+
+def write_images(out: Path, batches, labels: Optional[torch.Tensor], nrow: int) -> torch.Tensor:
+    """grid.png (the first GRID_MAX samples), sample_<i>[_class<K>].png and samples.npz (images uint8 N×H×W×C,
+    labels, −1 = unconditional), a batch at a time; returns the first sample's latent."""
     from model.images import save_grid, save_png, to_pil, to_uint8
 
-    arr = to_uint8(images)
-    lab = labels.numpy() if labels is not None else np.full(len(arr), -1)
-    save_grid(images, out / "grid.png", nrow=nrow)
-    for i, (img, k) in enumerate(zip(arr, lab)):
-        suffix = f"_class{k}" if k >= 0 else ""
-        save_png(to_pil(img), out / f"sample_{i:04d}{suffix}.png")
-    save_npz(out / "samples.npz", images=arr, labels=lab.astype(np.int64))
+    arrays, shown, first = [], [], None
+    for images, z in batches:
+        start = sum(len(a) for a in arrays)
+        arrays.append(to_uint8(images))
+        shown.append(images[: max(0, GRID_MAX - start)])
+        first = z[:1] if first is None else first
+        lab = labels[start: start + len(images)].tolist() if labels is not None else [-1] * len(images)
+        for i, (img, k) in enumerate(zip(arrays[-1], lab), start=start):
+            save_png(to_pil(img), out / f"sample_{i:04d}{f'_class{k}' if k >= 0 else ''}.png")
+    arr = np.concatenate(arrays)
+    save_grid(torch.cat(shown), out / "grid.png", nrow=nrow)
+    save_npz(out / "samples.npz", images=arr,
+             labels=(labels.numpy() if labels is not None else np.full(len(arr), -1)).astype(np.int64))
+    return first
 
 
 def write_reverse_process(out: Path, pipe, frames: list[tuple[int, torch.Tensor]]) -> None:
@@ -145,6 +164,7 @@ def main(argv: list[str]) -> int:
     clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
     spacing = args.spacing or defaults.sample_spacing
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
+    check_memory(n, (pipe.cfg.data.channels, pipe.cfg.data.image_size, pipe.cfg.data.image_size))
     out = output_folder(args.output, args.load, "samples")
 
     frames: list[tuple[int, torch.Tensor]] = []  # (t at which x0 was predicted, x0 of the first sample)
@@ -154,16 +174,15 @@ def main(argv: list[str]) -> int:
         frames.append((t_now[0], x0[:1].detach()))
         t_now[0] = t_next
 
-    images, z = pipe.generate(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
-                              cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                              callback=keep_first, spacing=spacing)
-    frames.append((0, z[:1]))
+    batches = pipe.batches(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
+                           cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                           callback=keep_first, spacing=spacing)
     if pipe.cfg.denoiser.network == "toy_mlp":
-        write_points(out, pipe, z)
+        write_points(out, pipe, torch.cat([z for _, z in batches]))
     else:
         # labels are class-major, so with --per-class each row of the grid is one class
-        nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(n))))
-        write_images(out, images, labels, nrow=nrow)
+        nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(min(n, GRID_MAX)))))
+        frames.append((0, write_images(out, batches, labels, nrow=nrow)))
         write_reverse_process(out, pipe, frames)
     print(f"wrote {n} samples ({describe_sampler(sampler, steps, args.eta, spacing)}, w = {args.cfg_scale}, "
           f"seed {args.seed}) to {out}")

@@ -1,4 +1,4 @@
-"""Callbacks: periodic image grids (reconstructions or samples) written on rank zero."""
+"""Periodic image grids (reconstructions or samples), written on rank zero as PNGs and to the loggers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from model.images import save_grid
+from model.images import grid_array, save_grid
 
 
 class ImageGrid(pl.Callback):
@@ -35,7 +35,9 @@ class ImageGrid(pl.Callback):
         pl_module.eval()
         rows = pl_module.image_grid_rows(x)
         pl_module.train(was_training)
-        save_grid(torch.cat(rows), self.folder / f"step{trainer.global_step:07d}.png", nrow=x.shape[0])
+        grid = torch.cat(rows)
+        save_grid(grid, self.folder / f"step{trainer.global_step:07d}.png", nrow=x.shape[0])
+        send_to_loggers(trainer, grid_array(grid, nrow=x.shape[0]), trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -46,3 +48,15 @@ class ImageGrid(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.every_n_steps and trainer.global_step != self._last_step:
             self._write(trainer, pl_module)
+
+
+def send_to_loggers(trainer: pl.Trainer, image, step: int) -> None:
+    """The grid (H, W, C uint8) to TensorBoard (`add_image`) and W&B (`log_image`) as well: the CSV logger keeps
+    numbers only, the PNGs stay in images/ either way."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("images/grid", image, step, dataformats="HWC")
+        elif isinstance(logger, WandbLogger):
+            logger.log_image("images/grid", [image], step=step)

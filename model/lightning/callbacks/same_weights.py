@@ -1,13 +1,14 @@
 """DDP helpers: gather a tensor from every rank, and the end-of-run check that every rank holds the same weights."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
+
+from model.checkpoint import weights_digest
 
 
 def gather(trainer: pl.Trainer, t: Tensor, device: torch.device) -> list[Tensor]:
@@ -16,15 +17,6 @@ def gather(trainer: pl.Trainer, t: Tensor, device: torch.device) -> list[Tensor]
         return [t.cpu()]
     # the tensor travels on the module's device (NCCL moves only GPU tensors) and comes back to the CPU
     return [part.clone() for part in trainer.strategy.all_gather(t.to(device)).cpu()]  # own storage each
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer, bit for bit (the network, its EMA, the latent statistics)."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class SameWeightsOnEveryRank(pl.Callback):

@@ -41,6 +41,13 @@ class System(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.stage_trainer.channels_last:  # convolutions then run in NHWC, whatever layout the inputs have
             self.to(memory_format=torch.channels_last)
+        if self.stage_trainer.compile:
+            for module in self.trained_networks():
+                module.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
+
+    def trained_networks(self) -> list[torch.nn.Module]:
+        """The networks this stage trains (what `trainer.compile` compiles)."""
+        return []
 
     def extra(self) -> dict[str, Any]:
         """Plain values besides the config that rebuild this system from its checkpoint."""

@@ -47,6 +47,14 @@ class DenoiserSystem(System):
     def extra(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes}
 
+    @property
+    def latents_on_disk(self) -> bool:
+        """Training and validation batches are encoded latents (data.name "latents"), not images."""
+        return self.cfg.data.name == "latents"
+
+    def trained_networks(self) -> list[nn.Module]:
+        return [self.net, self.ema]
+
     def denoiser(self, net: Optional[nn.Module] = None) -> Denoiser:
         """The wrapper around `net` (default: the EMA network) with this system's schedule and latent statistics."""
         stats = (self.latent_shift, self.latent_scale) if self.autoencoder is not None else (None, None)
@@ -89,7 +97,8 @@ class DenoiserSystem(System):
         for i, (x, _) in enumerate(batches):
             if i >= self.diff.latent_stats_batches:
                 break
-            z = x.to(self.device) if self.diff.cache_latents else self.encode_mean(x.to(self.device))
+            cached = self.diff.cache_latents or self.latents_on_disk
+            z = x.to(self.device) if cached else self.encode_mean(x.to(self.device))
             z = z.double().transpose(0, 1).flatten(1)  # (C, B*H*W)
             total += torch.stack([torch.full_like(z[:, 0], z.shape[1]), z.sum(1), z.pow(2).sum(1)])
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -114,7 +123,7 @@ class DenoiserSystem(System):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        z0 = self.z0_from_batch(x, self.diff.cache_latents)
+        z0 = self.z0_from_batch(x, self.diff.cache_latents or self.latents_on_disk)
         c = class_condition(y, self.num_classes, self.diff.p_uncond)
         t = torch.randint(1, self.diff.T + 1, (z0.shape[0],), device=z0.device)
         loss = self.loss_at(self.net, z0, c, t, torch.randn_like(z0)).mean()
@@ -136,7 +145,8 @@ class DenoiserSystem(System):
         """The EMA network's loss at fixed timesteps with fixed noise (seeded by the batch index), and their mean."""
         x, y = batch
         timesteps = self.diff.fixed_val_timesteps()
-        per_t = timestep_losses(self.ema, self.z0_from_batch(x, cached=False), class_condition(y, self.num_classes),
+        per_t = timestep_losses(self.ema, self.z0_from_batch(x, cached=self.latents_on_disk),
+                                class_condition(y, self.num_classes),
                                 timesteps, self.schedule, self.diff.parametrisation, self.diff.loss,
                                 self.diff.min_snr_gamma, seed=10_000 + batch_idx).mean(1)  # (len(timesteps),)
         losses = {f"val/loss_t{t}": loss for t, loss in zip(timesteps, per_t)}
@@ -157,4 +167,5 @@ class DenoiserSystem(System):
         steps = None if self.diff.sampler == "ddpm" else self.diff.sample_steps  # DDPM: every step
         z = self.denoiser().sample(x_T, labels, sampler=self.diff.sampler, steps=steps, clip_limit=self.diff.clip_limit,
                                    generator=gen, spacing=self.diff.sample_spacing)
-        return [x, self.decode(z)]
+        real = self.decode(self.z0_from_batch(x, cached=True)) if self.latents_on_disk else x
+        return [real, self.decode(z)]

@@ -21,6 +21,9 @@ class VAESystem(System):
         self.vae = BetaVAE(self.cfg.vae.net)
         self.recon_loss = ReconstructionLoss(self.cfg.vae.loss)
 
+    def trained_networks(self) -> list[torch.nn.Module]:
+        return [self.vae]
+
     def beta(self) -> float:
         """β at the current optimiser step; resuming restores the step, so β continues exactly."""
         n = self.cfg.vae.net

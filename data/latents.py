@@ -1,0 +1,97 @@
+"""Latents on disk: the stage-1 encodings of a data set, written once by `model.scripts.encode_latents` and read
+memory-mapped, shard by shard, so stage 2 neither re-encodes at every start nor holds every latent in RAM.
+
+    DIR/meta.json              format, the VAE's digest and config, the image data config, the latent shape, the
+                               per-channel statistics of the training latents, the shards of each split
+    DIR/train-00000.pt, ...    {"z": (n, C, h, w) float32 posterior means, "y": (n,) int64 labels}
+    DIR/train-flip-00000.pt    the horizontally flipped training images' latents (with --hflip)
+    DIR/val-00000.pt, ...
+
+`data.name: "latents"` with `data.root: DIR` gives batches (z, y) of raw latents (the denoiser normalises them),
+through the same resumable training order as every data set.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from data.base import BaseDataModule
+from data.config import DataConfig
+from model.errors import UserError
+
+FORMAT = "latent-diffusion-lightning/latents-1"
+META = "meta.json"
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    path = Path(root) / META
+    if not path.is_file():
+        raise UserError(f"{root} holds no encoded latents ({META} is missing); write them with python -m "
+                        f"model.scripts.encode_latents -cfg <config> --load-vae <vae ckpt> --output {root}")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a latents folder of this package (format {meta.get('format')!r}); "
+                        f"encode the latents again")
+    return meta
+
+
+class ShardDataset(Dataset):
+    """The items of several shards as one data set; each shard is memory-mapped when first touched."""
+
+    def __init__(self, paths: list[Path], counts: list[int]) -> None:
+        self.paths = paths
+        self.starts = [0]
+        for n in counts:
+            self.starts.append(self.starts[-1] + n)
+        self.shards: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def shard(self, k: int) -> dict[str, torch.Tensor]:
+        if k not in self.shards:
+            self.shards[k] = torch.load(self.paths[k], map_location="cpu", weights_only=True, mmap=True)
+        return self.shards[k]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        k = bisect.bisect_right(self.starts, i) - 1
+        shard = self.shard(k)
+        return shard["z"][i - self.starts[k]], int(shard["y"][i - self.starts[k]])
+
+
+class LatentsDataModule(BaseDataModule):
+    """Training and validation splits as encoded by `model.scripts.encode_latents` (raw posterior means)."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__(cfg)
+        self.root = Path(cfg.root)
+        self.meta = read_meta(self.root)
+        self._set_classes(list(self.meta["class_names"]))
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["latent_shape"])
+
+    def split(self, name: str) -> ShardDataset:
+        shards = self.meta["splits"][name]["shards"]
+        return ShardDataset([self.root / s["file"] for s in shards], [s["items"] for s in shards])
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set = self.split("train"), self.split("val")
+
+    def all_items(self) -> Dataset:
+        raise UserError("the quality metrics need images, but data.name is latents; evaluate with the image data "
+                        "config the latents were encoded from")
+
+
+def check_vae(meta: dict[str, Any], digest: str, vae_path: str) -> None:
+    """Latents are only meaningful with the VAE that made them: refuse another one in one line."""
+    if meta["vae_digest"] != digest:
+        raise UserError(f"the latents in the data folder were encoded by VAE {meta['vae_digest'][:12]}, but "
+                        f"{vae_path} is VAE {digest[:12]}; encode them again with this VAE or load that one")

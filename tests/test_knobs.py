@@ -1,0 +1,58 @@
+"""Memory and speed knobs give the same outputs and gradients as without them: gradient checkpointing,
+channels_last, torch.compile (`unet.gradient_checkpointing`, `trainer.channels_last`, `trainer.compile`)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.denoiser import ConvNeXtUNet, UNetConfig
+
+CFG = UNetConfig(in_channels=4, base_channels=16, channel_mult=[1, 2], blocks_per_level=1, attention_levels=[1],
+                 num_heads=2, num_classes=3, layer_scale_init=0.5)  # a large layer scale: every block matters
+
+
+def outputs_and_grads(net: torch.nn.Module, memory_format=torch.contiguous_format):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 8, 8, generator=g).contiguous(memory_format=memory_format)
+    t, c = torch.tensor([1, 200, 500, 999]), torch.tensor([0, 1, 2, 3])
+    out = net(x, t, c)
+    (out.square().mean() + out.mean()).backward()
+    return out.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}
+
+
+def twin(cfg: UNetConfig) -> ConvNeXtUNet:
+    torch.manual_seed(0)
+    return ConvNeXtUNet(cfg)
+
+
+def assert_same(a, b, tol: float) -> None:
+    torch.testing.assert_close(a[0], b[0], rtol=tol, atol=tol)
+    assert a[1].keys() == b[1].keys()
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], rtol=tol, atol=tol, msg=name)
+
+
+def test_gradient_checkpointing_recomputes_the_same_outputs_and_gradients():
+    plain = outputs_and_grads(twin(CFG))
+    checkpointed_net = twin(dataclasses.replace(CFG, gradient_checkpointing=True))
+    assert_same(outputs_and_grads(checkpointed_net), plain, tol=1e-6)
+    with torch.no_grad():  # sampling: no recomputation, the same function
+        x = torch.randn(2, 4, 8, 8)
+        assert torch.equal(checkpointed_net(x, torch.tensor([3, 4])), twin(CFG)(x, torch.tensor([3, 4])))
+
+
+def test_channels_last_gives_the_same_outputs_and_gradients():
+    plain = outputs_and_grads(twin(CFG))
+    net = twin(CFG).to(memory_format=torch.channels_last)
+    assert_same(outputs_and_grads(net, torch.channels_last), plain, tol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_outputs_and_gradients():
+    plain = outputs_and_grads(twin(CFG))
+    net = twin(CFG)
+    net.compile()
+    assert_same(outputs_and_grads(net), plain, tol=1e-5)
+    assert net.state_dict().keys() == twin(CFG).state_dict().keys()  # in place: checkpoints keep their keys
