@@ -287,3 +287,11 @@ def diffusion_train_step(net: nn.Module, opt: torch.optim.Optimizer, z0: Tensor,
 
         ema_update(ema, net, ema_decay)
     return loss.detach()
+
+
+def denoise_of(net: nn.Module, schedule: base.Schedule, c: Optional[Tensor]):
+    """The network as the samplers see it (v-target, the `Denoiser` wrapper), its labels bound."""
+    from model.denoising import Denoiser
+
+    classes = getattr(getattr(net, "cfg", None), "num_classes", 0)
+    return Denoiser(net, schedule, "v", num_classes=classes).bind(c if classes else None)

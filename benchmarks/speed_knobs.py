@@ -30,8 +30,8 @@ from typing import Callable, ContextManager, Optional
 import torch
 from torch import nn
 
-from benchmarks.common import (Report, build_unet, diffusion_train_step, latent_shape, load_config, make_parser,
-                               measure, parse, random_batch, schedule_of, timed)
+from benchmarks.common import (Report, build_unet, denoise_of, diffusion_train_step, latent_shape, load_config,
+                               make_parser, measure, parse, random_batch, schedule_of, timed)
 from model import base
 from model.errors import UserError, cli_entry
 
@@ -57,11 +57,11 @@ def compile_cache(cold: bool) -> str:
     """Point inductor at an empty folder when `cold`; a line saying which cache the compile figures used."""
     if cold:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-    except ImportError:  # older torch: the figures still stand, only this line is vaguer
+    from model.compat import inductor_cache_dir
+
+    folder = inductor_cache_dir()
+    if folder is None:  # older torch: the figures still stand, only this line is vaguer
         return "inductor cache: torch's default folder"
-    folder = cache_dir()
     state = "empty" if not any(os.scandir(folder)) else "already filled by earlier compiles"
     return f"inductor cache: {folder} ({state})"
 
@@ -114,7 +114,7 @@ def sampling(knob: Knob, net: nn.Module, x_T: torch.Tensor, c, schedule, steps: 
 
     def sample() -> torch.Tensor:
         with torch.no_grad(), autocast():
-            return base.sample_ddim(net, x_T, schedule, c=c, steps=steps)
+            return base.sample_ddim(denoise_of(net, schedule, c), x_T, schedule, steps=steps)
 
     return sample
 

@@ -85,6 +85,16 @@ def lerp_all_(targets: list, sources: list, weight: float) -> None:
     torch._foreach_lerp_(targets, sources, weight)
 
 
+def inductor_cache_dir():
+    """The folder torch.compile's inductor caches compiled kernels in (a benchmark says whether it was empty), or None
+    where this torch has no such function. Private: `torch._inductor.runtime.cache_dir_utils.cache_dir`."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    return cache_dir()
+
+
 # ----- torchmetrics ------------------------------------------------------------------------------------------------
 
 FID_REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -129,6 +139,8 @@ def missing() -> list[str]:
     for owner, names in ((ExperimentWriter, ("_check_log_dir_exists",)), (CSVLogger, ("experiment",)),
                          (torch, ("_foreach_lerp_",))):
         problems += [f"{getattr(owner, '__name__', owner)}.{n} is gone" for n in names if not hasattr(owner, n)]
+    if inductor_cache_dir() is None:
+        problems.append("torch._inductor.runtime.cache_dir_utils.cache_dir is gone (benchmarks.speed_knobs)")
     inits = [vars(k)["__init__"].__code__.co_names for k in ExperimentWriter.__mro__
              if hasattr(vars(k).get("__init__"), "__code__")]
     if not any("_check_log_dir_exists" in names and "metrics_file_path" in names and "_fs" in names for names in inits):

@@ -200,7 +200,7 @@ def quiet_frameworks() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|smaller than the logging interval|"
-                                              r"does not have many workers|Tip:|LeafSpec).*")
+                                              r"does not have many workers|Tip:|LeafSpec|`srun` command is available).*")
 
 
 def requeue_after(stop: GracefulStop, trainer: pl.Trainer) -> Optional[str]:
