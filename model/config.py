@@ -74,6 +74,12 @@ class TrainerConfig:
     deterministic: bool = False  # True asks torch for deterministic kernels (slower on GPU)
     channels_last: bool = False  # NHWC weights: faster depthwise convs on CPUs and tensor cores (outputs ~1e-6 apart)
     compile: bool = False  # torch.compile the networks: faster steps after a compilation of a minute or more
+    # sample quality during training (denoiser stage): 0 = off; a multiple of log_every_n_steps
+    fid_every_n_steps: int = 0
+    fid_num_samples: int = 500  # samples per evaluation, split across the DDP ranks
+    fid_real_pool: int = 10_000  # real images the pixel metrics' reference is drawn from
+    fid_classifier: Optional[str] = None  # a model.scripts.train_classifier file: also log the domain FID val/fid
+    best_by: Optional[str] = None  # what best.ckpt follows: None = the validation loss; val/pixel_fd, val/fid, ...
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, f"trainer.max_steps must be > 0, got {self.max_steps}")
@@ -89,6 +95,19 @@ class TrainerConfig:
         _check(self.images_every_n_steps >= 0,
                f"trainer.images_every_n_steps must be >= 0 (0 = off), got {self.images_every_n_steps}")
         _check(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}")
+        _check(self.fid_every_n_steps >= 0 and self.fid_every_n_steps % self.log_every_n_steps == 0,
+               f"trainer.fid_every_n_steps must be 0 (off) or a multiple of trainer.log_every_n_steps "
+               f"({self.log_every_n_steps}), got {self.fid_every_n_steps}")
+        _check(self.fid_num_samples >= 2 and self.fid_real_pool >= 2 * self.fid_num_samples,
+               f"trainer.fid_num_samples must be >= 2 and trainer.fid_real_pool at least twice it, got "
+               f"{self.fid_num_samples} and {self.fid_real_pool}")
+        quality = {"val/pixel_fd", "val/kid", "val/precision", "val/recall", "val/fid"}
+        _check(self.best_by in (None, "val/loss", "val/recon", *quality),
+               f"trainer.best_by must be null, val/loss, val/recon or one of {sorted(quality)}, got {self.best_by!r}")
+        _check(self.best_by not in quality or self.fid_every_n_steps > 0,
+               f"trainer.best_by {self.best_by} needs trainer.fid_every_n_steps > 0 to compute it")
+        _check(self.best_by != "val/fid" or self.fid_classifier is not None,
+               "trainer.best_by val/fid needs trainer.fid_classifier (a file of model.scripts.train_classifier)")
 
 
 @dataclass

@@ -74,3 +74,15 @@ def test_latents_of_another_vae_are_refused_in_one_line(vae_and_latents, tmp_pat
                  "--output_dir", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "encoded by VAE" in err and "encode them again" in err
+
+
+def test_quality_during_training_scores_disk_latents_against_their_source_images(vae_and_latents, tmp_path):
+    import csv
+
+    vae_path, lat = vae_and_latents
+    assert main([*DENOISER, "--load-vae", str(vae_path), "--data.name", "latents", "--data.root", str(lat), "-n", "1",
+                 "--output_dir", str(tmp_path), "--denoiser.trainer.fid_every_n_steps", "3",
+                 "--denoiser.trainer.fid_num_samples", "20"]) == 0
+    rows = [r for r in csv.DictReader(open(tmp_path / "digits-1" / "denoiser" / "logs" / "metrics.csv"))
+            if r.get("val/pixel_fd")]
+    assert [int(r["step"]) for r in rows] == [2, 5] and all(float(r["val/pixel_fd"]) > 0 for r in rows)

@@ -69,13 +69,17 @@ def wandb_run_id(folder: Path) -> str:
 
 def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Callback]:
     ckpt_dir = folder / "checkpoints"
+    by_quality = tc.best_by not in (None, "val/loss", "val/recon")  # computed every fid_every_n_steps
+    monitor = tc.best_by or monitor
+    mode = "max" if monitor in ("val/precision", "val/recall") else "min"
     callbacks: list[pl.Callback] = [
         # step<N>.ckpt every N steps, and last.ckpt with it: what --load resumes from
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=tc.checkpoint_every_n_steps, save_top_k=-1, monitor=None,
                         save_last=True),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                        enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                        enable_version_counter=False,
+                        every_n_train_steps=tc.fid_every_n_steps if by_quality else None),
         LearningRateMonitor(logging_interval="step"),
     ]
     if tc.images_every_n_steps:
@@ -156,6 +160,13 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
             dm = CachedLatents(dm, system.encode_mean)
     stop = GracefulStop()
     callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), ContinuousLogs()]
+    if stage == "denoiser" and tc.fid_every_n_steps:
+        from model.lightning.callbacks.quality import QualityDuringTraining
+
+        if cfg.data.name == "toy2d":
+            raise UserError(f"trainer.fid_every_n_steps needs images, but data.name is {cfg.data.name}; set it to 0")
+        callbacks.append(QualityDuringTraining(tc.fid_every_n_steps, tc.fid_num_samples, tc.fid_real_pool,
+                                               tc.fid_classifier))
     logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
     trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before

@@ -1,0 +1,94 @@
+"""Sample quality during training: every `trainer.fid_every_n_steps` optimiser steps the denoiser draws
+`trainer.fid_num_samples` samples (split across the DDP ranks), and the pixel metrics of `model.metrics` score them
+against real images: `val/pixel_fd`, `val/kid`, `val/precision`, `val/recall`, and with `trainer.fid_classifier`
+the domain-feature FID `val/fid`. `trainer.best_by: "val/pixel_fd"` (or "val/fid") keeps best.ckpt by it.
+
+The reference is fixed for the whole run: up to `fid_real_pool` real images (training and validation), area-
+downsampled pixels on their principal components (fitted once), so every evaluation is scored the same way. The
+samples use the EMA network, the config's sampler, steps and spacing, and a fixed seed: the figures of two steps
+differ only by the network.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+from model.metrics.budget import PixelProtocol, score
+from model.metrics.pixel import PCAProjection, pixel_vectors
+
+
+def source_images(dm):
+    """The image data module behind the training batches: itself, the one a latent cache wraps (.images), or the
+    one encoded latents on disk were made from."""
+    if hasattr(dm, "images"):
+        return dm.images
+    if hasattr(dm, "source_images"):
+        return dm.source_images()
+    return dm
+
+
+class QualityDuringTraining(pl.Callback):
+    def __init__(self, every_n_steps: int, num_samples: int, real_pool: int, classifier: Optional[str]) -> None:
+        self.every, self.n, self.real_pool, self.classifier_path = every_n_steps, num_samples, real_pool, classifier
+        self.reference: Optional[torch.Tensor] = None
+        self.projection: Optional[PCAProjection] = None
+        self.protocol: Optional[PixelProtocol] = None
+        self.fid = None
+        self.last_step = -1
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        from model.evaluation import pixel_size, real_pool
+
+        images = source_images(trainer.datamodule)
+        pool = real_pool(images, self.real_pool, seed=0)
+        self.protocol = PixelProtocol(size=pixel_size(images))
+        self.reference = pixel_vectors(pool, self.protocol.size)
+        self.projection = PCAProjection.fit(self.reference, self.protocol.components)
+        if self.classifier_path:
+            from model.classifier import load_classifier
+            from model.metrics.fid import make_fid, update
+
+            self.fid = make_fid("classifier", load_classifier(self.classifier_path)[0])
+            update(self.fid, pool.split(256), real=True, extractor="classifier")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, *args) -> None:
+        step = trainer.global_step
+        if step == self.last_step or step % self.every:
+            return
+        self.last_step = step
+        samples = self.draw(trainer, pl_module)  # (n, C, H, W) in [-1, 1], every rank's
+        metrics = score(self.reference, pixel_vectors(samples, self.protocol.size), self.projection, self.protocol)
+        logged = {f"val/{name}": float(value) for name, value in metrics.items()}
+        if self.fid is not None:
+            from model.metrics.fid import update
+
+            self.fid.reset()
+            update(self.fid, samples.split(256), real=False, extractor="classifier")
+            logged["val/fid"] = float(self.fid.compute())
+        pl_module.log_dict(logged, on_step=True, on_epoch=False, logger=False)  # for best.ckpt's monitor
+        if trainer.is_global_zero:  # one row, on the row of the batch the evaluation follows (0-based)
+            for logger in trainer.loggers:
+                logger.log_metrics(logged, step=step - 1)
+
+    @torch.no_grad()
+    def draw(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
+        """This rank's share of the samples (seed + rank), gathered from every rank, on the CPU."""
+        from model.lightning.callbacks.same_weights import gather
+        from model.pipeline import sample_shape
+
+        diff, rank, world = pl_module.diff, trainer.global_rank, trainer.world_size
+        mine = -(-self.n // world)  # every rank draws as many (all_gather needs one shape); the surplus is dropped
+        gen = torch.Generator().manual_seed(pl_module.cfg.seed + rank)
+        labels = torch.arange(rank, rank + mine * world, world)[:mine] % pl_module.num_classes \
+            if pl_module.num_classes else None
+        was_training = pl_module.training
+        pl_module.eval()
+        x_T = torch.randn(sample_shape(pl_module.cfg, mine), generator=gen).to(pl_module.device)
+        steps = None if diff.sampler == "ddpm" else diff.sample_steps
+        z = pl_module.denoiser().sample(x_T, labels, sampler=diff.sampler, steps=steps, clip_limit=diff.clip_limit,
+                                        generator=gen, spacing=diff.sample_spacing)
+        images = pl_module.decode(z)
+        pl_module.train(was_training)
+        return torch.cat(gather(trainer, images, pl_module.device))[: self.n]

@@ -1,0 +1,40 @@
+"""Sample quality during training (`trainer.fid_every_n_steps`): the pixel metrics (and a domain FID) logged at their
+steps, and best.ckpt kept by one of them."""
+from __future__ import annotations
+
+import csv
+
+import torch
+
+from model.classifier import SmallCNN, save_classifier
+from model.main import main
+from tiny import DIGITS, tiny
+
+
+def test_quality_is_logged_during_training_and_best_ckpt_follows_it(tmp_path, capsys):
+    clf = save_classifier(tmp_path / "clf.pt", SmallCNN(1, 10, 16, width=8), {})
+    assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path),
+                 *tiny(val_every=100, log_every=1), "--vae.trainer.max_steps", "2",
+                 "--denoiser.trainer.max_steps", "6", "--denoiser.trainer.fid_every_n_steps", "3",
+                 "--denoiser.trainer.fid_num_samples", "20", "--denoiser.trainer.fid_classifier", str(clf),
+                 "--denoiser.trainer.best_by", "val/pixel_fd"]) == 0
+    stage = tmp_path / "digits-1" / "denoiser"
+    rows = [r for r in csv.DictReader(open(stage / "logs" / "metrics.csv")) if r.get("val/pixel_fd")]
+    assert [int(r["step"]) for r in rows] == [2, 5]  # after optimiser steps 3 and 6 (rows carry the 0-based step)
+    for r in rows:
+        assert float(r["val/pixel_fd"]) > 0 and 0 <= float(r["val/precision"]) <= 1 and float(r["val/fid"]) >= 0
+    best = torch.load(stage / "checkpoints" / "best.ckpt", weights_only=True)
+    scores = {int(r["step"]) + 1: float(r["val/pixel_fd"]) for r in rows}
+    assert best["global_step"] == min(scores, key=scores.get)  # best.ckpt is the step with the lowest pixel FD
+
+
+def test_quality_settings_are_checked_before_training(tmp_path, capsys):
+    base = ["-cfg", DIGITS, "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path)]
+    for extra, needle in ((["--denoiser.trainer.fid_every_n_steps", "3"], "multiple of trainer.log_every_n_steps"),
+                          (["--denoiser.trainer.best_by", "val/pixel_fd", "--denoiser.trainer.fid_every_n_steps", "0"],
+                           "needs trainer.fid_every_n_steps > 0"),
+                          (["--denoiser.trainer.best_by", "val/sharpness"], "trainer.best_by must be")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "digits-1").exists()
