@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from data.config import MAX_BATCH_SIZE, DataConfig
-from model.autoencoder.config import LossConfig, VAEConfig
+from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.base import SAMPLERS, SPACINGS
 from model.errors import UserError
@@ -78,7 +78,9 @@ class TrainerConfig:
     fid_every_n_steps: int = 0
     fid_num_samples: int = 500  # samples per evaluation, split across the DDP ranks
     fid_real_pool: int = 10_000  # real images the pixel metrics' reference is drawn from
-    fid_classifier: Optional[str] = None  # a model.scripts.train_classifier file: also log the domain FID val/fid
+    # also log FID as val/fid: "inception" (Inception-v3, torch-fidelity's weights; RGB data at 64 px and up) or a
+    # model.scripts.train_classifier file (the domain FID of small grey data such as digits); None = pixel metrics only
+    fid_features: Optional[str] = None
     best_by: Optional[str] = None  # what best.ckpt follows: None = the validation loss; val/pixel_fd, val/fid, ...
 
     def __post_init__(self) -> None:
@@ -106,8 +108,9 @@ class TrainerConfig:
                f"trainer.best_by must be null, val/loss, val/recon or one of {sorted(quality)}, got {self.best_by!r}")
         _check(self.best_by not in quality or self.fid_every_n_steps > 0,
                f"trainer.best_by {self.best_by} needs trainer.fid_every_n_steps > 0 to compute it")
-        _check(self.best_by != "val/fid" or self.fid_classifier is not None,
-               "trainer.best_by val/fid needs trainer.fid_classifier (a file of model.scripts.train_classifier)")
+        _check(self.best_by != "val/fid" or self.fid_features is not None,
+               "trainer.best_by val/fid needs trainer.fid_features (inception, or a model.scripts.train_classifier "
+               "file)")
 
 
 @dataclass
@@ -165,6 +168,7 @@ class VAEStage:
 
     net: VAEConfig = field(default_factory=VAEConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)  # off unless disc.weight > 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 

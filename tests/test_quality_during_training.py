@@ -16,7 +16,7 @@ def test_quality_is_logged_during_training_and_best_ckpt_follows_it(tmp_path, ca
     assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path),
                  *tiny(val_every=100, log_every=1), "--vae.trainer.max_steps", "2",
                  "--denoiser.trainer.max_steps", "6", "--denoiser.trainer.fid_every_n_steps", "3",
-                 "--denoiser.trainer.fid_num_samples", "20", "--denoiser.trainer.fid_classifier", str(clf),
+                 "--denoiser.trainer.fid_num_samples", "20", "--denoiser.trainer.fid_features", str(clf),
                  "--denoiser.trainer.best_by", "val/pixel_fd"]) == 0
     stage = tmp_path / "digits-1" / "denoiser"
     rows = [r for r in csv.DictReader(open(stage / "logs" / "metrics.csv")) if r.get("val/pixel_fd")]
@@ -38,3 +38,15 @@ def test_quality_settings_are_checked_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "digits-1").exists()
+
+
+def test_inception_fid_without_its_weights_stops_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no Inception weights there, and no network
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path / "out"),
+                 *tiny(val_every=100, log_every=1), "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "3",
+                 "--denoiser.trainer.fid_every_n_steps", "3", "--denoiser.trainer.fid_features", "inception"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "weights-inception-2015-12-05-6726825d.pth" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "digits-1" / "denoiser").exists()

@@ -177,3 +177,23 @@ def test_config_with_other_channels_is_refused(capsys, vae_ckpt, tmp_path):
     # cifar10 is RGB, this VAE takes one grey channel; refused before any data is read
     check_one_line_error(capsys, ["-cfg", "config/cifar10-beta-vae.json", "--load", str(vae_ckpt),
                                   "--output", str(tmp_path)], "channels")
+
+
+def test_the_round_trip_budget_sits_on_the_floor_for_an_identity_vae_and_above_it_for_a_5_step_one(
+        vae_ckpt, tmp_path, monkeypatch, capsys):
+    assert sample_vae.main(["--load", str(vae_ckpt), "--output", str(tmp_path / "a"), "--budget", "80"]) == 0
+    rows = {r["row"]: r for r in json.loads((tmp_path / "a" / "round_trip_budget.json").read_text())["rows"]}
+    assert rows["VAE round trip"]["pixel_fd"]["mean"] > 2 * rows["real floor"]["pixel_fd"]["mean"]  # 5 steps: blurry
+    assert "VAE round trip" in capsys.readouterr().out
+    # an autoencoder that returns its input scores exactly as the real images it was given
+    monkeypatch.setattr(sample_vae, "encode", lambda vae, x, bs, device: (x, x))
+    monkeypatch.setattr(sample_vae, "decode", lambda vae, z, bs, device: z)
+    assert sample_vae.round_trip_budget(None, sample_vae.load_vae(str(vae_ckpt), "cpu")[1].data, 80, 10_000,
+                                        "cpu")["rows"][0] == {**rows["real floor"], "row": "VAE round trip"}
+
+
+def test_a_budget_larger_than_half_the_data_is_one_line(capsys, vae_ckpt, tmp_path):
+    assert sample_vae.main(["--load", str(vae_ckpt), "--output", str(tmp_path / "out"), "--budget", "150"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before anything is written

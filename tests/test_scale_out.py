@@ -123,6 +123,21 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path)
         assert [step for step, _ in curve] == list(range(12)) and curve == train_losses(tmp_path, "1", stage)
 
 
+def test_a_vae_with_its_discriminator_resumes_exactly_across_the_switch_on(tmp_path):
+    """The discriminator and its AdamW moments live in last.ckpt: stopped before vae.disc.start_step and resumed past
+    it, the run ends bit-equal to the uninterrupted one."""
+    disc = ["--train-vae", "--vae.disc.weight", "0.5", "--vae.disc.layers", "2", "--vae.disc.base_channels", "8",
+            "--vae.disc.start_step", "4"]
+    assert train(tmp_path, "1", *disc, "--vae.trainer.max_steps", "8") == 0
+    assert train(tmp_path, "2", *disc, "--vae.trainer.max_steps", "3") == 0
+    assert train(tmp_path, "2", *disc, "--auto-resume", "--vae.trainer.max_steps", "8") == 0
+    full = last(tmp_path, "1", "vae")
+    assert any(k.startswith("disc.") for k in full["state_dict"]) and len(full["optimizer_states"][0]["param_groups"]) == 2
+    assert_same_training_state(full, last(tmp_path, "2", "vae"))
+    curve = train_losses(tmp_path, "2", "vae")
+    assert curve == train_losses(tmp_path, "1", "vae") and [step for step, _ in curve] == list(range(8))
+
+
 def test_auto_resume_skips_finished_stages(tmp_path, capsys):
     steps = ["--vae.trainer.max_steps", "3", "--denoiser.trainer.max_steps", "3"]
     assert train(tmp_path, "1", "--train-vae", "--train-denoiser", *steps) == 0
@@ -179,6 +194,46 @@ def test_two_process_ddp_resume_matches_the_uninterrupted_run(tmp_path):
         assert len(digests) == 2 and digests[0] == digests[1]
         rng = ckpt["callbacks"]["RNGState"]["cpu"]
         assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # each rank draws its own noise
+
+
+def srun_environment(rank: int, port: int) -> dict[str, str]:
+    """What `srun` sets for task `rank` of `sbatch --nodes=2 --ntasks-per-node=1`: one task on each of two nodes.
+    MASTER_ADDR stands in for resolving the first node's name, which is this machine."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train.sbatch", "SLURM_STEP_ID": "0",
+            "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_NODELIST": "node-a,node-b", "SLURMD_NODENAME": ("node-a", "node-b")[rank],
+            "SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank), "SLURM_LOCALID": "0",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "STAGE": "vae", "RUN": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_nodes_with_one_task_each_end_with_equal_weights(tmp_path):
+    """train.sh as `srun` starts it on each of 2 nodes × 1 task: it sets trainer.num_nodes 2 and devices 1 from
+    SLURM's variables, Lightning's SLURM environment gives global ranks 0 and 1 on node ranks 0 and 1, and both
+    ranks end with the same weights (the digests SameWeightsOnEveryRank keeps in the checkpoint)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["bash", "train.sh", "--output_dir", str(tmp_path), *TINY, "--vae.trainer.accelerator", "cpu",
+            "--vae.trainer.max_steps", "6"]
+    ranks = [subprocess.Popen(args, env=srun_environment(r, port), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in ranks]
+    for p, (_, err) in zip(ranks, outputs):
+        assert p.returncode == 0, failure_summary(err)
+    assert "global batch 32 = 16 per process x 2 process(es) x 1 accumulated" in outputs[0][0]
+    ckpt = last(tmp_path, "1", "vae")
+    assert ckpt["global_step"] == 6
+    digests = ckpt["callbacks"]["SameWeightsOnEveryRank"]["digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    rng = ckpt["callbacks"]["RNGState"]["cpu"]
+    assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # two ranks, each with its own noise
 
 
 def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):

@@ -1,5 +1,6 @@
 """The 128-px path of the FFHQ configs, end to end on CPU: both stages and sampling on a folder of 128×128 images,
-with the configs' shapes (f = 8, 8 latent channels, attention, bf16 swapped for float32) at tiny widths."""
+with the configs' shapes (f = 8, 8 latent channels, attention, the VAE's patch discriminator, bf16 swapped for
+float32) at tiny widths."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,8 @@ def faces(tmp_path_factory):
 def test_the_ffhq_configs_train_both_stages_and_sample_at_128_px(faces, tmp_path):
     out = ["--output_dir", str(tmp_path), "--data.root", str(faces), *COMMON]
     assert main(["-cfg", str(ROOT / "config" / "ffhq-beta-vae.json"), "--train-vae", "-n", "1", *out,
-                 "--vae.net.base_channels", "8", "--vae.net.norm_groups", "4", *stage_args("vae")]) == 0
+                 "--vae.net.base_channels", "8", "--vae.net.norm_groups", "4", "--vae.disc.base_channels", "8",
+                 "--vae.disc.start_step", "1", *stage_args("vae")]) == 0  # the discriminator acts at step 2
     vae = tmp_path / "ffhq-beta-vae-1" / "vae" / "checkpoints" / "last.ckpt"
     assert main(["-cfg", str(ROOT / "config" / "ffhq-denoiser.json"), "--train-denoiser", "-n", "1", *out,
                  "--load-vae", str(vae), "--denoiser.unet.base_channels", "16", "--denoiser.unet.num_heads", "2",

@@ -1,5 +1,5 @@
 """Stage 1 of latent diffusion: the beta-VAE (networks, KL, beta schedule, reconstruction losses)."""
-from model.autoencoder.config import LossConfig, VAEConfig
+from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
 from model.autoencoder.kl import beta_at, kl_divergence
 from model.autoencoder.losses import (
     ReconstructionLoss,
@@ -16,6 +16,7 @@ __all__ = [
     "BACKBONE_FILES",
     "BetaVAE",
     "Decoder",
+    "DiscConfig",
     "Encoder",
     "LossConfig",
     "ReconstructionLoss",

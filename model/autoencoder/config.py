@@ -10,7 +10,7 @@ Sheet 001's FFHQ autoencoder (128x128 RGB, 8 latent channels, f = 8) is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from model.errors import UserError
 
@@ -146,3 +146,32 @@ class LossConfig:
     def weights(self) -> dict[str, float]:
         """{term name: weight} for the switched-on terms (weight > 0)."""
         return {name: float(getattr(self, name)) for name in self.term_names if getattr(self, name) > 0}
+
+
+@dataclass
+class DiscConfig:
+    """The optional patch discriminator of stage 1 (`model.autoencoder.discriminator`): hinge loss, adaptive weight.
+
+    Both networks step together on each batch (one optimiser, two parameter groups), so gradient accumulation,
+    clipping, the NaN guard and exact resume work as without it; `last.ckpt` holds the discriminator and its moments.
+    """
+
+    weight: float = 0.0  # 0 = no discriminator; 0.5 is the weight of latent diffusion's KL autoencoders
+    start_step: int = 0  # disc_start: before this optimiser step neither network feels the adversarial loss
+    base_channels: int = 64  # width of the first layer (doubling per layer, at most 8x)
+    layers: int = 3  # stride-2 layers: 3 sees 70x70-px patches (pix2pix), 2 sees 34x34 (for 32 px images)
+    lr: Optional[float] = None  # None = vae.optim.lr; it follows the same warm-up and decay
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # the GAN betas of taming and latent diffusion
+
+    def __post_init__(self) -> None:
+        _check(self.weight >= 0, f"vae.disc.weight must be >= 0 (0 = off), got {self.weight}; try 0.5")
+        _check(self.start_step >= 0, f"vae.disc.start_step must be >= 0, got {self.start_step}")
+        _check(self.base_channels > 0, f"vae.disc.base_channels must be > 0, got {self.base_channels}; try 64")
+        _check(self.layers >= 1, f"vae.disc.layers must be >= 1, got {self.layers}; try 3 (2 for 32 px images)")
+        _check(self.lr is None or self.lr > 0, f"vae.disc.lr must be > 0 or null, got {self.lr}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               f"vae.disc.betas must be two numbers in [0, 1), got {self.betas}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0

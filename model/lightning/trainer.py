@@ -166,7 +166,7 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
         if cfg.data.name == "toy2d":
             raise UserError(f"trainer.fid_every_n_steps needs images, but data.name is {cfg.data.name}; set it to 0")
         callbacks.append(QualityDuringTraining(tc.fid_every_n_steps, tc.fid_num_samples, tc.fid_real_pool,
-                                               tc.fid_classifier))
+                                               tc.fid_features))
     logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
     trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before

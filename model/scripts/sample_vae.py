@@ -19,6 +19,9 @@ Written to the output folder (default: `samples/` beside the checkpoint's `check
   channel c, with m_c and s_c² the mean and variance of q(z) moment-matched on up to STATS_IMAGES encoded
   validation images: s_c² = Var(mean of q(z|x)) + E[variance of q(z|x)] (law of total variance).
   The per-channel m_c and s_c go to `latent_stats.json`.
+- with `--budget N`: `round_trip_budget.json` (also printed), the error budget of docs/evaluation.md for the VAE
+  alone: N real images encoded and decoded (the posterior mean), beside N real images that are not in the reference
+  (the floor), on the pixel metrics (Fréchet distance, KID, precision, recall). How close stage 1 lets samples get.
 - `interpolation.png`: the decoded path between the posterior means of the first two validation images in
   INTERP_STEPS steps; top row linear interpolation (lerp), bottom row spherical (slerp, Shoemake 1985, as
   proposed for generative models by White 2016, "Sampling Generative Networks").
@@ -54,6 +57,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", "--num-samples", type=int, default=8,
                    help="reconstructed validation images and decoded random latents")
     p.add_argument("--seed", type=int, default=0, help="seed of the random latents")
+    p.add_argument("--budget", type=int, default=0, metavar="N",
+                   help="score the round trip of N real images against the real floor on the pixel metrics (0 = off)")
+    p.add_argument("--real-pool", "--real_pool", type=int, default=10_000,
+                   help="real images (training and validation) the budget draws its floor and reference from")
     p.add_argument("--output", default=None, help="output folder (default: samples/ beside the run's checkpoints)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--debug", action="store_true")
@@ -142,6 +149,21 @@ def decode(vae, z: Tensor, batch_size: int, device: str) -> Tensor:
     return torch.cat(parts).clamp(-1, 1)
 
 
+def round_trip_budget(vae, data, n: int, pool_size: int, device: str) -> dict:
+    """The error budget (model.metrics.budget) of the VAE round trip of n real images, beside the real floor."""
+    from data import make_datamodule
+    from model.evaluation import pixel_size, real_pool
+    from model.metrics.budget import PixelProtocol, check_sizes, error_budget
+    from model.metrics.pixel import pixel_vectors
+
+    dm = make_datamodule(data)
+    protocol = PixelProtocol(size=pixel_size(dm))
+    pool = real_pool(dm, pool_size, protocol.seed)
+    check_sizes(len(pool), n, flag="--budget")
+    trip = decode(vae, encode(vae, pool, data.batch_size, device)[0], data.batch_size, device)
+    return error_budget(pixel_vectors(pool, protocol.size), {}, protocol, pixel_vectors(trip, protocol.size), n=n)
+
+
 def psnr(mse: float) -> float:
     """Peak signal-to-noise ratio in dB: 10·log10(peak² / MSE), peak = 2 for images in [-1, 1]."""
     return 10.0 * math.log10(PEAK_TO_PEAK ** 2 / max(mse, MSE_FLOOR))
@@ -202,6 +224,8 @@ def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     if args.num_samples <= 0:
         raise UserError(f"--num_samples must be > 0, got {args.num_samples}")
+    if args.budget < 0 or args.real_pool < 2:
+        raise UserError(f"--budget must be >= 0 (0 = off) and --real-pool >= 2, got {args.budget} and {args.real_pool}")
     from model.images import save_grid
     from model.scripts.common import output_folder, resolve_device
 
@@ -209,6 +233,7 @@ def main(argv: list[str]) -> int:
     vae, ckpt_cfg = load_vae(args.load, device)
     data = data_config(args.config, ckpt_cfg)
     check_data_fits(data, ckpt_cfg, args.config or f"the checkpoint {args.load}")
+    budget = round_trip_budget(vae, data, args.budget, args.real_pool, device) if args.budget else None  # may refuse
     out = output_folder(args.output, args.load, "samples")
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = False  # the same algorithms every run, for identical files
@@ -250,6 +275,11 @@ def main(argv: list[str]) -> int:
     save_grid(decode(vae, path, bs, device), out / "interpolation.png", nrow=INTERP_STEPS)
     print(f"wrote reconstructions.png, random_latents.png, random_latents_matched.png and interpolation.png "
           f"(seed {args.seed}) to {out}")
+    if budget is not None:
+        from model.metrics.budget import as_text
+
+        write_text(out / "round_trip_budget.json", json.dumps(budget, indent=2) + "\n")
+        print(as_text(budget))
     return 0
 
 

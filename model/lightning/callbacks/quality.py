@@ -1,7 +1,7 @@
 """Sample quality during training: every `trainer.fid_every_n_steps` optimiser steps the denoiser draws
 `trainer.fid_num_samples` samples (split across the DDP ranks), and the pixel metrics of `model.metrics` score them
-against real images: `val/pixel_fd`, `val/kid`, `val/precision`, `val/recall`, and with `trainer.fid_classifier`
-the domain-feature FID `val/fid`. `trainer.best_by: "val/pixel_fd"` (or "val/fid") keeps best.ckpt by it.
+against real images: `val/pixel_fd`, `val/kid`, `val/precision`, `val/recall`, and with `trainer.fid_features`
+the FID `val/fid` (Inception-v3 features, or a digits classifier's). `trainer.best_by: "val/pixel_fd"` (or "val/fid") keeps best.ckpt by it.
 
 The reference is fixed for the whole run: up to `fid_real_pool` real images (training and validation), area-
 downsampled pixels on their principal components (fitted once), so every evaluation is scored the same way. The
@@ -30,13 +30,32 @@ def source_images(dm):
 
 
 class QualityDuringTraining(pl.Callback):
-    def __init__(self, every_n_steps: int, num_samples: int, real_pool: int, classifier: Optional[str]) -> None:
-        self.every, self.n, self.real_pool, self.classifier_path = every_n_steps, num_samples, real_pool, classifier
+    def __init__(self, every_n_steps: int, num_samples: int, real_pool: int, fid_features: Optional[str]) -> None:
+        self.every, self.n, self.real_pool = every_n_steps, num_samples, real_pool
         self.reference: Optional[torch.Tensor] = None
         self.projection: Optional[PCAProjection] = None
         self.protocol: Optional[PixelProtocol] = None
-        self.fid = None
         self.last_step = -1
+        self.extractor = None if fid_features is None else "inception" if fid_features == "inception" else "classifier"
+        self.fid = self.make_fid(fid_features)  # here, before the run writes anything: missing weights stop it
+
+    def make_fid(self, fid_features: Optional[str]):
+        """The FID metric of trainer.fid_features (None: none)."""
+        if self.extractor is None:
+            return None
+        from model.metrics.fid import INCEPTION_FILE, hub_weights, make_fid
+
+        if self.extractor == "classifier":
+            from model.classifier import load_classifier
+
+            return make_fid("classifier", load_classifier(fid_features)[0])
+        if not hub_weights().is_file():  # compute nodes are often offline: no download attempt in the middle of a run
+            from model.errors import UserError
+
+            raise UserError(f"trainer.fid_features inception needs torch-fidelity's {INCEPTION_FILE} at "
+                            f"{hub_weights()} before training; place it there, or set trainer.fid_features to a "
+                            f"model.scripts.train_classifier file or null")
+        return make_fid("inception")
 
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         from model.evaluation import pixel_size, real_pool
@@ -46,12 +65,11 @@ class QualityDuringTraining(pl.Callback):
         self.protocol = PixelProtocol(size=pixel_size(images))
         self.reference = pixel_vectors(pool, self.protocol.size)
         self.projection = PCAProjection.fit(self.reference, self.protocol.components)
-        if self.classifier_path:
-            from model.classifier import load_classifier
-            from model.metrics.fid import make_fid, update
+        if self.fid is not None:  # the real statistics, once per run
+            from model.metrics.fid import update
 
-            self.fid = make_fid("classifier", load_classifier(self.classifier_path)[0])
-            update(self.fid, pool.split(256), real=True, extractor="classifier")
+            self.fid = self.fid.to(pl_module.device)
+            update(self.fid, pool.split(256), real=True, extractor=self.extractor)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, *args) -> None:
         step = trainer.global_step
@@ -64,8 +82,8 @@ class QualityDuringTraining(pl.Callback):
         if self.fid is not None:
             from model.metrics.fid import update
 
-            self.fid.reset()
-            update(self.fid, samples.split(256), real=False, extractor="classifier")
+            self.fid.reset()  # the generated statistics only (reset_real_features=False)
+            update(self.fid, samples.split(256), real=False, extractor=self.extractor)
             logged["val/fid"] = float(self.fid.compute())
         pl_module.log_dict(logged, on_step=True, on_epoch=False, logger=False)  # for best.ckpt's monitor
         if trainer.is_global_zero:  # one row, on the row of the batch the evaluation follows (0-based)

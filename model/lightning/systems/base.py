@@ -71,22 +71,25 @@ class System(pl.LightningModule):
         return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip the global gradient norm to `trainer.gradient_clip_val` (None: no clipping) and drop the update when
-        that norm is not finite (a NaN/Inf gradient of a finite loss) or the loss was not.
+        """Clip each parameter group's gradient norm to `trainer.gradient_clip_val` (None: no clipping) and drop the
+        update when a norm is not finite (a NaN/Inf gradient of a finite loss) or the loss was not.
 
         Lightning calls this after the gradients are all-reduced (and unscaled under 16-mixed), right before the
-        optimiser step, so every rank takes the same branch. One fused norm serves both the clip and the check (a
-        single device sync, no per-parameter work in Python); without gradients the optimiser leaves every
-        parameter and its moments as they were.
+        optimiser step, so every rank takes the same branch. One fused norm per group serves both the clip and the
+        check (no per-parameter work in Python); without gradients the optimiser leaves every parameter and its
+        moments as they were. Groups are clipped apart (the VAE and its discriminator), so one network's large
+        gradients do not shrink the other's.
         """
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
+        groups = [[p for p in group["params"] if p.grad is not None] for group in optimizer.param_groups]
+        groups = [params for params in groups if params]
+        if not groups:
             return
-        norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or float("inf"))
-        bad_grads = not bool(torch.isfinite(norm))
+        norms = [torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or float("inf")) for params in groups]
+        bad_grads = not bool(torch.isfinite(torch.stack(norms)).all())
         if self.skip_update or bad_grads:
-            for p in params:
-                p.grad = None
+            for params in groups:
+                for p in params:
+                    p.grad = None
             if not self.skip_update:
                 self.count_bad_step("gradient")
         else:
