@@ -33,7 +33,9 @@ def test_quality_settings_are_checked_before_training(tmp_path, capsys):
     for extra, needle in ((["--denoiser.trainer.fid_every_n_steps", "3"], "multiple of trainer.log_every_n_steps"),
                           (["--denoiser.trainer.best_by", "val/pixel_fd", "--denoiser.trainer.fid_every_n_steps", "0"],
                            "needs trainer.fid_every_n_steps > 0"),
-                          (["--denoiser.trainer.best_by", "val/sharpness"], "trainer.best_by must be")):
+                          (["--denoiser.trainer.best_by", "val/sharpness"], "trainer.best_by must be"),
+                          (["--train-vae", "--vae.trainer.fid_every_n_steps", "20"], "needs a denoiser stage"),
+                          (["--train-vae", "--vae.trainer.best_by", "val/loss"], "not logged by this stage")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err

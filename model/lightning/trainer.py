@@ -135,6 +135,15 @@ def check_one_batch(dm) -> None:
                         f"lower data.batch_size (or the stage's trainer.batch_size) to at most {n}, or add data")
 
 
+def check_quality_settings(stage: str, tc: TrainerConfig, monitor: str, data_name: str) -> None:
+    """Quality during training draws samples: the denoiser stage of image data only; best_by names what is logged."""
+    if tc.fid_every_n_steps and (stage == "vae" or data_name == "toy2d"):
+        raise UserError(f"{stage}.trainer.fid_every_n_steps needs a denoiser stage trained on images (data.name "
+                        f"{data_name}); set it to 0, or under denoiser.trainer")
+    if tc.best_by not in (None, monitor) and (stage == "vae" or tc.best_by in ("val/loss", "val/recon")):
+        raise UserError(f"{stage}.trainer.best_by {tc.best_by} is not logged by this stage; use {monitor} or null")
+
+
 def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = None,
                 load_vae: Optional[str] = None) -> Path:
     """Train one stage into `folder/<stage>`; returns the path of its last checkpoint."""
@@ -160,11 +169,10 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
             dm = CachedLatents(dm, system.encode_mean)
     stop = GracefulStop()
     callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), ContinuousLogs()]
-    if stage == "denoiser" and tc.fid_every_n_steps:
+    check_quality_settings(stage, tc, monitor, cfg.data.name)
+    if tc.fid_every_n_steps:
         from model.lightning.callbacks.quality import QualityDuringTraining
 
-        if cfg.data.name == "toy2d":
-            raise UserError(f"trainer.fid_every_n_steps needs images, but data.name is {cfg.data.name}; set it to 0")
         callbacks.append(QualityDuringTraining(tc.fid_every_n_steps, tc.fid_num_samples, tc.fid_real_pool,
                                                tc.fid_features))
     logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
