@@ -43,6 +43,9 @@ def make_parser():
     return p
 
 
+LAYOUT_KEYS = ("accelerator", "devices", "num_nodes", "strategy")  # what decides the processes a stage runs as
+
+
 def check_modes(args) -> None:
     if not (args.train_vae or args.train_denoiser):
         raise UserError("nothing to do: pass --train-vae, --train-denoiser, or both")
@@ -141,6 +144,7 @@ def main(argv: list[str]) -> int:
     loads = resume_points(args, folder)
     resumed = read_resumed(args, loads)
     cfg = checked_config(cfg, args, loads, {stage: config for stage, (config, _) in resumed.items()})
+    check_process_layout(args, cfg)
     # a requeued job whose stage had reached its max_steps goes on to the next stage
     finished = {stage: step >= getattr(cfg, stage).trainer.max_steps for stage, (_, step) in resumed.items()}
 
@@ -156,6 +160,19 @@ def main(argv: list[str]) -> int:
     finally:
         remove_if_empty(created)  # refused before anything was written: leave no empty run folder behind
     return 0
+
+
+def check_process_layout(args, cfg: Config) -> None:
+    """Every rank runs the whole command (srun starts each task on it, Lightning's launcher starts ranks 1.. on it),
+    so the stages of one command must run as the same processes."""
+    if not (args.train_vae and args.train_denoiser):
+        return
+    layout = {stage: tuple(getattr(getattr(cfg, stage).trainer, key) for key in LAYOUT_KEYS)
+              for stage in ("vae", "denoiser")}
+    if layout["vae"] != layout["denoiser"]:
+        raise UserError(f"the stages run as different processes ({', '.join(LAYOUT_KEYS)}: vae {layout['vae']}, "
+                        f"denoiser {layout['denoiser']}); in one command set them equal, or train the stages in two "
+                        f"commands (--train-vae, then --train-denoiser --load-vae)")
 
 
 def train_stages(args, cfg: Config, folder: Path, loads: dict[str, Optional[str]], finished: dict[str, bool]) -> None:

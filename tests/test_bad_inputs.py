@@ -107,6 +107,8 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS, "--train-vae", "--load-vae", "{vae}"], ["--load-vae"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--load", "{vae}"], ["--load"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--auto-resume"], ["--auto-resume", "-n"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--denoiser.trainer.devices", "2"],
+     ["different processes", "two commands"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--auto-resume", "-n", "1", "--load", "{vae}"], ["--auto-resume", "--load"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "-n", "-1"], ["-n"]),
     # ---- checkpoints ----

@@ -196,6 +196,31 @@ def test_two_process_ddp_resume_matches_the_uninterrupted_run(tmp_path):
         assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # each rank draws its own noise
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_quality_during_training_splits_the_samples_across_two_processes(tmp_path):
+    """2-process DDP: each rank draws half of fid_num_samples, rank zero writes one row per evaluation, and both
+    ranks agree on best.ckpt (a rank that did not see the metric would stall or fail the checkpoint)."""
+    import csv
+
+    args = ["--denoiser.trainer.fid_every_n_steps", "3", "--denoiser.trainer.fid_num_samples", "20",
+            "--denoiser.trainer.best_by", "val/pixel_fd", "--vae.trainer.max_steps", "2",
+            "--denoiser.trainer.max_steps", "6"]
+    for stage in ("vae", "denoiser"):  # Lightning's launcher starts rank one on the whole command: both stages
+        for key, value in (("accelerator", "cpu"), ("devices", "2"), ("strategy", "ddp")):
+            args += [f"--{stage}.trainer.{key}", value]
+    done = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--train-denoiser",
+                           "-n", "1", "--output_dir", str(tmp_path), *TINY, *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, failure_summary(done.stderr)
+    stage = tmp_path / "digits-1" / "denoiser"
+    rows = [r for r in csv.DictReader(open(stage / "logs" / "metrics.csv")) if r.get("val/pixel_fd")]
+    assert [int(r["step"]) for r in rows] == [2, 5]
+    best = torch.load(stage / "checkpoints" / "best.ckpt", weights_only=True)
+    scores = {int(r["step"]) + 1: float(r["val/pixel_fd"]) for r in rows}
+    assert best["global_step"] == min(scores, key=scores.get)
+
+
 def srun_environment(rank: int, port: int) -> dict[str, str]:
     """What `srun` sets for task `rank` of `sbatch --nodes=2 --ntasks-per-node=1`: one task on each of two nodes.
     MASTER_ADDR stands in for resolving the first node's name, which is this machine."""
