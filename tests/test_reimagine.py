@@ -322,7 +322,7 @@ def run_inpaint(system, x, mask, resample=1, sampler="ddim", steps=4, seed=0):
     return z0, mask_z, z
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", None)])
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), pytest.param("ddpm", None, marks=pytest.mark.slow)])
 def test_inpainting_keeps_the_known_latents_and_regenerates_the_masked_ones(systems, sampler, steps):
     system = systems["latent"]
     x = first_validation_image(system)

@@ -32,6 +32,7 @@ def faces(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_the_ffhq_configs_train_both_stages_and_sample_at_128_px(faces, tmp_path):
     out = ["--output_dir", str(tmp_path), "--data.root", str(faces), *COMMON]
     assert main(["-cfg", str(ROOT / "config" / "ffhq-beta-vae.json"), "--train-vae", "-n", "1", *out,
