@@ -100,14 +100,23 @@ def round_trip(pipe, images: Tensor, batch_size: int) -> Optional[Tensor]:
     return torch.cat([pipe.decode(pipe.encode(x)).cpu() for x in images.split(batch_size)])
 
 
-def pixel_budget(pipe, dm, samples: dict[str, Tensor], protocol, pool_size: int, batch_size: int) -> dict:
-    """The error budget (model.metrics.budget) of sample sets against the data's real images on pixel features."""
+def real_budget(dm, samples: dict[str, Tensor], protocol, pool_size: int, autoencode=None,
+                n: Optional[int] = None, flag: str = "--num_samples") -> dict:
+    """The error budget (model.metrics.budget) of sample sets, possibly none, against the data's real images on
+    pixel features; `autoencode` maps images to their VAE round trip (None: no round-trip row); n defaults to the
+    samples' count, and `flag` is the option a too large n is fixed with."""
     from model.metrics.budget import check_sizes, error_budget
     from model.metrics.pixel import pixel_vectors
 
     pool = real_pool(dm, pool_size, protocol.seed)
-    check_sizes(len(pool), len(next(iter(samples.values()))))
-    trip = round_trip(pipe, pool, batch_size)
+    n = n if n is not None else len(next(iter(samples.values())))
+    check_sizes(len(pool), n, flag=flag)
     vectors = {name: pixel_vectors(x, protocol.size) for name, x in samples.items()}
-    return error_budget(pixel_vectors(pool, protocol.size), vectors, protocol,
-                        pixel_vectors(trip, protocol.size) if trip is not None else None)
+    trip = pixel_vectors(autoencode(pool), protocol.size) if autoencode is not None else None
+    return error_budget(pixel_vectors(pool, protocol.size), vectors, protocol, trip, n=n)
+
+
+def pixel_budget(pipe, dm, samples: dict[str, Tensor], protocol, pool_size: int, batch_size: int) -> dict:
+    """`real_budget` of a model's samples, with the round trip through the model's VAE (latent models)."""
+    autoencode = None if pipe.autoencoder is None else (lambda x: round_trip(pipe, x, batch_size))
+    return real_budget(dm, samples, protocol, pool_size, autoencode)

@@ -152,16 +152,13 @@ def decode(vae, z: Tensor, batch_size: int, device: str) -> Tensor:
 def round_trip_budget(vae, data, n: int, pool_size: int, device: str) -> dict:
     """The error budget (model.metrics.budget) of the VAE round trip of n real images, beside the real floor."""
     from data import make_datamodule
-    from model.evaluation import pixel_size, real_pool
-    from model.metrics.budget import PixelProtocol, check_sizes, error_budget
-    from model.metrics.pixel import pixel_vectors
+    from model.evaluation import pixel_size, real_budget
+    from model.metrics.budget import PixelProtocol
 
     dm = make_datamodule(data)
-    protocol = PixelProtocol(size=pixel_size(dm))
-    pool = real_pool(dm, pool_size, protocol.seed)
-    check_sizes(len(pool), n, flag="--budget")
-    trip = decode(vae, encode(vae, pool, data.batch_size, device)[0], data.batch_size, device)
-    return error_budget(pixel_vectors(pool, protocol.size), {}, protocol, pixel_vectors(trip, protocol.size), n=n)
+    bs = data.batch_size
+    return real_budget(dm, {}, PixelProtocol(size=pixel_size(dm)), pool_size,
+                       lambda x: decode(vae, encode(vae, x, bs, device)[0], bs, device), n=n, flag="--budget")
 
 
 def psnr(mse: float) -> float:

@@ -95,19 +95,13 @@ class QualityDuringTraining(pl.Callback):
     def draw(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
         """This rank's share of the samples (seed + rank), gathered from every rank, on the CPU."""
         from model.lightning.callbacks.same_weights import gather
-        from model.pipeline import sample_shape
 
-        diff, rank, world = pl_module.diff, trainer.global_rank, trainer.world_size
+        rank, world = trainer.global_rank, trainer.world_size
         mine = -(-self.n // world)  # every rank draws as many (all_gather needs one shape); the surplus is dropped
-        gen = torch.Generator().manual_seed(pl_module.cfg.seed + rank)
         labels = torch.arange(rank, rank + mine * world, world)[:mine] % pl_module.num_classes \
             if pl_module.num_classes else None
         was_training = pl_module.training
         pl_module.eval()
-        x_T = torch.randn(sample_shape(pl_module.cfg, mine), generator=gen).to(pl_module.device)
-        steps = None if diff.sampler == "ddpm" else diff.sample_steps
-        z = pl_module.denoiser().sample(x_T, labels, sampler=diff.sampler, steps=steps, clip_limit=diff.clip_limit,
-                                        generator=gen, spacing=diff.sample_spacing)
-        images = pl_module.decode(z)
+        images = pl_module.draw(mine, labels, torch.Generator().manual_seed(pl_module.cfg.seed + rank))
         pl_module.train(was_training)
         return torch.cat(gather(trainer, images, pl_module.device))[: self.n]

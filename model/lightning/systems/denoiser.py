@@ -161,11 +161,17 @@ class DenoiserSystem(System):
     def image_grid_rows(self, x: Tensor) -> list[Tensor]:
         """Rows for the periodic grid: real validation images over samples (of the same classes)."""
         n = x.shape[0]
-        gen = torch.Generator().manual_seed(self.cfg.seed)
         labels = torch.arange(n) % self.num_classes if self.num_classes else None
-        x_T = torch.randn(sample_shape(self.cfg, n), generator=gen).to(self.device)
+        samples = self.draw(n, labels, torch.Generator().manual_seed(self.cfg.seed))
+        real = self.decode(self.z0_from_batch(x, cached=True)) if self.latents_on_disk else x
+        return [real, samples]
+
+    @torch.no_grad()
+    def draw(self, n: int, labels: Optional[Tensor], generator: torch.Generator) -> Tensor:
+        """n images in [-1, 1] from the EMA network with the config's sampler, steps, spacing and clip limit; the
+        noise comes from `generator` (on the CPU, so a seed gives the same images on every device)."""
+        x_T = torch.randn(sample_shape(self.cfg, n), generator=generator).to(self.device)
         steps = None if self.diff.sampler == "ddpm" else self.diff.sample_steps  # DDPM: every step
         z = self.denoiser().sample(x_T, labels, sampler=self.diff.sampler, steps=steps, clip_limit=self.diff.clip_limit,
-                                   generator=gen, spacing=self.diff.sample_spacing)
-        real = self.decode(self.z0_from_batch(x, cached=True)) if self.latents_on_disk else x
-        return [real, self.decode(z)]
+                                   generator=generator, spacing=self.diff.sample_spacing)
+        return self.decode(z)

@@ -39,25 +39,27 @@ class VAESystem(System):
         kl = kl_divergence(mean, logvar)  # (B,)
         return recon, kl, terms, mean, x_hat
 
-    def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """The batch's loss, recon + β·KL (+ λ·L_G + L_D with the discriminator), and the values to log."""
+    def training_loss(self, x: Tensor, with_logs: bool = True) -> tuple[Tensor, dict[str, Any]]:
+        """The batch's loss, recon + β·KL (+ λ·L_G + L_D with the discriminator), and the values to log (empty
+        unless `with_logs`: they cost reductions that only the logging steps need)."""
         recon, kl, terms, mean, x_hat = self._losses(x)
         beta = self.beta()
         loss = (recon + beta * kl).mean()
         logs = {"train/recon": recon.mean(), "train/kl": kl.mean(), "train/beta": beta,
                 "train/latent_mean": mean.mean(), "train/latent_std": mean.std(),
-                **{f"train/{k}": v.mean() for k, v in terms.items()}}
+                **{f"train/{k}": v.mean() for k, v in terms.items()}} if with_logs else {}
         if self.disc is not None:
             adversarial = self.adversarial_losses(x, x_hat, recon.mean())
             loss = loss + adversarial["train/d_weight"] * adversarial["train/g_loss"] + adversarial["train/d_loss"]
-            logs.update(adversarial)
+            logs.update(adversarial if with_logs else {})
         return loss, logs
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
-        loss, logs = self.training_loss(x)
+        logging = self.is_logging_step()  # the values beyond the loss only on the steps the logger writes
+        loss, logs = self.training_loss(x, with_logs=logging)
         self.log_train_loss(loss)
-        if self.is_logging_step():  # the rest only on the steps the logger writes
+        if logging:
             self.log_dict(logs, on_step=True)
         return self.finite_or_skip(loss)
 
