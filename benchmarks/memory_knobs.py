@@ -32,7 +32,7 @@ from torch import nn
 
 from benchmarks.common import (Report, build_unet, diffusion_train_step, latent_shape, load_config, make_parser, parse,
                                peak_memory_mib, random_batch, schedule_of, timed)
-from model.errors import cli_entry
+from model.errors import UserError, cli_entry
 
 NAME = "memory_knobs"
 VAE_CONFIG, UNET_CONFIG = "config/ffhq-beta-vae.json", "config/ffhq-denoiser.json"
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--knobs", nargs="+", default=list(KNOBS), choices=list(KNOBS), help="knobs to measure")
     p.add_argument("--one", nargs=3, metavar=("STAGE", "KNOB", "BATCH"), help=argparse.SUPPRESS)
     args = parse(p, argv)
+    if args.vae_batch < 1 or args.unet_batch < 1:
+        raise UserError(f"--vae-batch and --unet-batch must be >= 1, got {args.vae_batch} and {args.unet_batch}")
     if args.one:  # a measurement in its own process (see in_fresh_process): one JSON line
         stage, knob, batch = args.one
         print(json.dumps(one(stage, knob, int(batch), args)))

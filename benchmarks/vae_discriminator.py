@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Report, make_parser, parse
-from model.errors import cli_entry
+from benchmarks.common import Report, load_config, make_parser, parse
+from model.errors import UserError, cli_entry
 
 NAME = "vae_discriminator"
 
@@ -56,6 +56,17 @@ def scores(ckpt: Path, args) -> dict:
             "floor recall": floor["recall"]["mean"]}, budget["protocol"]
 
 
+def check_pool(args) -> None:
+    """--n real images per row need 2n real ones: refused before any training."""
+    import dataclasses
+
+    from data import make_datamodule
+    from model.metrics.budget import check_sizes
+
+    data = dataclasses.replace(load_config(args.config).data, image_size=args.image_size)
+    check_sizes(min(args.real_pool, len(make_datamodule(data).all_items())), args.n, flag="--n")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__.split("\n")[0], repeats=1, warmup=0)
@@ -67,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-pool", type=int, default=10_000, help="real images the floor and reference come from")
     p.add_argument("--output", default="runs/bench-vae-disc", help="folder of the two runs (deleted first)")
     args = parse(p, argv)
+    if args.steps < 2 or args.disc_weight <= 0:
+        raise UserError(f"--steps must be >= 2 and --disc-weight > 0, got {args.steps} and {args.disc_weight}")
+    check_pool(args)
     report = Report(NAME, args.device)
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
