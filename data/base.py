@@ -65,8 +65,9 @@ class BaseDataModule(pl.LightningDataModule):
     reading them runs prepare_data() and setup() first. Batches are (x, y): x float32 (B, C, H, W) in [-1, 1],
     y int64 (B,) in [0, num_classes - 1], or -1 everywhere when unlabelled.
 
-    Small data: the train loader keeps the last partial batch (drop_last=False), so any non-empty training split
-    works, even one smaller than batch_size; only an empty training split is an error.
+    Small data: the train loader keeps an epoch's last partial batch (drop_last=False), but a training split must
+    hold at least one full batch: a smaller one is refused before training (`check_one_batch` in
+    model/lightning/trainer.py), since every step would silently run at a smaller batch size than configured.
     """
 
     native_size: Optional[int] = None  # side of the source images when they all share one (digits: 8), else None

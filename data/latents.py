@@ -33,11 +33,32 @@ def read_meta(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{root} holds no encoded latents ({META} is missing); write them with python -m "
                         f"model.scripts.encode_latents -cfg <config> --load-vae <vae ckpt> --output {root}")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not a latents folder of this package (format {meta.get('format')!r}); "
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); encode the latents again with python -m "
+                        f"model.scripts.encode_latents") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UserError(f"{path} is not a latents folder of this package (format {found!r}); "
                         f"encode the latents again")
     return meta
+
+
+def open_shard(path: Path, items: int) -> dict[str, torch.Tensor]:
+    """One shard, memory-mapped, with the item count meta.json gives it; anything else is a one-line error."""
+    again = "write the folder again with python -m model.scripts.encode_latents"
+    try:
+        shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise UserError(f"the latent shard {path} named in {META} is missing; {again}") from None
+    except Exception as err:  # a truncated zip, a foreign pickle: torch raises RuntimeError, UnpicklingError, ...
+        raise UserError(f"the latent shard {path} is corrupt or truncated ({type(err).__name__}); {again}") from None
+    z, y = (shard.get(key) if isinstance(shard, dict) else None for key in ("z", "y"))
+    if not (isinstance(z, torch.Tensor) and isinstance(y, torch.Tensor) and len(z) == len(y) == items):
+        raise UserError(f"the latent shard {path} does not hold the {items} latents and labels {META} says it "
+                        f"holds; {again}")
+    return shard
 
 
 class ShardDataset(Dataset):
@@ -55,8 +76,14 @@ class ShardDataset(Dataset):
 
     def shard(self, k: int) -> dict[str, torch.Tensor]:
         if k not in self.shards:
-            self.shards[k] = torch.load(self.paths[k], map_location="cpu", weights_only=True, mmap=True)
+            self.shards[k] = open_shard(self.paths[k], self.starts[k + 1] - self.starts[k])
         return self.shards[k]
+
+    def check(self) -> None:
+        """Open every shard once (memory-mapped: no data is read), so a missing, truncated or foreign file is
+        refused before training rather than at the first batch that reaches it."""
+        for k in range(len(self.paths)):
+            self.shard(k)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         k = bisect.bisect_right(self.starts, i) - 1
@@ -84,6 +111,8 @@ class LatentsDataModule(BaseDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self.split("train"), self.split("val")
+            for split in (self.train_set, self.val_set):
+                split.check()
 
     def all_items(self) -> Dataset:
         raise UserError("the quality metrics need images, but data.name is latents; evaluate with the image data "

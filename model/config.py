@@ -214,6 +214,19 @@ def check_vae_shapes(cfg: Config) -> None:
     _check(data.image_size % f == 0,
            f"data.image_size ({data.image_size}) must be divisible by the VAE downsampling factor {f}; "
            f"change data.image_size or vae.net.channel_mult")
+    if cfg.vae.disc.enabled:
+        check_disc_depth(data.image_size, cfg.vae.disc.layers)
+
+
+def check_disc_depth(image_size: int, layers: int) -> None:
+    """The patch discriminator halves the image `layers` times and then needs a 4x4 kernel's room twice more."""
+    from model.autoencoder.discriminator import deepest_fitting, patch_grid
+
+    if patch_grid(image_size, layers) == 0:
+        deepest = deepest_fitting(image_size)
+        fix = f"set vae.disc.layers to at most {deepest}" if deepest else "use larger images or vae.disc.weight 0"
+        raise UserError(f"vae.disc.layers {layers} is too deep for {image_size} px images (each layer halves "
+                        f"them); {fix}")
 
 
 def check_denoiser_shapes(cfg: Config) -> None:

@@ -152,6 +152,10 @@ def main(argv: list[str]) -> int:
 
     if not args.verbose:
         quiet_frameworks()
+    if args.train_vae and args.train_denoiser and not finished.get("denoiser"):
+        from model.lightning.trainer import check_denoiser_stage
+
+        check_denoiser_stage(cfg, vae_trained_first=not finished.get("vae"))
     check_writable(folder, "output_dir")  # a read-only or full output folder: refused before training starts
     created = missing_folders(folder.absolute())
     try:

@@ -8,6 +8,20 @@ import torch
 
 from tiny import DIGITS, ROOT, tiny
 
+_monkeypatch_setattr = pytest.MonkeyPatch.setattr
+
+
+def _setattr_refusing_modules(self, target, *args, **kwargs):
+    """`monkeypatch.setattr` on an `nn.Module` instance is refused: pytest >= 9.2 undoes it by deleting children,
+    parameters and buffers (it looks for the old value in the instance `__dict__` only). Use `wrap.swapped`."""
+    if isinstance(target, torch.nn.Module):
+        raise TypeError(f"monkeypatch.setattr on a {type(target).__name__} instance cannot be undone safely; "
+                        f"use tests/wrap.py swapped(obj, name, value)")
+    return _monkeypatch_setattr(self, target, *args, **kwargs)
+
+
+pytest.MonkeyPatch.setattr = _setattr_refusing_modules
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -62,6 +62,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     datasets.Dataset.from_dict({"img": [Image.new("RGB", (8, 8))] * 4, "y": [0, 1, 0, 1]}).save_to_disk(
         str(root / "hf"))
     f["hf"] = str(root / "hf")
+    lat = root / "lat_truncated"
+    assert encode_latents.main(["-cfg", DIGITS, "--load-vae", f["vae"], "--output", str(lat)]) == 0
+    shard = lat / "train-00000.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    f["lat_truncated"] = str(lat)
     return f
 
 
@@ -182,6 +187,20 @@ INVENTORY = [
     ("encode_latents", ["-cfg", DIGITS, "--load-vae", "{vae}", "--output", "{root}"], ["not empty"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--data.name", "latents", "--data.root", "{empty_dir}",
               "--load-vae", "{vae}"], ["meta.json is missing", "encode_latents"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--data.name", "latents", "--data.root", "{lat_truncated}",
+              "--load-vae", "{vae}"], ["train-00000.pt", "truncated", "encode_latents"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--data.name", "latents", "--data.root",
+              "{lat_truncated}"], ["trains a new one", "encode_latents"]),
+    # ---- both stages checked before stage 1 trains ----
+    ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--denoiser.unet.num_classes", "7"],
+     ["7 classes", "data has 10"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--denoiser.trainer.batch_size", "5000"],
+     ["fewer than one batch", "at most"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--denoiser.trainer.fid_every_n_steps", "10",
+              "--denoiser.trainer.best_by", "val/recon"], ["best_by val/recon"]),
+    # ---- the discriminator ----
+    ("main", ["-cfg", DIGITS, "--train-vae", "--vae.disc.weight", "0.5", "--vae.disc.layers", "9"],
+     ["vae.disc.layers 9", "16 px", "at most 2"]),
     # ---- export ----
     ("export", ["--load", "{vae}", "--output", "{root}/export"], ["vae checkpoint", "denoiser"]),
     ("export", ["--load", "{den}", "--output", "{file}"], ["is a file"]),

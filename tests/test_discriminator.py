@@ -10,7 +10,7 @@ import torch
 
 from model.autoencoder import DiscConfig
 from model.autoencoder.discriminator import (DELTA, MAX_WEIGHT, PatchDiscriminator, adaptive_weight,
-                                             generator_loss, hinge_d_loss)
+                                             deepest_fitting, generator_loss, hinge_d_loss, patch_grid)
 from model.errors import UserError
 
 
@@ -88,3 +88,24 @@ def test_bad_discriminator_settings_are_one_line_errors(field, value, needle):
     with pytest.raises(UserError, match=needle) as err:
         DiscConfig(**{field: value})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("size", [8, 16, 24, 32])
+def test_the_depth_check_agrees_with_the_network(size):
+    """patch_grid is the logit grid of the real network, and one layer more than deepest_fitting does not run."""
+    deepest = deepest_fitting(size)
+    for layers in range(1, deepest + 1):
+        out = PatchDiscriminator(1, 4, layers)(torch.zeros(1, 1, size, size))
+        assert out.shape[-2:] == (patch_grid(size, layers),) * 2, layers
+    assert patch_grid(size, deepest + 1) == 0
+    with pytest.raises(RuntimeError):
+        PatchDiscriminator(1, 4, deepest + 1)(torch.zeros(1, 1, size, size))
+
+
+def test_a_discriminator_too_deep_for_the_images_is_refused_with_the_deepest_that_fits():
+    from model.config import Config, DataConfig, VAEStage
+
+    with pytest.raises(UserError, match="at most 2") as err:
+        Config(data=DataConfig(image_size=16), vae=VAEStage(disc=DiscConfig(weight=0.5, layers=9)))
+    assert "vae.disc.layers 9" in str(err.value) and "\n" not in str(err.value)
+    Config(data=DataConfig(image_size=16), vae=VAEStage(disc=DiscConfig(weight=0.0, layers=9)))  # off: not checked

@@ -22,6 +22,7 @@ from model.errors import UserError
 from model.images import to_uint8
 from model.scripts import reimagine
 from model.scripts.common import image_file, validation_item
+from wrap import swapped
 
 S = 16  # data.image_size of the tiny runs
 PAD = 2  # model.images.grid_array's default padding
@@ -122,10 +123,13 @@ def test_strength_zero_returns_the_vae_reconstruction_for_a_latent_model(systems
 
 
 # ----- the samplers start from the same z_t at t_s -----------------------------------------------------------------
-def test_every_sampler_starts_from_z_t_at_t_start(systems, monkeypatch):
+def test_every_sampler_starts_from_z_t_at_t_start(systems):
     system = systems["latent"]
-    spy = Recorder(system.net)
-    monkeypatch.setattr(system.denoiser, "net", spy)
+    with swapped(system.denoiser, "net", Recorder(system.net)) as spy:
+        every_sampler_starts_from_z_t_at_t_start(system, spy)
+
+
+def every_sampler_starts_from_z_t_at_t_start(system, spy):
     x = first_validation_image(system)
     z0 = reimagine.encode(system, x)
     eps, state = reimagine.draw_noise(z0, 0)
@@ -144,10 +148,14 @@ def test_every_sampler_starts_from_z_t_at_t_start(systems, monkeypatch):
     assert torch.equal(spy.calls[0][1], r.z_t)
 
 
-def test_strength_one_starts_from_noise_at_T(systems, monkeypatch):
+def test_strength_one_starts_from_noise_at_T(systems):
     # A 10-step schedule keeps DDPM at strength 1 short; the network takes any integer t.
     system = systems["pixel"]
-    monkeypatch.setattr(system.denoiser, "schedule", base.make_schedule("cosine", 10))
+    with swapped(system.denoiser, "schedule", base.make_schedule("cosine", 10)):
+        strength_one_starts_from_noise_at_T(system)
+
+
+def strength_one_starts_from_noise_at_T(system):
     x = first_validation_image(system)
     z0 = reimagine.encode(system, x)
     eps, state = reimagine.draw_noise(z0, 0)
@@ -343,10 +351,13 @@ def test_inpainting_a_pixel_model_keeps_the_input_pixels_outside_the_mask(system
     assert (z[..., 8:] - x[..., 8:]).abs().mean() > 0.1
 
 
-def test_repaint_resampling_runs_every_step_r_times(systems, monkeypatch):
+def test_repaint_resampling_runs_every_step_r_times(systems):
     system = systems["latent"]
-    spy = Recorder(system.net)
-    monkeypatch.setattr(system.denoiser, "net", spy)
+    with swapped(system.denoiser, "net", Recorder(system.net)) as spy:
+        repaint_resampling_runs_every_step_r_times(system, spy)
+
+
+def repaint_resampling_runs_every_step_r_times(system, spy):
     x = first_validation_image(system)
     _, _, once = run_inpaint(system, x, half_mask(), resample=1)
     calls_once = len(spy.calls)

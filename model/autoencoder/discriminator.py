@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+KERNEL, PADDING = 4, 1  # every convolution of the patch discriminator
 DELTA = 1e-4  # δ of the adaptive weight: keeps λ finite while the adversarial gradient is ~0
 MAX_WEIGHT = 1e4  # the clamp of Esser et al.'s implementation
 
@@ -30,11 +31,11 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int, base_channels: int = 64, layers: int = 3) -> None:
         super().__init__()
         widths = [base_channels * min(2 ** i, 8) for i in range(layers + 1)]
-        blocks: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2)]
+        strides = conv_strides(layers)
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], KERNEL, strides[0], PADDING), nn.LeakyReLU(0.2)]
         for i in range(1, layers + 1):
-            stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(widths[i - 1], widths[i], 4, stride, 1), nn.LeakyReLU(0.2)]
-        blocks.append(nn.Conv2d(widths[-1], 1, 4, 1, 1))
+            blocks += [nn.Conv2d(widths[i - 1], widths[i], KERNEL, strides[i], PADDING), nn.LeakyReLU(0.2)]
+        blocks.append(nn.Conv2d(widths[-1], 1, KERNEL, strides[-1], PADDING))
         self.net = nn.Sequential(*blocks)
         for m in self.modules():  # DCGAN initialisation, as in pix2pix and taming
             if isinstance(m, nn.Conv2d):
@@ -48,6 +49,28 @@ class PatchDiscriminator(nn.Module):
         """D(x) with the weights detached: the generator's loss sends gradients to x only, never to D."""
         params = {name: p.detach() for name, p in self.named_parameters()}
         return functional_call(self, params, (x,))
+
+
+def conv_strides(layers: int) -> list[int]:
+    """The strides of the `layers + 2` convolutions: `layers` halvings, then the stride-1 layer and the head."""
+    return [2] * layers + [1, 1]
+
+
+def patch_grid(size: int, layers: int) -> int:
+    """The side of the logit grid for `size`-px images; 0 when the image shrinks below a kernel on the way."""
+    for stride in conv_strides(layers):
+        if size + 2 * PADDING < KERNEL:
+            return 0
+        size = (size + 2 * PADDING - KERNEL) // stride + 1
+    return size
+
+
+def deepest_fitting(size: int) -> int:
+    """The largest `layers` whose stack fits `size`-px images (0: not even one)."""
+    layers = 0
+    while patch_grid(size, layers + 1) > 0:
+        layers += 1
+    return layers
 
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:

@@ -144,6 +144,44 @@ def check_quality_settings(stage: str, tc: TrainerConfig, monitor: str, data_nam
         raise UserError(f"{stage}.trainer.best_by {tc.best_by} is not logged by this stage; use {monitor} or null")
 
 
+MONITOR = {"vae": "val/recon", "denoiser": "val/loss"}  # what a stage's best.ckpt is chosen by unless best_by says
+
+
+def stage_trainer(cfg: Config, stage: str) -> TrainerConfig:
+    return cfg.vae.trainer if stage == "vae" else cfg.denoiser.trainer
+
+
+def stage_data(cfg: Config, tc: TrainerConfig):
+    """The stage's data module, set up, with its batch size, checked to hold one batch."""
+    dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=tc.batch_size or cfg.data.batch_size))
+    dm.prepare_data()
+    dm.setup("fit")
+    check_one_batch(dm)
+    return dm
+
+
+def quality_callbacks(stage: str, cfg: Config) -> list[pl.Callback]:
+    """Quality during training when trainer.fid_every_n_steps asks for it (its FID weights are checked here)."""
+    tc = stage_trainer(cfg, stage)
+    check_quality_settings(stage, tc, MONITOR[stage], cfg.data.name)
+    if not tc.fid_every_n_steps:
+        return []
+    from model.lightning.callbacks.quality import QualityDuringTraining
+
+    return [QualityDuringTraining(tc.fid_every_n_steps, tc.fid_num_samples, tc.fid_real_pool, tc.fid_features)]
+
+
+def check_denoiser_stage(cfg: Config, vae_trained_first: bool) -> None:
+    """What would refuse the denoiser stage, checked before stage 1 trains when one command trains both: its data and
+    batch size, its classes, its quality settings. A refusal after stage 1 would cost the user that stage's time."""
+    if vae_trained_first and cfg.data.name == "latents":
+        raise UserError("data.name latents reads latents encoded by an existing VAE, but --train-vae trains a new "
+                        "one; train the VAE alone, encode with model.scripts.encode_latents, then --train-denoiser")
+    dm = stage_data(cfg, cfg.denoiser.trainer)
+    check_classes(cfg, dm)
+    quality_callbacks("denoiser", cfg)
+
+
 def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = None,
                 load_vae: Optional[str] = None) -> Path:
     """Train one stage into `folder/<stage>`; returns the path of its last checkpoint."""
@@ -152,29 +190,21 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     stage_dir = folder / stage
     check_stage_folder(stage_dir, resuming=load is not None)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    tc = cfg.vae.trainer if stage == "vae" else cfg.denoiser.trainer
-    dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=tc.batch_size or cfg.data.batch_size))
-    dm.prepare_data()
-    dm.setup("fit")
-    check_one_batch(dm)
+    tc = stage_trainer(cfg, stage)
+    dm = stage_data(cfg, tc)
     if stage == "vae":
-        system, monitor = VAESystem(to_dict(cfg)), "val/recon"
+        system = VAESystem(to_dict(cfg))
     else:
-        system, monitor = make_denoiser(cfg, dm, load, load_vae), "val/loss"
+        system = make_denoiser(cfg, dm, load, load_vae)
         if cfg.data.name == "latents":
             check_latents_fit(dm.meta, cfg, system, load or load_vae)
         elif cfg.denoiser.diffusion.cache_latents:
             from model.lightning.latent_cache import CachedLatents
 
             dm = CachedLatents(dm, system.encode_mean)
+    monitor = MONITOR[stage]
     stop = GracefulStop()
-    callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), ContinuousLogs()]
-    check_quality_settings(stage, tc, monitor, cfg.data.name)
-    if tc.fid_every_n_steps:
-        from model.lightning.callbacks.quality import QualityDuringTraining
-
-        callbacks.append(QualityDuringTraining(tc.fid_every_n_steps, tc.fid_num_samples, tc.fid_real_pool,
-                                               tc.fid_features))
+    callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), ContinuousLogs(), *quality_callbacks(stage, cfg)]
     logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
     trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before
@@ -245,14 +275,18 @@ def check_latents_fit(meta: dict, cfg: Config, system, vae_path: Optional[str]) 
                         f"{cfg.data.channels}; set them to the encoded images' values")
 
 
-def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):
-    from model.lightning.systems.denoiser import DenoiserSystem
-
-    num_classes = dm.num_classes if cfg.denoiser.unet.num_classes or cfg.denoiser.toy.num_classes else 0
+def check_classes(cfg: Config, dm) -> None:
     wanted = cfg.denoiser.toy.num_classes if cfg.denoiser.network == "toy_mlp" else cfg.denoiser.unet.num_classes
     if wanted and wanted != dm.num_classes:
         raise UserError(f"the denoiser is configured for {wanted} classes but the data has {dm.num_classes}; "
                         f"set denoiser.unet.num_classes to {dm.num_classes} (or 0 for unconditional)")
+
+
+def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):
+    from model.lightning.systems.denoiser import DenoiserSystem
+
+    check_classes(cfg, dm)
+    num_classes = dm.num_classes if cfg.denoiser.unet.num_classes or cfg.denoiser.toy.num_classes else 0
     system = DenoiserSystem(to_dict(cfg), num_classes=num_classes)
     if cfg.denoiser.autoencoder != "vae":
         return system
