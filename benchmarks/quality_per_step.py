@@ -46,13 +46,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def parse_settings(settings: list[str]) -> list[tuple[str, int | None]]:
     """["ddim:25", "ddpm:all"] → [("ddim", 25), ("ddpm", None)]."""
-    from model.base import SAMPLERS
+    from model.sampling import SAMPLERS
 
     out = []
     for item in settings:
         name, _, steps = item.partition(":")
         if name not in SAMPLERS or not (steps == "all" or steps.isdigit() and int(steps) > 0):
-            raise UserError(f"--settings {item!r} is not sampler:steps with a sampler of {SAMPLERS} and steps > 0 "
+            raise UserError(f"--settings {item!r} is not sampler:steps with a sampler of {', '.join(SAMPLERS)} and steps > 0 "
                             f"(or ddpm:all)")
         out.append((name, None if steps == "all" else int(steps)))
     return out
@@ -62,19 +62,21 @@ def draw_setting(pipe, fid, clf, sampler: str, steps, args, device: str) -> tupl
     """The samples of one setting with their class accuracy, domain FID and wall time; (row, samples)."""
     from model.evaluation import balanced_labels, generate, predict
     from model.metrics import fid as fidlib
-    from model.scripts.common import describe_sampler, sampler_steps
+    from model.sampling import SamplerSpec
+    from model.scripts.common import sampler_steps
 
     labels = balanced_labels(args.num_samples, pipe.num_classes)
     start = time.perf_counter()
-    x = generate(pipe, args.num_samples, labels, args.cfg_scale, sampler=sampler, steps=steps, seed=args.seed,
-                 batch_size=args.batch_size, spacing=args.spacing)
+    spec = SamplerSpec.from_config(pipe.diff, sampler=sampler, steps=steps, guidance=args.cfg_scale,
+                                   spacing="uniform" if steps is None else args.spacing)
+    x = generate(pipe, args.num_samples, labels, spec, seed=args.seed, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     fid.reset()
     fidlib.update(fid, x.split(args.batch_size), real=False, extractor="classifier")
     n = sampler_steps(sampler, steps, pipe.diff.sample_steps, pipe.diff.T)
     accuracy = float((predict(clf, x, device) == labels).float().mean())
-    return {"sampler": describe_sampler(sampler, n, spacing="uniform" if steps is None else args.spacing),
-            "network evaluations": n * (2 if args.cfg_scale else 1),
+    return {"sampler": spec.describe(pipe.diff.T),
+            "network evaluations": n * spec.info.evals_per_step * (2 if args.cfg_scale else 1),
             "class accuracy": accuracy, "FID (domain)": float(fid.compute()), "seconds": seconds}, x
 
 

@@ -1,4 +1,4 @@
-"""Our DDPM and DDIM loops (`model.base.sample_ddpm`, `sample_ddim`) against diffusers' schedulers, same denoiser.
+"""Our DDPM and DDIM loops (`model.sampling.sample_ddpm`, `sample_ddim`) against diffusers' schedulers, same denoiser.
 
     python -m benchmarks.sampler_overhead
     python -m benchmarks.sampler_overhead --ddpm-steps 1000 --batch-sizes 1 64 --repeats 5     (the full DDPM)
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from benchmarks.common import (Report, build_unet, latent_shape, load_config, make_parser, measure, parse,
                                random_batch, schedule_of)
-from model import base
+from model import base, sampling
 from model.errors import UserError, cli_entry
 
 NAME = "sampler_overhead"
@@ -80,7 +80,7 @@ def our_loop(kind: str, denoiser, x_T: Tensor, schedule: base.Schedule, c: Optio
     from model.denoising import Denoiser
 
     denoise = Denoiser(denoiser, schedule, "v", num_classes=int(c.max()) + 1 if c is not None else 0).bind(c)
-    return base.sample(kind, denoise, x_T, schedule, steps=steps, generator=generator)
+    return sampling.sample(denoise, x_T, schedule, sampling.SamplerSpec(kind, steps), generator=generator)
 
 
 OUR_TIMES = {"ddpm": base.timesteps_ddpm, "ddim": base.timesteps_ddim}

@@ -8,7 +8,7 @@ The UNet of config/digits.json (random weights) on its 4×4×4 latents, batch `-
 - one UNet call without gradients (its first call apart: it holds torch.compile's compilation for inference);
 - a training step: `benchmarks.common.diffusion_train_step` (q_sample, UNet, v-target MSE, backward, clip,
   AdamW, EMA) on a fixed random batch;
-- sampling: one DDIM-`--steps` call (`model.base.sample_ddim`) from fixed noise.
+- sampling: one DDIM-`--steps` call (`model.sampling.sample_ddim`) from fixed noise.
 
 Knobs, one at a time against the fp32 baseline: (a) fp32; (b) `torch.autocast(device, dtype=torch.bfloat16)`
 around the forward pass and the loss (sampling: around the whole loop); (c) the UNet and its input in the
@@ -32,7 +32,7 @@ from torch import nn
 
 from benchmarks.common import (Report, build_unet, denoise_of, diffusion_train_step, latent_shape, load_config,
                                make_parser, measure, parse, random_batch, schedule_of, timed)
-from model import base
+from model import base, sampling
 from model.errors import UserError, cli_entry
 
 NAME = "speed_knobs"
@@ -114,7 +114,7 @@ def sampling(knob: Knob, net: nn.Module, x_T: torch.Tensor, c, schedule, steps: 
 
     def sample() -> torch.Tensor:
         with torch.no_grad(), autocast():
-            return base.sample_ddim(denoise_of(net, schedule, c), x_T, schedule, steps=steps)
+            return sampling.sample_ddim(denoise_of(net, schedule, c), x_T, schedule, steps=steps)
 
     return sample
 

@@ -1,4 +1,4 @@
-"""Pure diffusion math: schedules, parametrisation conversions, q_sample, the loss, DDPM/DDIM steps, CFG, loops.
+"""Pure diffusion math: schedules, parametrisation conversions, q_sample, the loss, the step math, CFG.
 
 No Lightning, no module state. Conventions (docs/design.md, math conventions):
 
@@ -8,9 +8,11 @@ No Lightning, no module state. Conventions (docs/design.md, math conventions):
   dtype and device at the edge (`coef`).
 - A network predicts eps, x0 or v; `to_x0_eps` turns any of them into the pair (x0, eps) and every sampler step
   works from that pair.
-- Networks follow `net(x_t, t, c) -> Tensor` (t int64 (B,), c int64 (B,) or None) in their parametrisation;
-  samplers see only `denoise(x_t, t) -> (x0, eps)` at an int t, the wrapper of `model/denoising.py` (network,
-  parametrisation, guidance and clipping behind one callable).
+- Continuous time t ∈ [0, 1] for sampling: `Schedule.level(t)` gives a `Level` (t, alpha_bar, the network's time);
+  the table's step k is t = k / T exactly. The samplers, the grids and the loop are in `model/sampling/`.
+- Networks follow `net(x_t, t, c) -> Tensor` (t (B,): int64 steps in training, float times when sampling; c int64
+  (B,) or None) in their parametrisation; samplers see only `denoise(x_t, level) -> (x0, eps)`, the wrapper of
+  `model/denoising.py` (network, parametrisation, guidance and clipping behind one callable).
 
 Papers: Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule), Song et al. 2021 (DDIM),
 Salimans & Ho 2022 (v-parametrisation), Ho & Salimans 2022 (classifier-free guidance), Hang et al. 2023 (min-SNR-γ),
@@ -18,6 +20,7 @@ Lu et al. 2022 (DPM-Solver++).
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Union
@@ -30,8 +33,6 @@ from model.errors import UserError
 Parametrisation = Literal["eps", "x0", "v"]
 PARAMETRISATIONS = ("eps", "x0", "v")
 Network = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]  # (x_t, t (B,), c) -> output in its parametrisation
-DenoiseFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]  # (x_t, t) -> (x0, eps), every sample at time t
-Callback = Callable[[int, int, Tensor, Tensor], None]
 TimeLike = Union[int, Tensor]
 
 
@@ -146,6 +147,107 @@ class Schedule:
     def gather(self, table: Union[str, Tensor], t: TimeLike, like: Tensor) -> Tensor:
         """`coef` on one of this schedule's tables, by name ("alpha_bar", "sqrt_alpha_bar", ...) or as a tensor."""
         return coef(getattr(self, table) if isinstance(table, str) else table, t, like)
+
+    # ----- continuous time: t in [0, 1], the table's step k at t = k / T ---------------------------------------
+    def ab_at(self, t: float) -> float:
+        """alpha_bar at continuous time t ∈ [0, 1]: the table's value at t = k / T exactly; in between, log-SNR
+        linear in t (alpha_bar itself between t = 0 and 1 / T, where log-SNR is infinite at the data end)."""
+        s = _index(t, self.T)
+        k = round(s)
+        if abs(s - k) <= INDEX_TOLERANCE:
+            return self._values[k]
+        lo = math.floor(s)
+        f = s - lo
+        if lo == 0:
+            return (1.0 - f) + f * self._values[1]
+        lam = (1.0 - f) * _log_snr(self._values[lo]) + f * _log_snr(self._values[lo + 1])
+        return 1.0 / (1.0 + math.exp(-lam))
+
+    def t_at_log_snr(self, log_snr: float) -> float:
+        """The continuous time whose alpha_bar has this log-SNR (the inverse of `ab_at`), clamped to [1/T, 1]."""
+        table = self._log_snr_values()
+        if log_snr >= table[1]:
+            return 1.0 / self.T
+        if log_snr <= table[-1]:
+            return 1.0
+        k = bisect.bisect_left(self._negated_log_snrs, -log_snr)  # table[k] > log_snr >= table[k + 1]
+        f = (table[k] - log_snr) / (table[k] - table[k + 1])
+        return (k + f) / self.T
+
+    def _log_snr_values(self) -> list[float]:
+        if not hasattr(self, "_log_snrs"):  # built on first use: training never needs them
+            table = [math.inf] + [_log_snr(v) for v in self._values[1:]]
+            object.__setattr__(self, "_log_snrs", table)
+            object.__setattr__(self, "_negated_log_snrs", [-v for v in table[1:]])  # ascending, for bisect
+        return self._log_snrs
+
+    def net_time(self, t: float) -> float:
+        """What a network trained on this T-step table embeds at continuous time t: the step T·t (a whole number on
+        the table's own times, so those networks see exactly the times they were trained on)."""
+        s = _index(t, self.T)
+        k = round(s)
+        return float(k) if abs(s - k) <= INDEX_TOLERANCE else s
+
+    def level(self, t: float) -> "Level":
+        """The noise level at continuous time t ∈ [0, 1]."""
+        return Level(t, self.ab_at(t), self.net_time(t))
+
+    def level_at_step(self, k: int) -> "Level":
+        """The noise level at the table's step k ∈ {0, ..., T} (t = k / T)."""
+        if not 0 <= k <= self.T:
+            raise UserError(f"t must lie in [0, T={self.T}], got {k}")
+        return Level(k / self.T, self._values[k], float(k))
+
+    def level_at_log_snr(self, log_snr: float) -> "Level":
+        """The noise level with this log-SNR exactly (Karras σ and log-SNR grids), at its time on the table."""
+        t = self.t_at_log_snr(log_snr)
+        return Level(t, 1.0 / (1.0 + math.exp(-log_snr)), self.net_time(t))
+
+
+INDEX_TOLERANCE = 1e-9  # |T·t - k| below this is the table's step k (t = k / T in floating point)
+
+
+def _index(t: float, T: int) -> float:
+    if not 0.0 <= t <= 1.0:
+        raise UserError(f"continuous time t must lie in [0, 1], got {t}")
+    return t * T
+
+
+def _log_snr(ab: float) -> float:
+    return math.log(ab) - math.log1p(-ab) if ab < 1.0 else math.inf
+
+
+@dataclass(frozen=True)
+class Level:
+    """One noise level of a sampling grid: continuous time t ∈ [0, 1] (0 is data), alpha_bar there (float64), and the
+    time the network embeds. Every sample of a batch shares it, so a step's coefficients are Python floats."""
+
+    t: float
+    ab: float
+    net_time: float
+
+    @property
+    def alpha(self) -> float:
+        return math.sqrt(self.ab)
+
+    @property
+    def sigma(self) -> float:
+        return math.sqrt(max(1.0 - self.ab, 0.0))
+
+    @property
+    def lam(self) -> float:
+        """Half the log-SNR, log(alpha / sigma) (Lu et al. 2022); +inf at the data."""
+        sigma = self.sigma
+        return math.log(self.alpha) - math.log(sigma) if sigma > 0.0 else math.inf
+
+    @property
+    def sigma_ve(self) -> float:
+        """σ = sigma / alpha, the noise level of the variance-exploding view x / alpha (Karras et al. 2022, eq. 2)."""
+        return self.sigma / self.alpha
+
+    @property
+    def is_data(self) -> bool:
+        return self.ab >= 1.0
 
 
 def make_schedule(name: str, T: int, **kwargs) -> Schedule:
@@ -282,8 +384,12 @@ def _check_parametrisation(parametrisation: str) -> None:
 def to_x0_eps(pred: Tensor, x_t: Tensor, t: TimeLike, schedule: Schedule,
               parametrisation: Parametrisation) -> tuple[Tensor, Tensor]:
     """The pair (x0, eps) implied by a network output `pred` in `parametrisation` at (x_t, t); needs t >= 1."""
+    return x0_eps_from_output(pred, x_t, _ab(schedule, t, x_t), parametrisation)
+
+
+def x0_eps_from_output(pred: Tensor, x_t: Tensor, ab: Coef, parametrisation: Parametrisation) -> tuple[Tensor, Tensor]:
+    """`to_x0_eps` at a given alpha_bar (a float, or (B, 1, ..) float64) instead of a time on a schedule."""
     _check_parametrisation(parametrisation)
-    ab = _ab(schedule, t, x_t)
     if parametrisation == "eps":
         return x0_from_eps(x_t, pred, ab), pred
     if parametrisation == "x0":
@@ -392,7 +498,12 @@ def ddpm_posterior(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, sched
     if variance not in ("beta_tilde", "beta"):
         raise UserError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
     t_, p_ = _times(t, t_prev, x_t, schedule.T)
-    ab_t, ab_p = _ab(schedule, t_, x_t), _ab(schedule, p_, x_t)
+    return ddpm_posterior_at(x_t, _ab(schedule, t_, x_t), _ab(schedule, p_, x_t), x0, variance)
+
+
+def ddpm_posterior_at(x_t: Tensor, ab_t: Coef, ab_p: Coef, x0: Tensor,
+                      variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> tuple[Tensor, Coef]:
+    """`ddpm_posterior` between two alpha_bar values (floats, or (B, 1, ..) float64) instead of two times."""
     beta = 1.0 - ab_t / ab_p
     c_x0 = _sqrt(ab_p) * beta / (1.0 - ab_t)
     c_xt = _sqrt(1.0 - beta) * (1.0 - ab_p) / (1.0 - ab_t)
@@ -419,7 +530,11 @@ def ddpm_step(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, schedule: 
 
 def ddim_sigma(t: TimeLike, t_next: TimeLike, schedule: Schedule, eta: float, like: Tensor) -> Coef:
     """σ of Song et al. 2021, eq. 16: eta · sqrt((1 - ab_next) / (1 - ab_t)) · sqrt(1 - ab_t / ab_next), float64."""
-    ab_t, ab_n = _ab(schedule, t, like), _ab(schedule, t_next, like)
+    return ddim_sigma_at(_ab(schedule, t, like), _ab(schedule, t_next, like), eta)
+
+
+def ddim_sigma_at(ab_t: Coef, ab_n: Coef, eta: float) -> Coef:
+    """`ddim_sigma` between two alpha_bar values."""
     return eta * _sqrt(_nonneg((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n)))
 
 
@@ -439,15 +554,21 @@ def ddim_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, eps: Tenso
     t_, n_ = _times(t, t_next, x_t, schedule.T)
     if _all_done(n_):
         return x0
-    ab_n = _ab(schedule, n_, x_t)
-    sigma = ddim_sigma(t_, n_, schedule, eta, x_t)
+    x_next = ddim_update(x_t, _ab(schedule, t_, x_t), _ab(schedule, n_, x_t), x0, eps, eta, noise, generator)
+    return _where_done(n_, x0, x_next)
+
+
+def ddim_update(x_t: Tensor, ab_t: Coef, ab_n: Coef, x0: Tensor, eps: Tensor, eta: float = 0.0,
+                noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Song et al. 2021, eq. 12 between two alpha_bar values, the target one < 1 (`ddim_step` returns x0 at 0)."""
+    sigma = ddim_sigma_at(ab_t, ab_n, eta)
     c_eps = _sqrt(_nonneg(1.0 - ab_n - sigma * sigma))
     x_next = _cast(_sqrt(ab_n), x_t) * x0 + _cast(c_eps, x_t) * eps
     if eta > 0.0:
         if noise is None:
             noise = sample_noise(x_t.shape, generator, x_t.device, x_t.dtype)
         x_next = x_next + _cast(sigma, x_t) * noise
-    return _where_done(n_, x0, x_next)
+    return x_next
 
 
 def alpha_sigma_lambda(schedule: Schedule, t: TimeLike, like: Tensor) -> tuple[Coef, Coef, Coef]:
@@ -491,9 +612,14 @@ def dpmpp_2m_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, schedu
             inner = (n_ > 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, ..)
             k = torch.where(inner, 0.5 / r, torch.zeros_like(r))
         d = x0 + _cast(k, x_t) * (x0 - x0_prev)
+    return _where_done(n_, x0, dpm_solver_update(x_t, d, sigma_t, alpha_n, sigma_n, h))
+
+
+def dpm_solver_update(x_t: Tensor, d: Tensor, sigma_t: Coef, alpha_n: Coef, sigma_n: Coef, h: Coef) -> Tensor:
+    """x_next = (sigma_next / sigma_t) x_t - alpha_next (e^{-h} - 1) D, the exponential-integrator step of the
+    data-prediction solvers (Lu et al. 2022, eq. 9 and Alg. 2) for a combined prediction D."""
     decay = alpha_n * (math.expm1(-h) if isinstance(h, float) else torch.expm1(-h))
-    x_next = _cast(sigma_n / sigma_t, x_t) * x_t - _cast(decay, x_t) * d
-    return _where_done(n_, x0, x_next)
+    return _cast(sigma_n / sigma_t, x_t) * x_t - _cast(decay, x_t) * d
 
 
 def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
@@ -546,10 +672,23 @@ def predict_x0_eps(denoiser: Network, x_t: Tensor, t: TimeLike, c: Optional[Tens
         t_vec = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)  # (B,)
     pred = denoiser(x_t, t_vec, c)
     x0, eps = to_x0_eps(pred, x_t, t, schedule, parametrisation)
+    return _clipped(x0, eps, x_t, _ab(schedule, t, x_t), clip_limit)
+
+
+def predict_at_level(denoiser: Network, x_t: Tensor, level: Level, c: Optional[Tensor],
+                     parametrisation: Parametrisation, clip_limit: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """`predict_x0_eps` at a noise level of a sampling grid: the network gets the level's float time (B,)."""
+    t_vec = torch.full((x_t.shape[0],), level.net_time, dtype=torch.float32, device=x_t.device)  # (B,)
+    x0, eps = x0_eps_from_output(denoiser(x_t, t_vec, c), x_t, level.ab, parametrisation)
+    return _clipped(x0, eps, x_t, level.ab, clip_limit)
+
+
+def _clipped(x0: Tensor, eps: Tensor, x_t: Tensor, ab: Coef, clip_limit: Optional[float]) -> tuple[Tensor, Tensor]:
+    """x0 clipped by `clip_x0`, and eps recomputed from it where clipping changed it (the pair stays consistent)."""
     clipped = clip_x0(x0, clip_limit)
     if clipped is not x0:
         changed = clipped != x0
-        eps = torch.where(changed, eps_from_x0(x_t, clipped, _ab(schedule, t, x_t)), eps)
+        eps = torch.where(changed, eps_from_x0(x_t, clipped, ab), eps)
     return clipped, eps
 
 
@@ -604,92 +743,3 @@ def timesteps_dpm_solver(T: int, steps: int, t_start: Optional[int] = None, spac
     if steps is None:
         raise UserError("DPM-Solver++ needs a number of steps, e.g. 20")
     return _spaced(T, steps, t_start, spacing)
-
-
-def sample_ddpm(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: Optional[int] = None,
-                t_start: Optional[int] = None, variance: Literal["beta_tilde", "beta"] = "beta_tilde",
-                generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
-                spacing: str = "uniform") -> Tensor:
-    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), strided over `timesteps_ddpm` with the implied betas.
-
-    denoise(x_t, t) -> (x0, eps) (`model.denoising.Denoiser.bind`). x_T is pure noise when starting at T, or a given
-    x_t at t_start (reimagining). callback(i, t, x_t, x0) runs after step i with the new state x_t at time t and the
-    x0 predicted on the way there. `spacing` spreads the times (`_spaced`).
-    """
-    times = timesteps_ddpm(schedule.T, steps, t_start, spacing)
-    x = x_T
-    with torch.no_grad():
-        for i, (t, t_prev) in enumerate(zip(times[:-1], times[1:])):
-            x0, _ = denoise(x, t)
-            x = ddpm_step(x, t, t_prev, x0, schedule, generator=generator, variance=variance)
-            if callback is not None:
-                callback(i, t_prev, x, x0)
-    return x
-
-
-def sample_ddim(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int = 50,
-                t_start: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
-                callback: Optional[Callback] = None, spacing: str = "uniform") -> Tensor:
-    """DDIM sampling (Song et al. 2021, eq. 12) over `timesteps_ddim`; eta = 0 is deterministic.
-
-    denoise, x_T, t_start, callback and spacing as in `sample_ddpm`.
-    """
-    _check_eta(eta)
-    times = timesteps_ddim(schedule.T, steps, t_start, spacing)
-    x = x_T
-    with torch.no_grad():
-        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            x0, eps = denoise(x, t)
-            x = ddim_step(x, t, t_next, x0, eps, schedule, eta=eta, generator=generator)
-            if callback is not None:
-                callback(i, t_next, x, x0)
-    return x
-
-
-def sample_dpmpp_2m(denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: int = 20,
-                    t_start: Optional[int] = None, callback: Optional[Callback] = None,
-                    spacing: str = "uniform") -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): x_next = (sigma_next / sigma_t) x_t - alpha_next (e^-h - 1) D.
-
-    Deterministic multistep solver of the probability-flow ODE in lambda with the data prediction, one network call
-    per step over `timesteps_dpm_solver` (`dpmpp_2m_step`). D is the (clipped) x0 predicted at t on the first step
-    (= DDIM, eta 0) and on the last step to t = 0, where sigma = 0 and lambda = +inf make r = h_prev / h = 0, so that
-    step is first order and returns x_0 = x0 (as diffusers' lower_order_final with final_sigmas_type="zero", and
-    k-diffusion); in between D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev with the previous step's prediction.
-    denoise, x_T, t_start, callback and spacing as in `sample_ddpm`.
-    """
-    times = timesteps_dpm_solver(schedule.T, steps, t_start, spacing)
-    x, x0_prev, t_prev = x_T, None, None
-    with torch.no_grad():
-        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            x0, _ = denoise(x, t)
-            x = dpmpp_2m_step(x, t, t_next, x0, schedule, x0_prev=x0_prev, t_prev=t_prev)
-            x0_prev, t_prev = x0, t
-            if callback is not None:
-                callback(i, t_next, x, x0)
-    return x
-
-
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}  # for tables and messages
-
-
-def check_sampler(name: str) -> None:
-    if name not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
-
-
-def sample(sampler: str, denoise: DenoiseFn, x_T: Tensor, schedule: Schedule, *, steps: Optional[int] = None,
-           t_start: Optional[int] = None, eta: float = 0.0, generator: Optional[torch.Generator] = None,
-           callback: Optional[Callback] = None, spacing: str = "uniform") -> Tensor:
-    """Run the sampler registered under `sampler` in SAMPLERS. DDPM runs every step when steps is None; eta is
-    DDIM's (the others are deterministic or ancestral by construction); the generator draws DDPM's and DDIM's noise."""
-    check_sampler(sampler)
-    common = dict(t_start=t_start, callback=callback, spacing=spacing)
-    if sampler == "ddpm":
-        return sample_ddpm(denoise, x_T, schedule, steps=steps, generator=generator, **common)
-    if steps is None:
-        raise UserError(f"{SAMPLER_NAMES[sampler]} needs a number of steps, e.g. 25")
-    if sampler == "ddim":
-        return sample_ddim(denoise, x_T, schedule, steps=steps, eta=eta, generator=generator, **common)
-    return sample_dpmpp_2m(denoise, x_T, schedule, steps=steps, **common)

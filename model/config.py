@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from data.config import MAX_BATCH_SIZE, DataConfig
 from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
 from model.denoiser.config import ToyMLPConfig, UNetConfig
-from model.base import SAMPLERS, SPACINGS
+from model.sampling import GRIDS, SAMPLERS
 from model.errors import UserError
 
 
@@ -126,9 +126,10 @@ class DiffusionConfig:
     ema_decay: float = 0.999  # EMA of the weights used for sampling
     clip_limit: Optional[float] = None  # default sampling clamp of the predicted x0; None = no clamp
     # the sampler of the sample grids written during training and the default of `sample -cfg`
-    sampler: str = "ddim"  # a name of model.base.SAMPLERS: ddpm, ddim or dpmpp_2m
-    sample_steps: int = 50  # DDIM / DPM-Solver++ steps for those grids
-    sample_spacing: str = "uniform"  # the default spread of sampling times: uniform or noise-dense (model.base)
+    sampler: str = "ddim"  # a name of model.sampling.SAMPLERS: ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, euler, heun
+    sample_steps: int = 50  # steps of every sampler but DDPM (which runs all T unless told)
+    sample_spacing: str = "uniform"  # the grid of noise levels (model/sampling/grids.py): uniform, noise-dense, ...
+    guidance_interval: Optional[list[float]] = None  # [lo, hi]: guide only for σ in (lo, hi]; None: at every level
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
     cache_latents: bool = False  # encode the training set once instead of every epoch (no flips then)
     latent_stats_batches: int = 20  # batches used to estimate the latent shift and scale
@@ -146,8 +147,12 @@ class DiffusionConfig:
                f"denoiser.diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
         _check(self.sampler in SAMPLERS,
                f"denoiser.diffusion.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        _check(self.sample_spacing in SPACINGS,
-               f"denoiser.diffusion.sample_spacing must be one of {', '.join(SPACINGS)}, got {self.sample_spacing!r}")
+        _check(self.sample_spacing in GRIDS,
+               f"denoiser.diffusion.sample_spacing must be one of {', '.join(GRIDS)}, got {self.sample_spacing!r}")
+        _check(self.guidance_interval is None or (len(self.guidance_interval) == 2
+                                                  and 0 <= self.guidance_interval[0] < self.guidance_interval[1]),
+               f"denoiser.diffusion.guidance_interval must be null or [lo, hi] with 0 <= lo < hi (noise levels σ), "
+               f"got {self.guidance_interval}")
         _check(0 < self.sample_steps <= self.T,
                f"denoiser.diffusion.sample_steps must be in [1, T={self.T}], got {self.sample_steps}")
         bad = [t for t in self.val_timesteps if not 1 <= t <= self.T]

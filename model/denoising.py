@@ -3,17 +3,18 @@
 A network maps (x_t, t, c) to its output in one parametrisation (eps, x0 or v) and knows no schedule. `Denoiser`
 holds that network with the schedule, the parametrisation, the class conditioning (with the null class for
 classifier-free guidance), the latent statistics and the sampling options (guidance scale, clip limit), and gives
-samplers the only thing they need: `denoise(x_t, t) -> (x0, eps)` (as k-diffusion's and EDM's wrappers do).
+samplers the only thing they need: `denoise(x_t, level) -> (x0, eps)` (as k-diffusion's and EDM's wrappers do).
 Training (the Lightning system), sampling and evaluation (`model.pipeline`) all build one; it imports no Lightning.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from model import base
+from model.sampling import sample as run_spec
 from model.errors import UserError
 
 
@@ -76,19 +77,32 @@ class Denoiser(nn.Module):
     def denormalise(self, z: Tensor) -> Tensor:
         return denormalise(z, self.latent_shift, self.latent_scale)
 
-    # ----- (x_t, t, c) -> (x0, eps) -----------------------------------------------------------------------------
-    def forward(self, x_t: Tensor, t: base.TimeLike, c: Optional[Tensor] = None, guidance: float = 0.0,
-                clip_limit: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    # ----- (x_t, level, c) -> (x0, eps) -------------------------------------------------------------------------
+    def forward(self, x_t: Tensor, t: Union[base.Level, base.TimeLike], c: Optional[Tensor] = None,
+                guidance: float = 0.0, clip_limit: Optional[float] = None) -> tuple[Tensor, Tensor]:
         """(x0, eps) at (x_t, t) for labels c (None: the null class), guided by w = `guidance` (Ho & Salimans 2022,
-        (1 + w) out(x, c) - w out(x, ∅)) and with x0 clamped to [-clip_limit, clip_limit] (`base.predict_x0_eps`)."""
-        net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class)
-        return base.predict_x0_eps(net, x_t, t, c, self.schedule, self.parametrisation, clip_limit)
+        (1 + w) out(x, c) - w out(x, ∅)) and with x0 clamped to [-clip_limit, clip_limit].
 
-    def bind(self, c: Optional[Tensor] = None, guidance: float = 0.0,
-             clip_limit: Optional[float] = None) -> base.DenoiseFn:
-        """`denoise(x_t, t) -> (x0, eps)` for a sampler, with the labels and options fixed (checked once here)."""
+        t is a noise level of a sampling grid (the network embeds its float time), a step of the table (an int), or
+        one step per sample (an int tensor (B,), as in training)."""
+        net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class)
+        if isinstance(t, Tensor):
+            return base.predict_x0_eps(net, x_t, t, c, self.schedule, self.parametrisation, clip_limit)
+        level = t if isinstance(t, base.Level) else self.schedule.level_at_step(int(t))
+        return base.predict_at_level(net, x_t, level, c, self.parametrisation, clip_limit)
+
+    def bind(self, c: Optional[Tensor] = None, guidance: float = 0.0, clip_limit: Optional[float] = None,
+             guidance_at: Optional[Callable[[float], float]] = None) -> Callable:
+        """`denoise(x_t, level) -> (x0, eps)` for a sampler, with the labels and options fixed (checked once here);
+        `guidance_at(σ)` replaces the constant scale where guidance depends on the noise level (an interval)."""
         self.check_options(c, guidance, clip_limit)
-        return lambda x_t, t: self(x_t, t, c, guidance, clip_limit)
+        if guidance_at is None:
+            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit)
+
+        def denoise(x_t: Tensor, level: base.Level) -> tuple[Tensor, Tensor]:
+            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit)
+
+        return denoise
 
     def check_options(self, c: Optional[Tensor], guidance: float, clip_limit: Optional[float]) -> None:
         if guidance != 0.0 and self.num_classes == 0:
@@ -100,17 +114,19 @@ class Denoiser(nn.Module):
             raise UserError(f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = the null class)")
         base.clip_x0(torch.zeros(1), clip_limit)  # refuses a limit <= 0
 
+    def bind_spec(self, labels: Optional[Tensor], spec, device: torch.device) -> Callable:
+        """`bind` with the guidance, its interval and the clip limit of a `SamplerSpec`."""
+        c = labels.to(device) if labels is not None and self.num_classes else None
+        interval = spec.guides_at if spec.guidance_interval is not None else None
+        return self.bind(c, spec.guidance, spec.clip_limit, guidance_at=interval)
+
     @torch.no_grad()
-    def sample(self, x_T: Tensor, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
-               steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0,
-               clip_limit: Optional[float] = None, generator: Optional[torch.Generator] = None,
-               t_start: Optional[int] = None, callback: Optional[base.Callback] = None,
-               spacing: str = "uniform") -> Tensor:
-        """Run `sampler` (a name in base.SAMPLERS) from x_T (pure noise at T, or x_t at t_start); returns the
-        normalised x0 (decode latents with the autoencoder after `denormalise`)."""
-        c = labels.to(x_T.device) if labels is not None and self.num_classes else None
-        return base.sample(sampler, self.bind(c, guidance, clip_limit), x_T, self.schedule, steps=steps,
-                           t_start=t_start, eta=eta, generator=generator, callback=callback, spacing=spacing)
+    def sample(self, x_T: Tensor, labels: Optional[Tensor], spec, *, generator: Optional[torch.Generator] = None,
+               k_start: Optional[int] = None, callback=None, after_step=None, resample: int = 1) -> Tensor:
+        """Run `spec` (a `model.sampling.SamplerSpec`) from x_T (pure noise at T, or x_t at the table's step
+        k_start); returns the normalised x0 (decode latents with the autoencoder after `denormalise`)."""
+        return run_spec(self.bind_spec(labels, spec, x_T.device), x_T, self.schedule, spec, k_start=k_start,
+                      generator=generator, callback=callback, after_step=after_step, resample=resample)
 
 
 @torch.no_grad()

@@ -18,12 +18,10 @@ def balanced_labels(n: int, num_classes: int) -> Optional[Tensor]:
     return torch.arange(n) % num_classes if num_classes else None
 
 
-def generate(pipe, n: int, labels: Optional[Tensor], cfg_scale: float, *, sampler: str, steps: Optional[int],
-             seed: int, batch_size: int, spacing: Optional[str] = None) -> Tensor:
-    """n decoded samples (n, ...) on CPU (`LatentDiffusionPipeline.generate`) with the checkpoint's clip limit (and
-    sample spacing unless `spacing`): images in [-1, 1], the 2-D toy's points as they are."""
-    return pipe.generate(n, labels, sampler=sampler, steps=steps, clip_limit=pipe.diff.clip_limit,
-                         cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, spacing=spacing)[0]
+def generate(pipe, n: int, labels: Optional[Tensor], spec, *, seed: int, batch_size: int) -> Tensor:
+    """n decoded samples (n, ...) on CPU (`LatentDiffusionPipeline.generate`) drawn as the `SamplerSpec` says:
+    images in [-1, 1], the 2-D toy's points as they are."""
+    return pipe.generate(n, labels, spec, seed=seed, batch_size=batch_size)[0]
 
 
 def check_classifier_fits(clf, pipe, conditional: bool) -> None:

@@ -12,7 +12,6 @@ generated region agree better with the known one.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model import base
-from model.errors import UserError
+from model.sampling import SamplerSpec, sample
 
 
 def latent_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -30,37 +29,20 @@ def latent_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 @torch.no_grad()
-def inpaint(denoise: base.DenoiseFn, z0: Tensor, mask: Tensor, schedule: base.Schedule, *, sampler: str = "ddpm",
-            steps: Optional[int] = None, resample: int = 1, generator: Optional[torch.Generator] = None,
-            callback: Optional[base.Callback] = None) -> Tensor:
-    """Regenerate z0 where `mask` (broadcastable to z0, 1 = regenerate) is 1, starting from pure noise at T.
-
-    sampler: "ddpm" (every step unless `steps`) or "ddim" (eta 0, `steps`); resample >= 1 runs each step that many
-    times (1: no resampling). All noise comes from `generator`, so a seed gives the same result.
-    """
-    if sampler not in ("ddpm", "ddim"):
-        raise UserError(f"inpainting runs with ddpm or ddim, got {sampler!r}; pass --sampler ddpm or ddim")
-    if resample < 1:
-        raise UserError(f"--resample-steps must be >= 1 (1 = no resampling), got {resample}")
-    times = base.timesteps_ddpm(schedule.T, steps) if sampler == "ddpm" else base.timesteps_ddim(schedule.T, steps)
+def inpaint(denoise, z0: Tensor, mask: Tensor, schedule: base.Schedule, spec: SamplerSpec, *, resample: int = 1,
+            generator: Optional[torch.Generator] = None, callback=None) -> Tensor:
+    """Regenerate z0 where `mask` (broadcastable to z0, 1 = regenerate) is 1, starting from pure noise at T, with
+    any sampler of `spec` (`model.sampling`); resample >= 1 runs each step that many times (1: no resampling; the
+    multistep solvers cannot repeat a step). All noise comes from `generator`, so a seed gives the same result."""
     noise = lambda: base.sample_noise(tuple(z0.shape), generator, z0.device, z0.dtype)  # noqa: E731
-    x = noise()
-    for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-        for r in range(resample):
-            x0, eps = denoise(x, t)
-            if sampler == "ddpm":
-                x_next = base.ddpm_step(x, t, t_next, x0, schedule, generator=generator)
-            else:
-                x_next = base.ddim_step(x, t, t_next, x0, eps, schedule)
-            known = z0 if t_next == 0 else base.q_sample(z0, t_next, noise(), schedule)
-            x_next = mask * x_next + (1 - mask) * known
-            if r < resample - 1 and t_next > 0:  # back to t: x_t ~ q(x_t | x_next)
-                a = float(schedule.alpha_bar[t] / schedule.alpha_bar[t_next])
-                x = math.sqrt(a) * x_next + math.sqrt(1.0 - a) * noise()
-        x = x_next
-        if callback is not None:
-            callback(i, t_next, x, x0)
-    return x
+    x_T = noise()
+
+    def keep_known(x_next: Tensor, level: base.Level) -> Tensor:
+        known = z0 if level.is_data else level.alpha * z0 + level.sigma * noise()  # q_sample at the level reached
+        return mask * x_next + (1 - mask) * known
+
+    return sample(denoise, x_T, schedule, spec, generator=generator, callback=callback, after_step=keep_known,
+                  resample=resample)
 
 
 def blend(result: Tensor, image: Tensor, mask: Tensor) -> Tensor:

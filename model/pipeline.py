@@ -22,6 +22,7 @@ from model import base
 from model.config import Config
 from model.denoising import Denoiser, class_condition
 from model.errors import UserError
+from model.sampling import SamplerSpec
 
 
 def denoiser_network(cfg: Config, num_classes: int) -> nn.Module:
@@ -139,31 +140,34 @@ class LatentDiffusionPipeline:
         return self.autoencoder.decode(self.denoiser.denormalise(z)).clamp(-1, 1)
 
     # ----- sampling --------------------------------------------------------------------------------------------
+    def spec(self, spec: Optional[SamplerSpec] = None, **overrides) -> SamplerSpec:
+        """The sampling spec: `spec`, else the checkpoint's defaults (sampler, sample_steps, sample_spacing,
+        clip_limit), with the keyword overrides that are not None (sampler, steps, spacing, eta, cfg_scale,
+        guidance_interval, clip_limit)."""
+        if "cfg_scale" in overrides:
+            overrides["guidance"] = overrides.pop("cfg_scale")
+        if spec is not None:
+            return spec.replace(**overrides)
+        return SamplerSpec.from_config(self.diff, **overrides)
+
     @torch.no_grad()
-    def sample(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim", steps: Optional[int] = None,
-               eta: float = 0.0, clip_limit: Optional[float] = None, cfg_scale: float = 0.0,
+    def sample(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None, *,
                generator: Optional[torch.Generator] = None, x_T: Optional[Tensor] = None,
-               t_start: Optional[int] = None, callback: Optional[base.Callback] = None,
-               spacing: Optional[str] = None) -> Tensor:
+               t_start: Optional[int] = None, callback=None, **overrides) -> Tensor:
         """n samples in the denoiser's space (normalised latents, pixels or points); `decode` them to images.
 
-        labels None: the null class. DDPM runs every step unless `steps` is given; DDIM and DPM-Solver++ default to
-        the config's sample_steps, and every sampler to its sample_spacing. The generator draws x_T (on the CPU, so a seed gives the same samples on any
-        device) and DDPM's and DDIM's noise.
-        """
+        labels None: the null class. `spec` (or the checkpoint's, with `overrides`: see `spec`) says how. The
+        generator draws x_T (on the CPU, so a seed gives the same samples on any device) and the stochastic
+        samplers' noise; x_T at the table's step t_start starts part-way (reimagine)."""
+        spec = self.spec(spec, **overrides)
         if x_T is None:
             x_T = torch.randn(sample_shape(self.cfg, n), generator=generator)
-        if sampler != "ddpm" and steps is None:
-            steps = self.diff.sample_steps
-        return self.denoiser.sample(x_T.to(self.device), labels, sampler=sampler, steps=steps, eta=eta,
-                                    guidance=cfg_scale, clip_limit=clip_limit, generator=generator, t_start=t_start,
-                                    callback=callback, spacing=spacing or self.diff.sample_spacing)
+        return self.denoiser.sample(x_T.to(self.device), labels, spec, generator=generator, k_start=t_start,
+                                    callback=callback)
 
     @torch.no_grad()
-    def batches(self, n: int, labels: Optional[Tensor] = None, *, sampler: str = "ddim",
-                steps: Optional[int] = None, eta: float = 0.0, clip_limit: Optional[float] = None,
-                cfg_scale: float = 0.0, seed: int = 0, batch_size: int = 256,
-                callback: Optional[base.Callback] = None, spacing: Optional[str] = None):
+    def batches(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None, *, seed: int = 0,
+                batch_size: int = 256, callback=None, **overrides):
         """Yield (images in [-1, 1] or the toy's points, samples in the denoiser's space), both on the CPU, for n
         samples drawn `batch_size` at a time from one generator seeded with `seed`: memory stays bounded for any n,
         and the same seed and batch size give the same samples on a CPU. `callback` follows the first batch."""
@@ -173,29 +177,29 @@ class LatentDiffusionPipeline:
             raise UserError(f"the batch size must be > 0, got {batch_size}")
         if labels is not None and len(labels) != n:
             raise UserError(f"{len(labels)} class labels for {n} samples; give one label per sample")
+        spec = self.spec(spec, **overrides)
         gen = torch.Generator().manual_seed(seed)
         for start in range(0, n, batch_size):
             chunk = labels[start: start + batch_size] if labels is not None else None
-            z = self.sample(min(batch_size, n - start), chunk, sampler=sampler, steps=steps, eta=eta,
-                            clip_limit=clip_limit, cfg_scale=cfg_scale, generator=gen,
-                            callback=callback if start == 0 else None, spacing=spacing)
+            z = self.sample(min(batch_size, n - start), chunk, spec, generator=gen,
+                            callback=callback if start == 0 else None)
             yield self.decode(z).cpu(), z.cpu()
 
-    def generate(self, n: int, labels: Optional[Tensor] = None, **kwargs) -> tuple[Tensor, Tensor]:
+    def generate(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None,
+                 **kwargs) -> tuple[Tensor, Tensor]:
         """All of `batches` at once: (images or points, samples in the denoiser's space), on the CPU."""
-        images, latents = zip(*self.batches(n, labels, **kwargs))
+        images, latents = zip(*self.batches(n, labels, spec, **kwargs))
         return torch.cat(images), torch.cat(latents)
 
-    def __call__(self, n: int, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *, cfg_scale: float = 0.0,
-                 sampler: str = "dpmpp_2m", steps: Optional[int] = 20, seed: int = 0, eta: float = 0.0,
-                 clip_limit: Optional[float] = None, batch_size: int = 256, spacing: Optional[str] = None,
-                 return_latents: bool = False) -> Union[np.ndarray, tuple[np.ndarray, Tensor]]:
+    def __call__(self, n: int, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *,
+                 spec: Optional[SamplerSpec] = None, seed: int = 0, batch_size: int = 256,
+                 return_latents: bool = False, **overrides) -> Union[np.ndarray, tuple[np.ndarray, Tensor]]:
         """n images as uint8 (n, H, W, C) (the 2-D toy: float points (n, 2)); with return_latents, also the samples
-        in the denoiser's space. See `generate`."""
+        in the denoiser's space. Sampled as the checkpoint's config says unless `spec` or overrides (cfg_scale,
+        sampler, steps, spacing, eta, clip_limit, guidance_interval) say otherwise. See `generate`."""
         from model.images import to_uint8
 
         labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
-        x, z = self.generate(n, labels, sampler=sampler, steps=steps, eta=eta, clip_limit=clip_limit,
-                             cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, spacing=spacing)
+        x, z = self.generate(n, labels, spec, seed=seed, batch_size=batch_size, **overrides)
         out = x.numpy() if self.cfg.denoiser.network == "toy_mlp" else to_uint8(x)
         return (out, z) if return_latents else out

@@ -155,7 +155,7 @@ INVENTORY = [
     # ---- evaluation, plots, reimagining ----
     ("evaluate", ["--load", "{den}", "--num_samples", "1"], ["--num_samples", "at least 2"]),
     ("sample", ["--load", "{den}", "--ddim", "--sampler", "dpmpp_2m"], ["--ddim", "disagree"]),
-    ("sample", ["--load", "{den}", "--sampler", "euler"], ["--sampler", "invalid choice"]),
+    ("sample", ["--load", "{den}", "--sampler", "plms"], ["--sampler", "invalid choice"]),
     ("evaluate", ["--load", "{den}", "--steps", "0"], ["--steps"]),
     ("evaluate", ["--load", "{toy}", "--cfg-scale", "0", "2"], ["unconditional", "--cfg-scale"]),
     ("evaluate", ["--load", "{den}", "--extractor", "classifier"], ["--classifier"]),

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from model import base
+from model import base, sampling
 from model.errors import UserError
 from wrap import denoise_fn
 
@@ -53,8 +53,9 @@ class GaussianOracle:
 
     def x0_eps(self, x_t, t):
         x = x_t.to(f64)
-        ab = self.ab[t.cpu()][:, None]  # (B, 1)
-        x0 = self.mu + torch.einsum("bij,bj->bi", self.A[t.cpu()], x - ab.sqrt() * self.mu)  # (B, d)
+        k = t.cpu().round().long()  # networks get the table's step as a float time
+        ab = self.ab[k][:, None]  # (B, 1)
+        x0 = self.mu + torch.einsum("bij,bj->bi", self.A[k], x - ab.sqrt() * self.mu)  # (B, d)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
         return x0, eps, ab
 
@@ -521,20 +522,20 @@ def test_sampling_reproducible_and_seed_dependent():
     x_T = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=f64)
 
     def ddpm(seed):
-        return base.sample_ddpm(denoise_fn(den, s), x_T, s, generator=torch.Generator().manual_seed(seed))
+        return sampling.sample_ddpm(denoise_fn(den, s), x_T, s, generator=torch.Generator().manual_seed(seed))
 
     assert torch.equal(ddpm(0), ddpm(0)) and not torch.equal(ddpm(0), ddpm(1))
     # steps = T is the full chain: same times, same draws, bitwise the same samples
-    full = base.sample_ddpm(denoise_fn(den, s), x_T, s, steps=50, generator=torch.Generator().manual_seed(0))
+    full = sampling.sample_ddpm(denoise_fn(den, s), x_T, s, steps=50, generator=torch.Generator().manual_seed(0))
     assert torch.equal(full, ddpm(0))
     # eta = 0 DDIM uses no randomness: any generator gives the same samples and none is advanced
     g0, g1 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     state = g0.get_state()
-    a = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, generator=g0)
-    b = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, generator=g1)
+    a = sampling.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, generator=g0)
+    b = sampling.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, generator=g1)
     assert torch.equal(a, b) and torch.equal(g0.get_state(), state)
-    c = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(0))
-    d = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(1))
+    c = sampling.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(0))
+    d = sampling.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, eta=0.5, generator=torch.Generator().manual_seed(1))
     assert not torch.equal(c, d)
 
 
@@ -549,18 +550,18 @@ def test_loops_callback_t_start_no_grad():
 
     calls = []
     x_T = torch.randn(2, 4)
-    out = base.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, t_start=60,
+    out = sampling.sample_ddim(denoise_fn(den, s), x_T, s, steps=10, t_start=60,
                            callback=lambda i, t, x, x0: calls.append((i, t, x, x0)))
     assert [i for i, *_ in calls] == list(range(10))
     assert [t for _, t, *_ in calls] == base.timesteps_ddim(100, 10, 60)[1:]
     assert seen_t == base.timesteps_ddim(100, 10, 60)[:-1] and seen_t[0] == 60
     seen_t.clear()
-    base.sample_dpmpp_2m(denoise_fn(den, s), x_T, s, steps=5, spacing="noise-dense")
+    sampling.sample_dpmpp_2m(denoise_fn(den, s), x_T, s, steps=5, spacing="noise-dense")
     assert seen_t == base.timesteps_dpm_solver(100, 5, spacing="noise-dense")[:-1] == [100, 96, 84, 64, 36]
     assert torch.equal(calls[-1][2], out) and torch.equal(out, calls[-1][3])  # the last step returns x0
     # gradients are off inside the loop, but the result is a normal tensor (no inference mode)
     assert not out.requires_grad and not out.is_inference() and out.dtype == torch.float32
-    out = base.sample_ddpm(denoise_fn(den, s, clip_limit=0.5), x_T, s, steps=5)
+    out = sampling.sample_ddpm(denoise_fn(den, s, clip_limit=0.5), x_T, s, steps=5)
     assert not out.requires_grad and out.abs().max().item() <= 0.5  # last step: mean = clipped x0, no noise
 
 
@@ -586,7 +587,7 @@ def test_ddpm_exact_for_unit_covariance_data(parametrisation, steps):
     oracle = GaussianOracle(MU, eye, s)
     g = torch.Generator().manual_seed(11)
     x_T = s.alpha_bar[200].sqrt() * MU + torch.randn(N_SAMPLES, 3, generator=g, dtype=f64)
-    out = base.sample_ddpm(denoise_fn(oracle.denoiser(parametrisation), s, parametrisation=parametrisation), x_T, s,
+    out = sampling.sample_ddpm(denoise_fn(oracle.denoiser(parametrisation), s, parametrisation=parametrisation), x_T, s,
                            steps=steps, variance="beta", generator=g)
     t_1 = base.timesteps_ddpm(200, steps)[-2]
     assert_moments(out, MU, s.alpha_bar[t_1] * eye)
@@ -622,10 +623,10 @@ def test_oracle_samples_match_exact_sampler_law(sampler, parametrisation, dtype)
     x_T = torch.randn(N_SAMPLES, 3, generator=g, dtype=dtype)
     den = oracle.denoiser(parametrisation)
     if sampler == "ddpm":
-        out = base.sample_ddpm(denoise_fn(den, s, parametrisation=parametrisation), x_T, s, generator=g)
+        out = sampling.sample_ddpm(denoise_fn(den, s, parametrisation=parametrisation), x_T, s, generator=g)
         m, C = oracle.sampler_law(base.timesteps_ddpm(200), "ddpm")
     else:
-        out = base.sample_ddim(denoise_fn(den, s, parametrisation=parametrisation), x_T, s, steps=50, generator=g)
+        out = sampling.sample_ddim(denoise_fn(den, s, parametrisation=parametrisation), x_T, s, steps=50, generator=g)
         m, C = oracle.sampler_law(base.timesteps_ddim(200, 50), "ddim")
     assert out.dtype == dtype
     assert_moments(out, m, C)
@@ -643,8 +644,8 @@ def test_oracle_strided_ddpm_beta_tilde_and_ddim_eta1():
     g = torch.Generator().manual_seed(4)
     x_T = torch.randn(N_SAMPLES, 3, generator=g, dtype=f64)
     eps_fn = denoise_fn(oracle.denoiser("eps"), s, parametrisation="eps")
-    assert_moments(base.sample_ddpm(eps_fn, x_T, s, steps=50, generator=g), m, C)
-    assert_moments(base.sample_ddim(denoise_fn(oracle.denoiser("v"), s), x_T, s, steps=50, eta=1.0, generator=g), m, C)
+    assert_moments(sampling.sample_ddpm(eps_fn, x_T, s, steps=50, generator=g), m, C)
+    assert_moments(sampling.sample_ddim(denoise_fn(oracle.denoiser("v"), s), x_T, s, steps=50, eta=1.0, generator=g), m, C)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -662,10 +663,10 @@ def _den(x, t, c):
     lambda s, x: base.timesteps_ddim(10, 0),
     lambda s, x: base.timesteps_ddpm(10, 5, t_start=11),
     lambda s, x: base.timesteps_ddpm(10, 6, t_start=5),
-    lambda s, x: base.sample_ddim(denoise_fn(_den, s), x, s, steps=11),
-    lambda s, x: base.sample_ddpm(denoise_fn(_den, s), x, s, steps=0),
-    lambda s, x: base.sample_ddim(denoise_fn(_den, s), x, s, steps=5, eta=1.5),
-    lambda s, x: base.sample_ddim(denoise_fn(_den, s, parametrisation="score"), x, s, steps=5),
+    lambda s, x: sampling.sample_ddim(denoise_fn(_den, s), x, s, steps=11),
+    lambda s, x: sampling.sample_ddpm(denoise_fn(_den, s), x, s, steps=0),
+    lambda s, x: sampling.sample_ddim(denoise_fn(_den, s), x, s, steps=5, eta=1.5),
+    lambda s, x: sampling.sample_ddim(denoise_fn(_den, s, parametrisation="score"), x, s, steps=5),
     lambda s, x: base.ddim_step(x, 5, 5, x, x, s),
     lambda s, x: base.ddim_step(x, 5, 7, x, x, s),
     lambda s, x: base.ddpm_step(x, 3, 4, x, s),
@@ -677,15 +678,15 @@ def _den(x, t, c):
     lambda s, x: base.diffusion_loss(x, x, x, 3, s, "v", "l2", min_snr_gamma=0.0),
     lambda s, x: base.clip_x0(x, -1.0),
     lambda s, x: base.classifier_free_guidance(_den, 1.0, null_class=-1),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=0),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=11),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=None),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2.5),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=6, t_start=5),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2, t_start=0),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2, t_start=11),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s, parametrisation="score"), x, s, steps=2),
-    lambda s, x: base.sample_dpmpp_2m(denoise_fn(_den, s, clip_limit=-1.0), x, s, steps=2),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=0),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=11),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=None),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2.5),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=6, t_start=5),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2, t_start=0),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s), x, s, steps=2, t_start=11),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s, parametrisation="score"), x, s, steps=2),
+    lambda s, x: sampling.sample_dpmpp_2m(denoise_fn(_den, s, clip_limit=-1.0), x, s, steps=2),
     lambda s, x: base.timesteps_dpm_solver(10, 0),
     lambda s, x: base.dpmpp_2m_step(x, 5, 5, x, s),
     lambda s, x: base.dpmpp_2m_step(x, 5, 3, x, s, x0_prev=x),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import base
+from model import base, sampling
 from wrap import denoise_fn
 
 diffusers = pytest.importorskip("diffusers")
@@ -129,7 +129,7 @@ def test_ddpm_full_chain_matches(variance, variance_type):
     ddpm = diffusers.DDPMScheduler(**cosine_kw(T), variance_type=variance_type, clip_sample=False)
     theirs = use_our_schedule(ddpm, s)
     theirs.set_timesteps(T)
-    a = our_states(base.sample_ddpm, net, x_T, s, variance=variance, generator=torch.Generator().manual_seed(5))
+    a = our_states(sampling.sample_ddpm, net, x_T, s, variance=variance, generator=torch.Generator().manual_seed(5))
     b = their_states(theirs, net, x_T, generator=torch.Generator().manual_seed(5))
     assert max_diff(a, b) < 1e-10  # measured 1e-15
     assert (a[-1] - x_T).abs().max().item() > 0.1  # the loop did something
@@ -145,7 +145,7 @@ def test_ddpm_strided_matches_up_to_diffusers_last_step_noise():
     theirs = use_our_schedule(diffusers.DDPMScheduler(**cosine_kw(T), clip_sample=False), s)
     theirs.set_timesteps(50)
     g = torch.Generator().manual_seed(7)
-    a = our_states(base.sample_ddpm, net, x_T, s, steps=50, generator=g)
+    a = our_states(sampling.sample_ddpm, net, x_T, s, steps=50, generator=g)
     b = their_states(theirs, net, x_T, generator=torch.Generator().manual_seed(7))
     assert max_diff(a[:-1], b[:-1]) < 1e-10  # measured 1e-14
     z = torch.randn(x_T.shape, generator=g, dtype=f64)
@@ -160,7 +160,7 @@ def test_ddim_matches(steps, eta):
     s, net, x_T = base.make_schedule("cosine", T), TinyVNet(T), x_noise()
     theirs = use_our_schedule(diffusers.DDIMScheduler(**cosine_kw(T), clip_sample=False, set_alpha_to_one=True), s)
     theirs.set_timesteps(steps)
-    a = our_states(base.sample_ddim, net, x_T, s, steps=steps, eta=eta, generator=torch.Generator().manual_seed(3))
+    a = our_states(sampling.sample_ddim, net, x_T, s, steps=steps, eta=eta, generator=torch.Generator().manual_seed(3))
     b = their_states(theirs, net, x_T, generator=torch.Generator().manual_seed(3), eta=eta)
     assert max_diff(a, b) < 1e-10
 
@@ -174,7 +174,7 @@ def test_ddim_as_shipped_float32():
     s, net, x_T = base.make_schedule("cosine", T), TinyVNet(T), x_noise(torch.float32)
     theirs = diffusers.DDIMScheduler(**cosine_kw(T), clip_sample=False, set_alpha_to_one=True)
     theirs.set_timesteps(50)
-    a, b = our_states(base.sample_ddim, net, x_T, s, steps=50), their_states(theirs, net, x_T)
+    a, b = our_states(sampling.sample_ddim, net, x_T, s, steps=50), their_states(theirs, net, x_T)
     assert a[-1].dtype == b[-1].dtype == torch.float32
     assert max_diff(a, b) < 1e-5
 
@@ -206,7 +206,7 @@ def test_dpmpp_2m_step_as_shipped_float32(steps):
     else:
         theirs.set_timesteps(steps)
     assert theirs.timesteps.tolist() == grid
-    a, b = our_states(base.sample_dpmpp_2m, net, x_T, s, steps=steps), their_states(theirs, net, x_T)
+    a, b = our_states(sampling.sample_dpmpp_2m, net, x_T, s, steps=steps), their_states(theirs, net, x_T)
     assert a[-1].dtype == b[-1].dtype == torch.float32
     assert max_diff(a, b) < 1e-5
     assert (a[-1] - x_T).abs().max().item() > 0.1
@@ -233,6 +233,6 @@ def test_dpmpp_2m_update_formulas_float64(steps):
         else:
             x = theirs.multistep_dpm_solver_second_order_update(outputs[-2:], sample=x)
         b.append(x)
-    a = our_states(base.sample_dpmpp_2m, net, x_T, s, steps=steps)
+    a = our_states(sampling.sample_dpmpp_2m, net, x_T, s, steps=steps)
     assert b[-1].dtype == f64
     assert max_diff(a, b) < 1e-10

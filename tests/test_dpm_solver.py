@@ -1,4 +1,4 @@
-"""DPM-Solver++(2M) (model.base.sample_dpmpp_2m) against closed forms, DDIM and the paper's update.
+"""DPM-Solver++(2M) (model.sampling.sample_dpmpp_2m) against closed forms, DDIM and the paper's update.
 
 The reference is the probability-flow ODE for isotropic Gaussian data x0 ~ N(mu, s^2 I), whose exact denoiser is
 `GaussianOracle` (test_base.py) and whose ODE flow is closed form. With y = x / alpha and
@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from model import base
+from model import base, sampling
 from wrap import denoise_fn
 from test_base import GaussianOracle
 
@@ -75,10 +75,10 @@ def test_exact_flow_formula_is_the_oracle_ode(cosine, oracle):
     # Guard on the reference itself: the closed-form flow must be the ODE that DDIM discretises. A DDIM run with one
     # step per t over [600 -> 300] lands on it up to its first-order error (measured 5.9e-4, halved steps: x 2.00).
     x_u = x_noise(8)
-    seen, _ = states(base.sample_ddim, oracle.denoiser("v"), x_u, cosine, steps=600, t_start=600)
+    seen, _ = states(sampling.sample_ddim, oracle.denoiser("v"), x_u, cosine, steps=600, t_start=600)
     err = max_err(seen[300], pf_ode_exact(x_u, 600, 300, cosine))
     assert err < 2e-3
-    seen2, _ = states(base.sample_ddim, oracle.denoiser("v"), x_u, cosine, steps=300, t_start=600)
+    seen2, _ = states(sampling.sample_ddim, oracle.denoiser("v"), x_u, cosine, steps=300, t_start=600)
     assert 1.8 < max_err(seen2[300], pf_ode_exact(x_u, 600, 300, cosine)) / err < 2.2  # DDIM is first order
 
 
@@ -91,7 +91,7 @@ def test_second_order_on_the_pf_ode(cosine, oracle):
     x_u = x_noise()
     exact = pf_ode_exact(x_u, 800, 400, cosine)
     err = {}
-    for name, sampler in [("dpm", base.sample_dpmpp_2m), ("ddim", base.sample_ddim)]:
+    for name, sampler in [("dpm", sampling.sample_dpmpp_2m), ("ddim", sampling.sample_ddim)]:
         for steps in (8, 16, 32):
             seen, _ = states(sampler, oracle.denoiser("v"), x_u, cosine, steps=steps, t_start=800)
             err[name, steps] = max_err(seen[400], exact)
@@ -115,8 +115,8 @@ def test_final_sample_matches_exact_pf_ode_solution(cosine, oracle):
     exact = pf_ode_exact(x_T, T, 0, cosine)
     den = oracle.denoiser("v")
     fn = denoise_fn(den, cosine)
-    dpm = {n: max_err(base.sample_dpmpp_2m(fn, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
-    ddim = {n: max_err(base.sample_ddim(fn, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
+    dpm = {n: max_err(sampling.sample_dpmpp_2m(fn, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
+    ddim = {n: max_err(sampling.sample_ddim(fn, x_T, cosine, steps=n), exact) for n in (5, 10, 20, 100)}
     assert dpm[5] < ddim[5]
     assert dpm[10] < ddim[10] / 2.5 and dpm[20] < ddim[20] / 10, (dpm, ddim)
     assert dpm[100] < 2e-3 and ddim[100] < 3e-2, (dpm, ddim)
@@ -132,15 +132,15 @@ def test_one_and_two_steps_equal_ddim(cosine, oracle, steps):
     # 1 step: both return x0_hat(x_T). 2 steps: the first step is first order (no previous x0) and the last step to
     # t = 0 is first order too, so DPM-Solver++ and DDIM agree; only rounding differs (different algebraic forms).
     x_T = x_noise()
-    a = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=steps)
-    b = base.sample_ddim(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=steps)
+    a = sampling.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=steps)
+    b = sampling.sample_ddim(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=steps)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_first_step_is_ddim_then_second_order(cosine, oracle):
     x_T = x_noise()
-    dpm, _ = states(base.sample_dpmpp_2m, oracle.denoiser("v"), x_T, cosine, steps=10)
-    ddim, _ = states(base.sample_ddim, oracle.denoiser("v"), x_T, cosine, steps=10)
+    dpm, _ = states(sampling.sample_dpmpp_2m, oracle.denoiser("v"), x_T, cosine, steps=10)
+    ddim, _ = states(sampling.sample_ddim, oracle.denoiser("v"), x_T, cosine, steps=10)
     torch.testing.assert_close(dpm[900], ddim[900], rtol=0, atol=1e-12)
     # from the second step on the multistep correction acts, and brings each state closer to the exact flow
     # (measured at t = 800 / 500 / 100: DPM-Solver++ 1.84e-2 / 2.61e-2 / 6.6e-3, DDIM 1.93e-2 / 5.31e-2 / 1.62e-1)
@@ -148,8 +148,8 @@ def test_first_step_is_ddim_then_second_order(cosine, oracle):
         exact = pf_ode_exact(x_T, T, t, cosine)
         assert max_err(dpm[t], ddim[t]) > 1e-4 and max_err(dpm[t], exact) < max_err(ddim[t], exact)
     # with 3 steps the middle step is second order, so the samples differ
-    a = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=3)
-    b = base.sample_ddim(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=3)
+    a = sampling.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=3)
+    b = sampling.sample_ddim(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=3)
     assert max_err(a, b) > 1e-3
 
 
@@ -187,7 +187,7 @@ def test_every_parametrisation_gives_the_same_trajectory(cosine, oracle):
     # agrees. The eps form divides by sqrt(ab_T) = 5e-5 at t = T, which scales rounding by 2e4: tolerance 1e-10
     # (measured 2.9e-13).
     x_T = x_noise(16)
-    runs = {p: states(base.sample_dpmpp_2m, oracle.denoiser(p), x_T, cosine, steps=12, parametrisation=p)
+    runs = {p: states(sampling.sample_dpmpp_2m, oracle.denoiser(p), x_T, cosine, steps=12, parametrisation=p)
             for p in ("eps", "x0", "v")}
     assert list(runs["v"][0]) == base.timesteps_dpm_solver(T, 12)[1:]
     for p in ("eps", "x0"):
@@ -198,14 +198,14 @@ def test_every_parametrisation_gives_the_same_trajectory(cosine, oracle):
 def test_deterministic_dtype_and_last_step_returns_x0(cosine, oracle):
     x_T = x_noise(dtype=torch.float32)
     calls = []
-    a = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=7,
+    a = sampling.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=7,
                              callback=lambda i, t, x, x0: calls.append((i, t, x, x0)))
-    b = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=7)
+    b = sampling.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T, cosine, steps=7)
     assert torch.equal(a, b) and a.dtype == torch.float32 and not a.requires_grad
     assert [i for i, *_ in calls] == list(range(7)) and calls[-1][1] == 0
     assert torch.equal(calls[-1][2], a) and torch.equal(a, calls[-1][3])  # x_0 is the last x0 prediction
     # float32 data with float64 coefficients: close to the float64 run (measured 2.4e-7)
-    c = base.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T.double(), cosine, steps=7)
+    c = sampling.sample_dpmpp_2m(denoise_fn(oracle.denoiser("v"), cosine), x_T.double(), cosine, steps=7)
     assert max_err(a.double(), c) < 1e-5
 
 
@@ -217,7 +217,7 @@ def test_t_start_starts_from_the_given_x_t(cosine, oracle):
     x_t = base.q_sample(x0, 600, torch.randn(64, 3, generator=g, dtype=f64), cosine)
     seen_t = []
     den = oracle.denoiser("v")
-    out = base.sample_dpmpp_2m(denoise_fn(lambda x, t, c: seen_t.append(int(t[0])) or den(x, t, c), cosine), x_t,
+    out = sampling.sample_dpmpp_2m(denoise_fn(lambda x, t, c: seen_t.append(int(t[0])) or den(x, t, c), cosine), x_t,
                                cosine, steps=40, t_start=600)
     assert seen_t == base.timesteps_dpm_solver(T, 40, 600)[:-1] and seen_t[0] == 600
     assert max_err(out, pf_ode_exact(x_t, 600, 0, cosine)) < 5e-3  # measured 1.8e-3 (3.3e-2 for 40-step DDIM)
@@ -231,13 +231,13 @@ def test_clip_limit(cosine):
     def den(x_t, t, c):
         return 3 * x_t
 
-    clipped = base.sample_dpmpp_2m(denoise_fn(den, cosine, parametrisation="x0", clip_limit=1.0), x_T, cosine,
+    clipped = sampling.sample_dpmpp_2m(denoise_fn(den, cosine, parametrisation="x0", clip_limit=1.0), x_T, cosine,
                                    steps=10)
-    free = base.sample_dpmpp_2m(denoise_fn(den, cosine, parametrisation="x0"), x_T, cosine, steps=10)
+    free = sampling.sample_dpmpp_2m(denoise_fn(den, cosine, parametrisation="x0"), x_T, cosine, steps=10)
     assert clipped.abs().max().item() <= 1.0 and (clipped.abs() == 1.0).any()
     assert free.abs().max().item() > 1.5
     huge = denoise_fn(den, cosine, parametrisation="x0", clip_limit=1e9)
-    assert torch.equal(base.sample_dpmpp_2m(huge, x_T, cosine, steps=10), free)
+    assert torch.equal(sampling.sample_dpmpp_2m(huge, x_T, cosine, steps=10), free)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_pipeline_call_is_reproducible_batched_and_returns_latents(pipe):
 
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(n=0), "must be > 0"), (dict(n=3, class_labels=[1, 2]), "2 class labels for 3 samples"),
-    (dict(n=2, batch_size=0), "batch size"), (dict(n=2, sampler="euler"), "unknown sampler"),
+    (dict(n=2, batch_size=0), "batch size"), (dict(n=2, sampler="plms"), "unknown sampler"),
 ])
 def test_pipeline_call_refuses_bad_arguments(pipe, kwargs, needle):
     with pytest.raises(UserError, match=needle):

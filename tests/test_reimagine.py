@@ -21,6 +21,7 @@ from model import base
 from model.errors import UserError
 from model.images import to_uint8
 from model.scripts import reimagine
+from model.sampling import SamplerSpec
 from model.scripts.common import image_file, validation_item
 from wrap import swapped
 
@@ -325,12 +326,13 @@ def run_inpaint(system, x, mask, resample=1, sampler="ddim", steps=4, seed=0):
 
     z0 = reimagine.encode(system, x)
     mask_z = latent_mask(mask, tuple(z0.shape[-2:]))
-    z = inpaint(system.denoiser.bind(torch.tensor([3])), z0, mask_z, system.schedule, sampler=sampler, steps=steps,
+    z = inpaint(system.denoiser.bind(torch.tensor([3])), z0, mask_z, system.schedule, SamplerSpec(sampler, steps),
                 resample=resample, generator=torch.Generator().manual_seed(seed))
     return z0, mask_z, z
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 4), pytest.param("ddpm", None, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("heun", 3), ("dpmpp_2m", 4),
+                                           pytest.param("ddpm", None, marks=pytest.mark.slow)])
 def test_inpainting_keeps_the_known_latents_and_regenerates_the_masked_ones(systems, sampler, steps):
     system = systems["latent"]
     x = first_validation_image(system)

@@ -179,16 +179,17 @@ def test_sampling_writes_files(run, tmp_path):
 def test_sampling_unconditional_labels_and_ddpm_strided(run, tmp_path):
     ckpt = str(run / "denoiser" / "checkpoints" / "last.ckpt")
     out = tmp_path / "u"
-    assert sample.main(["--load", ckpt, "--steps", "4", "--num_samples", "3", "--output", str(out)]) == 0
+    assert sample.main(["--load", ckpt, "--sampler", "ddpm", "--steps", "4", "--num_samples", "3", "--output",
+                        str(out)]) == 0
     data = np.load(out / "samples.npz")
     assert data["labels"].tolist() == [-1, -1, -1]
     assert (out / "sample_0002.png").exists()
-    # without -cfg the sampler is DDPM; --steps 4 strides it over the checkpoint's noise-dense times (and 0)
+    # --steps 4 strides DDPM over the checkpoint's noise-dense times (and 0)
     pipe = LatentDiffusionPipeline.from_pretrained(ckpt)
     assert pipe.diff.sample_spacing == "noise-dense"
     assert json.loads((out / "reverse_process_t.json").read_text()) == [1000, 938, 750, 438, 0]
-    assert sample.main(["--load", ckpt, "--steps", "4", "--num_samples", "3", "--spacing", "uniform", "--output",
-                        str(tmp_path / "uniform")]) == 0
+    assert sample.main(["--load", ckpt, "--sampler", "ddpm", "--steps", "4", "--num_samples", "3", "--spacing",
+                        "uniform", "--output", str(tmp_path / "uniform")]) == 0
     assert json.loads((tmp_path / "uniform" / "reverse_process_t.json").read_text()) == [1000, 750, 500, 250, 0]
     strided = pipe(3, sampler="ddpm", steps=4, seed=0)
     assert np.array_equal(strided, data["images"])  # the strided chain with the implied betas, as the pipeline runs it

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.base import SAMPLER_NAMES, SAMPLERS, SPACINGS
+from model.sampling import GRIDS, SAMPLERS
 from model.errors import UserError
 from model.writes import check_writable
 
@@ -86,39 +86,67 @@ def evenly_spaced(items: list, count: int) -> list:
     return [items[i] for i in idx]
 
 
-def add_sampler_arguments(p) -> None:
-    """--sampler, its shorthand --ddim, --steps and --spacing, as `sample` and `evaluate` take them."""
+def add_sampler_arguments(p, eta: bool = True) -> None:
+    """--sampler, its shorthand --ddim, --steps, --spacing (and --eta) as the sampling commands take them; each
+    defaults to the checkpoint's config (`denoiser.diffusion`)."""
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="ddpm (ancestral), ddim (Song et al.) or dpmpp_2m (DPM-Solver++(2M), Lu et al.)")
+                   help="; ".join(f"{name}: {info.display} ({info.paper})" for name, info in SAMPLERS.items())
+                   + " (default: the checkpoint's sampler)")
     p.add_argument("--ddim", action="store_true", help="shorthand for --sampler ddim")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (ddpm default: all T; ddim and dpmpp_2m: the config's sample_steps)")
+                   help="sampling steps (default: all T for ddpm, the checkpoint's sample_steps for the others)")
     add_spacing_argument(p)
+    if eta:
+        p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (0 = deterministic)")
 
 
 def add_spacing_argument(p) -> None:
-    p.add_argument("--spacing", choices=list(SPACINGS), default=None,
-                   help="how sampling times are spread from T to 0 (default: the checkpoint's sample_spacing)")
+    p.add_argument("--spacing", choices=list(GRIDS), default=None,
+                   help="the grid of noise levels from T to 0 (default: the checkpoint's sample_spacing)")
 
 
-def chosen_sampler(args, default: str) -> str:
+def chosen_sampler(args, default: Optional[str] = None) -> Optional[str]:
     """--sampler, else ddim for --ddim, else `default`; --ddim with another --sampler is a UserError."""
     if args.ddim and args.sampler not in (None, "ddim"):
         raise UserError(f"--ddim and --sampler {args.sampler} disagree; pass one of them")
     return args.sampler or ("ddim" if args.ddim else default)
 
 
+def sampler_spec(args, diffusion, **overrides):
+    """The SamplerSpec of the checkpoint's config with the command's flags (those it has) as overrides, checked
+    against the table's T; `overrides` (guidance, ...) come from the command itself."""
+    from model.sampling import SamplerSpec
+
+    steps = getattr(args, "steps", None)
+    if steps is not None and not 0 < steps <= diffusion.T:
+        raise UserError(f"--steps must be in [1, T={diffusion.T}], got {steps}")
+    eta, clip = getattr(args, "eta", None), getattr(args, "clip_limit", None)
+    if eta is not None and not 0 <= eta <= 1:
+        raise UserError(f"--eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
+    if clip is not None and clip <= 0:
+        raise UserError(f"--clip_limit must be > 0, got {clip}; leave it out for the checkpoint's")
+    flags = dict(sampler=chosen_sampler(args), steps=steps, spacing=getattr(args, "spacing", None), eta=eta,
+                 clip_limit=clip)
+    return SamplerSpec.from_config(diffusion, **{**flags, **overrides})
+
+
+def step_number(net_time: float):
+    """A level's time on the table as the users know it: the int step k, or a float between two steps."""
+    return int(net_time) if float(net_time).is_integer() else round(net_time, 3)
+
+
 def sampler_steps(sampler: str, steps: Optional[int], sample_steps: int, T: int) -> int:
     """The number of steps a sampler runs: --steps, else all T for DDPM, else the config's sample_steps."""
     if steps is not None:
         return steps
-    return T if sampler == "ddpm" else sample_steps
+    return T if SAMPLERS[sampler].every_step_by_default else sample_steps
 
 
 def describe_sampler(sampler: str, steps: int, eta: float = 0.0, spacing: str = "uniform") -> str:
     """e.g. "DDIM 25 steps (eta 0)", "DPM-Solver++(2M) 10 steps, noise-dense", "DDPM 1000 steps"."""
-    text = f"{SAMPLER_NAMES[sampler]} {steps} steps" + ("" if spacing == "uniform" else f", {spacing}")
-    return text + (f" (eta {eta:g})" if sampler == "ddim" else "")
+    from model.sampling import SamplerSpec
+
+    return SamplerSpec(sampler, steps, spacing, eta).describe()
 
 
 def add_pixel_arguments(p) -> None:

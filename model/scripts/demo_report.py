@@ -26,6 +26,7 @@ from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
 from model.evaluation import check_classifier_fits, generate, per_class_accuracy, pixel_budget, predict
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
+from model.sampling import SamplerSpec
 from model.scripts.common import add_pixel_arguments, add_spacing_argument
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
@@ -201,8 +202,8 @@ def main(argv: list[str]) -> int:
     labels = torch.arange(K).repeat_interleave(args.per_class)  # (K * per_class,), class-major
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
-        x = generate(pipe, len(labels), labels, w, sampler="ddim", steps=args.steps, seed=args.seed,
-                     batch_size=args.batch_size, spacing=args.spacing)
+        spec = SamplerSpec.from_config(pipe.diff, sampler="ddim", steps=args.steps, spacing=args.spacing, guidance=w)
+        x = generate(pipe, len(labels), labels, spec, seed=args.seed, batch_size=args.batch_size)
         samples.append(x)
         preds.append(predict(clf, x, device))
         keep = torch.arange(len(labels)) % args.per_class < GRID_PER_CLASS  # the first few of every class

@@ -36,7 +36,7 @@ import torch
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import save_npz, write_text
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
-from model.scripts.common import (add_pixel_arguments, add_sampler_arguments, chosen_sampler, describe_sampler,
+from model.scripts.common import (add_pixel_arguments, add_sampler_arguments, describe_sampler, sampler_spec,
                                   sampler_steps)
 
 GRID_MAX = 100  # samples shown in each samples_w<w>.png
@@ -114,8 +114,8 @@ def scale_result(args, pipe, fid, extractor: str, clf, w: float, out: Path, devi
     from model.images import save_grid, to_uint8
 
     labels = balanced_labels(args.num_samples, pipe.num_classes)
-    x = generate(pipe, args.num_samples, labels, w, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                 batch_size=args.batch_size, spacing=args.spacing)
+    x = generate(pipe, args.num_samples, labels, args.spec.replace(guidance=w), seed=args.seed,
+                 batch_size=args.batch_size)
     save_grid(x[:GRID_MAX], out / f"samples_w{w:g}.png", nrow=pipe.num_classes or 10)
     save_npz(out / f"samples_w{w:g}.npz", images=to_uint8(x),
                         labels=(labels if labels is not None else torch.full((len(x),), -1)).numpy())
@@ -159,10 +159,11 @@ def evaluate_images(args, pipe, dm, clf, extractor: str, fid, protocol, out: Pat
 
 
 # ----- the 2-D toy ----------------------------------------------------------------------------------------------
-def toy_samplers(args, pipe) -> list[tuple[str, int]]:
-    """DDPM with all T steps, then the chosen sampler (DDIM unless --sampler says otherwise) with its steps."""
-    other = args.sampler if args.sampler != "ddpm" else "ddim"
-    return [("ddpm", pipe.diff.T), (other, sampler_steps(other, args.steps, pipe.diff.sample_steps, pipe.diff.T))]
+def toy_specs(args, pipe) -> list:
+    """DDPM with all T steps, then the chosen sampler (DDIM when that is DDPM) with its steps."""
+    other = args.spec.sampler if args.spec.sampler != "ddpm" else "ddim"
+    steps = sampler_steps(other, args.steps, pipe.diff.sample_steps, pipe.diff.T)
+    return [args.spec.replace(sampler="ddpm").replace_steps(None), args.spec.replace(sampler=other, steps=steps)]
 
 
 def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
@@ -173,14 +174,13 @@ def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
 
     data = dm.points()
     results, panels = [], []
-    for sampler, steps in toy_samplers(args, pipe):
-        points = generate(pipe, args.num_samples, None, 0.0, sampler=sampler, steps=steps, seed=args.seed,
-                          batch_size=args.batch_size, spacing=args.spacing)
+    for spec in toy_specs(args, pipe):
+        points = generate(pipe, args.num_samples, None, spec, seed=args.seed, batch_size=args.batch_size)
         cd = chamfer_distance(points, data[: args.num_samples])
-        save_npz(out / f"samples_{sampler}.npz", points=points.numpy())
-        results.append({"sampler": sampler, "steps": steps, "chamfer_distance": cd})
-        panels.append((f"{describe_sampler(sampler, steps, spacing=args.spacing)}: Chamfer distance {cd:.4f}",
-                       points.numpy()))
+        steps = spec.steps if spec.steps is not None else pipe.diff.T
+        save_npz(out / f"samples_{spec.sampler}.npz", points=points.numpy())
+        results.append({"sampler": spec.sampler, "steps": steps, "chamfer_distance": cd})
+        panels.append((f"{spec.describe(pipe.diff.T)}: Chamfer distance {cd:.4f}", points.numpy()))
     scatter_panels(panels, data.numpy(), out / "chamfer.png")
     return {"chamfer": results, **loss_table(args, pipe, dm, out)}
 
@@ -203,9 +203,8 @@ def loss_table(args, pipe, dm, out: Path) -> dict[str, Any]:
 
 def sampler_text(args, pipe) -> str:
     if pipe.cfg.denoiser.network == "toy_mlp":  # the toy compares two samplers
-        return " and ".join(describe_sampler(s, n, spacing=args.spacing) for s, n in toy_samplers(args, pipe))
-    steps = sampler_steps(args.sampler, args.steps, pipe.diff.sample_steps, pipe.diff.T)
-    return describe_sampler(args.sampler, steps, spacing=args.spacing)
+        return " and ".join(spec.describe(pipe.diff.T) for spec in toy_specs(args, pipe))
+    return args.spec.describe(pipe.diff.T)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -278,8 +277,7 @@ def main(argv: list[str]) -> int:
     device = resolve_device(args.device)
     pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
     check_args(args, pipe)
-    args.sampler = chosen_sampler(args, "ddpm")
-    args.spacing = args.spacing or pipe.diff.sample_spacing
+    args.spec = sampler_spec(args, pipe.diff)
     clf, extractor, fid = load_judges(args, pipe, device)
     dm = held_out(pipe.cfg.data)  # refuses an empty validation split before the output folder exists
     protocol = None

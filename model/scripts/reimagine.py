@@ -56,9 +56,11 @@ import torch
 from torch import Tensor
 
 from model import base
+from model.sampling import SAMPLERS, SamplerSpec, make_grid
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
-from model.scripts.common import evenly_spaced, image_file, output_folder, resolve_device, validation_item
+from model.scripts.common import (evenly_spaced, image_file, output_folder, resolve_device, step_number,
+                                  validation_item)
 from model.scripts.sample import class_labels
 
 STRIP_FRAMES = 10  # frames per row of intermediates.png (t = t_s, ..., 0)
@@ -68,14 +70,23 @@ DDPM = "DDPM"
 
 @dataclass(frozen=True)
 class Sampler:
-    """A column of the comparison: DDPM (ddim_steps None, all t_s steps) or DDIM with n steps over the full T."""
+    """A column of the comparison: DDPM (ddim_steps None, all t_s steps) or the stepped sampler `kind` (DDIM unless
+    --sampler says otherwise) with n steps over the full T."""
 
     name: str
     ddim_steps: Optional[int] = None
+    kind: str = "ddim"
 
     @property
     def ddim(self) -> bool:
+        """Stepped (n steps over T), not DDPM's every step."""
         return self.ddim_steps is not None
+
+    def spec(self, pipe, steps: int, cfg_scale: float) -> SamplerSpec:
+        """Its sampling spec: uniform spacing on the table (the steps t_s, t_s - n, ..., 0), eta 0, the checkpoint's
+        clip limit."""
+        return SamplerSpec.from_config(pipe.diff, sampler=self.kind if self.ddim else "ddpm", steps=steps,
+                                       spacing="uniform", eta=0.0, guidance=cfg_scale)
 
 
 @dataclass
@@ -98,6 +109,8 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--index", type=int, default=None, help="item I of the validation split (default 0)")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
                    help="noise strengths s in [0, 1]; t_s = round(s·T)")
+    p.add_argument("--sampler", choices=[name for name in SAMPLERS if name != "ddpm"], default="ddim",
+                   help="the stepped sampler beside DDPM (default ddim; every registered one works)")
     p.add_argument("--ddim-steps", "--ddim_steps", type=int, nargs="+", default=[10, 50, 100],
                    help="DDIM steps over the full T; strength s uses max(1, round(n·s)), at most t_s")
     p.add_argument("--intermediates-strength", "--intermediates_strength", type=float, default=0.5,
@@ -154,13 +167,12 @@ def sampler_steps(sampler: Sampler, strength: float, t_start: int) -> int:
     return min(t_start, max(1, round_half_up(sampler.ddim_steps * strength)))
 
 
-def sampler_times(sampler: Sampler, T: int, t_start: int, steps: int) -> list[int]:
-    """The descending times the sampler visits, [t_s, ..., 0]; [0] when t_s = 0 (nothing to denoise)."""
+def sampler_times(schedule: base.Schedule, t_start: int, steps: int) -> list[int]:
+    """The descending steps a sampler visits, [t_s, ..., 0] on the uniform grid; [0] when t_s = 0 (nothing to
+    denoise)."""
     if t_start == 0:
         return [0]
-    if sampler.ddim:
-        return base.timesteps_ddim(T, steps, t_start)
-    return base.timesteps_ddpm(T, steps, t_start)
+    return [step_number(level.net_time) for level in make_grid(schedule, "uniform", steps, t_start)]
 
 
 # ----- inpainting ---------------------------------------------------------------------------------------------
@@ -211,8 +223,8 @@ def inpaint_all(pipe, x: Tensor, mask: Tensor, samplers: list[Sampler], label: O
     denoise = pipe.denoiser.bind(c, args.cfg_scale, pipe.diff.clip_limit)
     out = {}
     for sampler in samplers:
-        z = inpaint(denoise, z0, mask_z, pipe.schedule, sampler="ddim" if sampler.ddim else "ddpm",
-                    steps=sampler.ddim_steps, resample=args.resample_steps,
+        z = inpaint(denoise, z0, mask_z, pipe.schedule, sampler.spec(pipe, sampler.ddim_steps, args.cfg_scale),
+                    resample=args.resample_steps,
                     generator=torch.Generator().manual_seed(args.seed))
         image = to_image(pipe, z)
         out[sampler.name] = blend(image, x, mask) if args.blend else image
@@ -233,7 +245,7 @@ def run_inpainting(args, pipe, x: Tensor, label: Optional[int], why: str, source
     from model.images import save_grid
 
     mask = read_mask(args.mask, source_size(args, pipe.cfg.data), pipe.cfg.data).to(x)
-    samplers = make_samplers(args.ddim_steps)
+    samplers = make_samplers(args.ddim_steps, args.sampler)
     results = inpaint_all(pipe, x, mask, samplers, label, args)
     trip = to_image(pipe, encode(pipe, x))
     masked = x * (1 - mask)  # the region to regenerate shown mid-grey (0), as in the mask column
@@ -317,13 +329,13 @@ def denoise(pipe, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, label
     if t_start == 0:
         return z_t, frames  # strength 0: z_t is z0, nothing to denoise
 
-    def keep_state(i: int, t: int, x_t: Tensor, x0_pred: Tensor) -> None:
+    def keep_state(i: int, level: base.Level, x_t: Tensor, x0_pred: Tensor) -> None:
+        t = step_number(level.net_time)
         if t in keep:
             frames.append((t, x_t.detach().clone()))
 
-    z0_hat = pipe.sample(1, labels, sampler="ddim" if sampler.ddim else "ddpm", steps=steps, eta=0.0,
-                           clip_limit=pipe.diff.clip_limit, cfg_scale=cfg_scale, generator=generator_at(ddpm_state),
-                           x_T=z_t, t_start=t_start, callback=keep_state, spacing="uniform")
+    z0_hat = pipe.sample(1, labels, sampler.spec(pipe, steps, cfg_scale), generator=generator_at(ddpm_state),
+                         x_T=z_t, t_start=t_start, callback=keep_state)
     return z0_hat, frames
 
 
@@ -340,7 +352,7 @@ def reimagine_at(pipe, z0: Tensor, eps: Tensor, strength: float, samplers: list[
     result = Reimagining(strength, t_start, z_t, steps={}, z0_hat={}, frames={})
     for sampler in samplers:
         steps = sampler_steps(sampler, strength, t_start)
-        keep = set(evenly_spaced(sampler_times(sampler, T, t_start, steps), frames)) if frames else set()
+        keep = set(evenly_spaced(sampler_times(pipe.schedule, t_start, steps), frames)) if frames else set()
         z0_hat, kept = denoise(pipe, z_t, t_start, sampler, steps, labels, cfg_scale, ddpm_state, keep)
         result.steps[sampler.name] = steps
         result.z0_hat[sampler.name] = z0_hat
@@ -348,9 +360,9 @@ def reimagine_at(pipe, z0: Tensor, eps: Tensor, strength: float, samplers: list[
     return result
 
 
-def make_samplers(ddim_steps: list[int]) -> list[Sampler]:
+def make_samplers(ddim_steps: list[int], kind: str = "ddim") -> list[Sampler]:
     """DDPM, then DDIM-n for each n, in the order of the grid's columns."""
-    return [Sampler(DDPM), *[Sampler(f"DDIM-{n}", n) for n in ddim_steps]]
+    return [Sampler(DDPM), *[Sampler(f"{SAMPLERS[kind].display}-{n}", n, kind) for n in ddim_steps]]
 
 
 def pixel_mse(pipe, x: Tensor, z: Tensor) -> float:
@@ -432,7 +444,7 @@ def main(argv: list[str]) -> int:
     out = output_folder(args.output, args.load, "reimagine")
 
     x = x.to(device)  # (1, C, S, S)
-    samplers = make_samplers(args.ddim_steps)
+    samplers = make_samplers(args.ddim_steps, args.sampler)
     results = reimagine_all(pipe, encode(pipe, x), args, samplers, label)
     rows = [results[s] for s in args.strengths]
     save_grid(comparison_grid(pipe, x, rows, samplers), out / "reimagine.png", nrow=2 + len(samplers))

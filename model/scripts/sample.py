@@ -4,13 +4,14 @@
     python -m model.scripts.sample -cfg config/ffhq-ddim.json --load <ckpt> --num_samples 25 --seed 42 --clip_limit 1.5 --ddim
     python -m model.scripts.sample --load <ckpt> --sampler dpmpp_2m --steps 10 --per-class 4
 
-The checkpoint carries its config; `-cfg` only supplies sampling defaults (sampler, steps, clip_limit) from its
-`denoiser.diffusion` section. Without `-cfg` the sampler is DDPM unless `--sampler` or `--ddim` says otherwise;
-DDPM runs all T steps unless `--steps` is given.
+The checkpoint carries its config, and its `denoiser.diffusion` section gives the sampling defaults (sampler,
+sample_steps, sample_spacing, clip_limit, guidance_interval); `-cfg` takes them from another config instead, and
+the flags override either. DDPM runs all T steps unless `--steps` is given.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -20,8 +21,8 @@ import torch
 
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import save_npz, write_text
-from model.scripts.common import (add_sampler_arguments, chosen_sampler, describe_sampler, evenly_spaced,
-                                  output_folder, resolve_device, sampler_steps)
+from model.scripts.common import (add_sampler_arguments, evenly_spaced, output_folder, resolve_device, sampler_spec,
+                                  step_number)
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
 GRID_MAX = 1024  # samples shown in grid.png; every sample still gets its own PNG
@@ -38,9 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip_limit", "--clip-limit", type=float, default=None,
                    help="clamp the predicted x0 (normalised latent) to [-L, L] at each step")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0,
                    help="classifier-free guidance w: (1+w)·cond − w·uncond")
+    p.add_argument("--guidance-interval", "--guidance_interval", type=float, nargs=2, default=None,
+                   metavar=("LO", "HI"), help="guide only for noise levels σ in (LO, HI] (Kynkäänniemi et al. 2024)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--class", dest="class_", type=int, default=None, help="condition every sample on class K")
     group.add_argument("--per-class", "--per_class", type=int, default=None, help="N samples of every class")
@@ -79,15 +81,9 @@ def class_labels(args, num_classes: int) -> tuple[Optional[torch.Tensor], int]:
     return torch.arange(num_classes).repeat_interleave(args.per_class), num_classes * args.per_class
 
 
-def check_args(args, T: int) -> None:
+def check_args(args) -> None:
     if args.num_samples <= 0:
         raise UserError(f"--num_samples must be > 0, got {args.num_samples}")
-    if args.steps is not None and not 0 < args.steps <= T:
-        raise UserError(f"--steps must be in [1, T={T}], got {args.steps}")
-    if args.clip_limit is not None and args.clip_limit <= 0:
-        raise UserError(f"--clip_limit must be > 0, got {args.clip_limit}; leave it out for no clipping")
-    if args.eta < 0:
-        raise UserError(f"--eta must be >= 0, got {args.eta}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
 
@@ -155,14 +151,11 @@ def main(argv: list[str]) -> int:
 
     device = resolve_device(args.device)
     pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
-    defaults = sampling_defaults(args.config) or pipe.diff
     T = pipe.diff.T
-    check_args(args, T)
+    defaults = dataclasses.replace(sampling_defaults(args.config) or pipe.diff, T=T)
+    check_args(args)
     labels, n = class_labels(args, pipe.num_classes)
-    sampler = chosen_sampler(args, defaults.sampler if args.config is not None else "ddpm")
-    steps = sampler_steps(sampler, args.steps, defaults.sample_steps, T)
-    clip_limit = args.clip_limit if args.clip_limit is not None else defaults.clip_limit
-    spacing = args.spacing or defaults.sample_spacing
+    spec = sampler_spec(args, defaults, guidance=args.cfg_scale, guidance_interval=args.guidance_interval)
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     check_memory(n, (pipe.cfg.data.channels, pipe.cfg.data.image_size, pipe.cfg.data.image_size))
     out = output_folder(args.output, args.load, "samples")
@@ -170,13 +163,11 @@ def main(argv: list[str]) -> int:
     frames: list[tuple[int, torch.Tensor]] = []  # (t at which x0 was predicted, x0 of the first sample)
     t_now = [T]
 
-    def keep_first(i: int, t_next: int, x_next: torch.Tensor, x0: torch.Tensor) -> None:
+    def keep_first(i: int, level, x_next: torch.Tensor, x0: torch.Tensor) -> None:
         frames.append((t_now[0], x0[:1].detach()))
-        t_now[0] = t_next
+        t_now[0] = step_number(level.net_time)
 
-    batches = pipe.batches(n, labels, sampler=sampler, steps=steps, eta=args.eta, clip_limit=clip_limit,
-                           cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                           callback=keep_first, spacing=spacing)
+    batches = pipe.batches(n, labels, spec, seed=args.seed, batch_size=args.batch_size, callback=keep_first)
     if pipe.cfg.denoiser.network == "toy_mlp":
         write_points(out, pipe, torch.cat([z for _, z in batches]))
     else:
@@ -184,7 +175,7 @@ def main(argv: list[str]) -> int:
         nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(min(n, GRID_MAX)))))
         frames.append((0, write_images(out, batches, labels, nrow=nrow)))
         write_reverse_process(out, pipe, frames)
-    print(f"wrote {n} samples ({describe_sampler(sampler, steps, args.eta, spacing)}, w = {args.cfg_scale}, "
+    print(f"wrote {n} samples ({spec.describe(T)}, w = {args.cfg_scale}, "
           f"seed {args.seed}) to {out}")
     return 0
 

@@ -21,6 +21,7 @@ from model.errors import UserError
 from model.lightning.systems.base import System
 from model.optim import adamw_with_warmup
 from model.pipeline import denoiser_network, sample_shape
+from model.sampling import SamplerSpec
 
 
 class DenoiserSystem(System):
@@ -171,7 +172,5 @@ class DenoiserSystem(System):
         """n images in [-1, 1] from the EMA network with the config's sampler, steps, spacing and clip limit; the
         noise comes from `generator` (on the CPU, so a seed gives the same images on every device)."""
         x_T = torch.randn(sample_shape(self.cfg, n), generator=generator).to(self.device)
-        steps = None if self.diff.sampler == "ddpm" else self.diff.sample_steps  # DDPM: every step
-        z = self.denoiser().sample(x_T, labels, sampler=self.diff.sampler, steps=steps, clip_limit=self.diff.clip_limit,
-                                   generator=generator, spacing=self.diff.sample_spacing)
+        z = self.denoiser().sample(x_T, labels, SamplerSpec.from_config(self.diff), generator=generator)
         return self.decode(z)

@@ -1,0 +1,156 @@
+"""Samplers: one step function each, registered once with its name, display name, options and order.
+
+A step takes the state x at level `cur` to level `nxt` (lower noise) and returns (x_next, x0), the x0 it predicted
+on the way. `denoise(x, level) -> (x0, eps)` is the only access to the network (`model.denoising.Denoiser.bind`);
+`state` is a dict the loop keeps for one trajectory (the multistep solvers' previous prediction). The loop
+(`model/sampling/loop.py`) drives every sampler over a grid built outside it (`model/sampling/grids.py`).
+
+Registering a sampler is all it takes to make it usable from the config, the command lines, the pipeline,
+inpainting and reimagine: they read `SAMPLERS`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from model import base
+from model.base import Level
+
+DenoiseAt = Callable[[Tensor, Level], tuple[Tensor, Tensor]]  # (x_t, level) -> (x0, eps)
+Step = Callable[..., tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What the rest of the package knows of a sampler."""
+
+    name: str  # the config and command-line value
+    display: str  # for tables and messages
+    step: Step
+    order: int  # of convergence in the step size, on an exact denoiser (tests/test_samplers.py measures it)
+    options: tuple[str, ...] = ()  # SamplerSpec fields it reads besides steps and spacing (eta)
+    evals_per_step: int = 1  # network calls per interval (Heun: 2, except into the data)
+    every_step_by_default: bool = False  # steps None runs every step of the table (DDPM), else the config's
+    multistep: bool = False  # keeps a history in `state`, so an interval cannot be repeated (RePaint resampling)
+    stochastic: bool = False  # draws fresh noise at every step (an SDE or ancestral sampler)
+    paper: str = ""
+
+
+SAMPLERS: dict[str, SamplerInfo] = {}
+
+
+def register(name: str, display: str, order: int, **info) -> Callable[[Step], Step]:
+    def add(step: Step) -> Step:
+        SAMPLERS[name] = SamplerInfo(name, display, step, order, **info)
+        return step
+
+    return add
+
+
+def noise_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    return base.sample_noise(tuple(x.shape), generator, x.device, x.dtype)
+
+
+def previous_prediction(state: dict, key: str, x0: Tensor, cur: Level) -> Optional[tuple[Tensor, Level]]:
+    """A multistep solver's (x0, level) of the step before, replaced by this step's."""
+    prev = state.get(key)
+    state[key] = (x0, cur)
+    return prev
+
+
+@register("ddpm", "DDPM", order=1, every_step_by_default=True, stochastic=True, paper="Ho et al. 2020, Alg. 2")
+def ddpm(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, *,
+         generator: Optional[torch.Generator] = None, variance: str = "beta_tilde") -> tuple[Tensor, Tensor]:
+    """Ancestral step: x_next ~ q(x_next | x, x0) with the implied beta of the jump, no noise into the data;
+    variance beta_tilde (the posterior's) or beta (Ho et al. Sec. 3.2)."""
+    x0, _ = denoise(x, cur)
+    mean, var = base.ddpm_posterior_at(x, cur.ab, nxt.ab, x0, variance)
+    if nxt.is_data:
+        return mean, x0
+    return mean + base._sqrt(var) * noise_like(x, generator), x0
+
+
+@register("ddim", "DDIM", order=1, options=("eta",), paper="Song et al. 2021, eq. 12")
+def ddim(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, *, eta: float = 0.0,
+         generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - σ²) eps + σ z; eta = 0 is deterministic, 1 is DDPM."""
+    x0, eps = denoise(x, cur)
+    if nxt.is_data:
+        return x0, x0
+    return base.ddim_update(x, cur.ab, nxt.ab, x0, eps, eta, generator=generator), x0
+
+
+@register("dpmpp_2m", "DPM-Solver++(2M)", order=2, multistep=True, paper="Lu et al. 2022, Alg. 2")
+def dpmpp_2m(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, **_) -> tuple[Tensor, Tensor]:
+    """Multistep data-prediction solver in lambda: D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h, on any
+    grid; the first step and the step into the data are first order (= DDIM, eta 0)."""
+    x0, _ = denoise(x, cur)
+    prev = previous_prediction(state, "dpmpp_2m", x0, cur)
+    if nxt.is_data:
+        return x0, x0
+    h = nxt.lam - cur.lam
+    d = x0
+    if prev is not None:
+        x0_prev, level_prev = prev
+        r = (cur.lam - level_prev.lam) / h
+        d = x0 + (0.5 / r) * (x0 - x0_prev)
+    return base.dpm_solver_update(x, d, cur.sigma, nxt.alpha, nxt.sigma, h), x0
+
+
+@register("dpmpp_2m_sde", "DPM-Solver++(2M) SDE", order=1, multistep=True, stochastic=True,
+          paper="Lu et al. 2022b, Sec. 4 (the SDE solver), midpoint form as k-diffusion")
+def dpmpp_2m_sde(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, *,
+                 generator: Optional[torch.Generator] = None, **_) -> tuple[Tensor, Tensor]:
+    """The second-order multistep solver of the reverse SDE (noise η = 1) in lambda:
+
+    x_next = (sigma_next / sigma) e^{-h} x + alpha_next (1 - e^{-2h}) (x0 + (1 / (2r)) (x0 - x0_prev))
+             + sigma_next sqrt(1 - e^{-2h}) z,
+    the correction only after the first step; into the data it returns x0."""
+    x0, _ = denoise(x, cur)
+    prev = previous_prediction(state, "dpmpp_2m_sde", x0, cur)
+    if nxt.is_data:
+        return x0, x0
+    h = nxt.lam - cur.lam
+    decay = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
+    x_next = (nxt.sigma / cur.sigma * math.exp(-h)) * x + (nxt.alpha * decay) * x0
+    if prev is not None:
+        x0_prev, level_prev = prev
+        r = (cur.lam - level_prev.lam) / h
+        x_next = x_next + (nxt.alpha * decay * 0.5 / r) * (x0 - x0_prev)
+    return x_next + (nxt.sigma * math.sqrt(decay)) * noise_like(x, generator), x0
+
+
+# ----- Karras et al. 2022: the probability-flow ODE in the variance-exploding view x / alpha ------------------------
+def ve_derivative(x: Tensor, x0: Tensor, level: Level) -> Tensor:
+    """dx̃/dσ = (x̃ - D(x̃; σ)) / σ for x̃ = x / alpha (Karras et al. 2022, eq. 3 with s = 1, Alg. 1 line 4)."""
+    return (x / level.alpha - x0) / level.sigma_ve
+
+
+@register("euler", "Euler", order=1, paper="Karras et al. 2022, Alg. 1 without churn")
+def euler(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, **_) -> tuple[Tensor, Tensor]:
+    """x̃_next = x̃ + (σ_next - σ) d, d = (x̃ - x0) / σ; into the data it returns x0 (σ_next = 0)."""
+    x0, _ = denoise(x, cur)
+    if nxt.is_data:
+        return x0, x0
+    x_ve = x / cur.alpha + (nxt.sigma_ve - cur.sigma_ve) * ve_derivative(x, x0, cur)
+    return nxt.alpha * x_ve, x0
+
+
+@register("heun", "Heun", order=2, evals_per_step=2, paper="Karras et al. 2022, Alg. 2 without churn")
+def heun(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, **_) -> tuple[Tensor, Tensor]:
+    """An Euler step, then the trapezoidal correction with the slope at its end; the step into the data stays Euler
+    (the slope is undefined at σ = 0), as in Karras et al."""
+    x0, _ = denoise(x, cur)
+    if nxt.is_data:
+        return x0, x0
+    d = ve_derivative(x, x0, cur)
+    dsigma = nxt.sigma_ve - cur.sigma_ve
+    x_ve = x / cur.alpha + dsigma * d
+    x0_next, _ = denoise(nxt.alpha * x_ve, nxt)
+    d_next = (x_ve - x0_next) / nxt.sigma_ve
+    x_ve = x / cur.alpha + dsigma * 0.5 * (d + d_next)
+    return nxt.alpha * x_ve, x0
