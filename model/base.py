@@ -109,7 +109,8 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
 
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """A noise schedule: `alpha_bar` (float64, CPU, length T+1, alpha_bar[0] = 1, strictly decreasing, > 0)."""
+    """A noise schedule: `alpha_bar` (float64, CPU, length T+1, alpha_bar[0] = 1, strictly decreasing, >= 0; 0 only
+    at T, pure noise, as the flow path's table at t = 1)."""
 
     alpha_bar: Tensor
 
@@ -117,8 +118,8 @@ class Schedule:
         ab = torch.as_tensor(self.alpha_bar).detach().to(device="cpu", dtype=torch.float64)
         if ab.ndim != 1 or ab.numel() < 2:
             raise UserError(f"alpha_bar must be a 1-D tensor of length T+1 >= 2, got shape {tuple(ab.shape)}")
-        if ab[0].item() != 1.0 or not bool((ab[1:] < ab[:-1]).all()) or not ab[-1].item() > 0.0:
-            raise UserError("alpha_bar must start at 1, decrease strictly and stay > 0; build it with make_schedule")
+        if ab[0].item() != 1.0 or not bool((ab[1:] < ab[:-1]).all()) or not ab[-1].item() >= 0.0:
+            raise UserError("alpha_bar must start at 1, decrease strictly and stay >= 0; build it with make_schedule")
         object.__setattr__(self, "alpha_bar", ab)
         object.__setattr__(self, "_values", tuple(ab.tolist()))  # Python floats: coefficients at an int t, no tensors
 
@@ -214,6 +215,8 @@ def _index(t: float, T: int) -> float:
 
 
 def _log_snr(ab: float) -> float:
+    if ab <= 0.0:
+        return -math.inf
     return math.log(ab) - math.log1p(-ab) if ab < 1.0 else math.inf
 
 
@@ -237,13 +240,16 @@ class Level:
     @property
     def lam(self) -> float:
         """Half the log-SNR, log(alpha / sigma) (Lu et al. 2022); +inf at the data."""
-        sigma = self.sigma
-        return math.log(self.alpha) - math.log(sigma) if sigma > 0.0 else math.inf
+        sigma, alpha = self.sigma, self.alpha
+        if alpha == 0.0:
+            return -math.inf
+        return math.log(alpha) - math.log(sigma) if sigma > 0.0 else math.inf
 
     @property
     def sigma_ve(self) -> float:
-        """σ = sigma / alpha, the noise level of the variance-exploding view x / alpha (Karras et al. 2022, eq. 2)."""
-        return self.sigma / self.alpha
+        """σ = sigma / alpha, the noise level of the variance-exploding view x / alpha (Karras et al. 2022, eq. 2);
+        +inf at pure noise."""
+        return self.sigma / self.alpha if self.alpha > 0.0 else math.inf
 
     @property
     def is_data(self) -> bool:

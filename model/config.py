@@ -17,6 +17,7 @@ from data.config import MAX_BATCH_SIZE, DataConfig
 from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.sampling import GRIDS, SAMPLERS
+from model.objectives import OBJECTIVES
 from model.errors import UserError
 
 
@@ -119,7 +120,11 @@ class DiffusionConfig:
 
     T: int = 1000  # number of diffusion steps; t = 0 is data
     schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"  # cosine suits small images and latents
-    parametrisation: Literal["eps", "x0", "v"] = "v"  # Salimans & Ho 2022: stable at both ends of t
+    # what the network is trained on (model/objectives.py): vp (the table of `schedule`, a `parametrisation`
+    # network), flow (rectified flow, velocity target, logit-normal t) or edm (Karras et al. 2022 preconditioning)
+    objective: Literal["vp", "flow", "edm"] = "vp"
+    parametrisation: Literal["eps", "x0", "v"] = "v"  # Salimans & Ho 2022: stable at both ends of t (vp only)
+    sigma_data: float = 1.0  # edm's σ_data: the data's std; the denoiser's latents are normalised to 1
     loss: Literal["l2", "l1"] = "l2"
     min_snr_gamma: Optional[float] = None  # Hang et al. 2023 weighting; 5.0 is their choice
     p_uncond: float = 0.1  # label dropout to the null class for classifier-free guidance (Ho & Salimans)
@@ -137,6 +142,12 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         _check(0 < self.T <= MAX_T, f"denoiser.diffusion.T must be in [1, {MAX_T}] (papers use 1000 to 4000), "
                                     f"got {self.T}")
+        _check(self.objective in OBJECTIVES,
+               f"denoiser.diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        _check(self.sigma_data > 0, f"denoiser.diffusion.sigma_data must be > 0, got {self.sigma_data}")
+        _check(self.objective == "vp" or self.min_snr_gamma is None,
+               f"denoiser.diffusion.min_snr_gamma weights the vp objective's loss; {self.objective} has its own "
+               f"weighting, so set min_snr_gamma to null")
         _check(0.0 <= self.p_uncond <= 1.0,
                f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")
         _check(0.0 <= self.ema_decay < 1.0,

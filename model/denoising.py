@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from model import base
+from model.objectives import VP
 from model.sampling import sample as run_spec
 from model.errors import UserError
 
@@ -54,11 +55,13 @@ class Denoiser(nn.Module):
 
     def __init__(self, net: Callable, schedule: base.Schedule, parametrisation: base.Parametrisation,
                  num_classes: int = 0, latent_shift: Optional[Tensor] = None,
-                 latent_scale: Optional[Tensor] = None) -> None:
+                 latent_scale: Optional[Tensor] = None, objective=None) -> None:
+        """`objective` (`model.objectives`, e.g. from_config) defaults to the VP process of `schedule` with a
+        `parametrisation` network; another objective brings its own table, which replaces `schedule`."""
         super().__init__()
-        base._check_parametrisation(parametrisation)
+        self.objective = objective if objective is not None else VP(schedule, parametrisation)
         self.net = net
-        self.schedule = schedule
+        self.schedule = self.objective.table
         self.parametrisation = parametrisation
         self.num_classes = num_classes
         self.register_buffer("latent_shift", latent_shift)
@@ -87,9 +90,12 @@ class Denoiser(nn.Module):
         one step per sample (an int tensor (B,), as in training)."""
         net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class)
         if isinstance(t, Tensor):
+            if not isinstance(self.objective, VP):
+                raise ValueError("one step per sample is the VP objective's; give a noise level (base.Level)")
             return base.predict_x0_eps(net, x_t, t, c, self.schedule, self.parametrisation, clip_limit)
         level = t if isinstance(t, base.Level) else self.schedule.level_at_step(int(t))
-        return base.predict_at_level(net, x_t, level, c, self.parametrisation, clip_limit)
+        x0, eps = self.objective.predict(net, x_t, level, c)
+        return base._clipped(x0, eps, x_t, level.ab, clip_limit)
 
     def bind(self, c: Optional[Tensor] = None, guidance: float = 0.0, clip_limit: Optional[float] = None,
              guidance_at: Optional[Callable[[float], float]] = None) -> Callable:
@@ -130,21 +136,14 @@ class Denoiser(nn.Module):
 
 
 @torch.no_grad()
-def timestep_losses(net: Callable, z0: Tensor, c: Optional[Tensor], timesteps: list[int], schedule: base.Schedule,
-                    parametrisation: base.Parametrisation, loss: str = "l2", min_snr_gamma: Optional[float] = None,
+def timestep_losses(net: Callable, z0: Tensor, c: Optional[Tensor], timesteps: list[int], objective,
                     seed: int = 0) -> Tensor:
-    """The network's per-sample loss on clean z0 at each fixed t, with one noise draw (seeded) for every t.
+    """The network's per-sample loss on clean z0 at each fixed step of the objective's table, with one noise draw
+    (seeded) for every step.
 
     Returns (len(timesteps), B). The same noise for every t and every evaluation, so the figures of two checkpoints
     differ only by their networks (sheet 000, 2.2e: the loss of a test set at fixed timesteps).
     """
     eps = torch.randn(z0.shape, generator=torch.Generator(device="cpu").manual_seed(seed)).to(z0)
-    full = [torch.full((z0.shape[0],), t, device=z0.device, dtype=torch.long) for t in timesteps]
-    return torch.stack([loss_at(net, z0, c, t, eps, schedule, parametrisation, loss, min_snr_gamma) for t in full])
-
-
-def loss_at(net: Callable, z0: Tensor, c: Optional[Tensor], t: Tensor, eps: Tensor, schedule: base.Schedule,
-            parametrisation: base.Parametrisation, loss: str = "l2", min_snr_gamma: Optional[float] = None) -> Tensor:
-    """Per-sample diffusion loss (B,) of `net` on x_t = q_sample(z0, t, eps) (L_simple, or min-SNR weighted)."""
-    pred = net(base.q_sample(z0, t, eps, schedule), t, c)
-    return base.diffusion_loss(pred, z0, eps, t, schedule, parametrisation, loss, min_snr_gamma)
+    return torch.stack([objective.loss(net, z0, c, objective.at_step(k, z0.shape[0], z0.device), eps)
+                        for k in timesteps])

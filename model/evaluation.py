@@ -62,8 +62,7 @@ def loss_per_timestep(pipe, loader, timesteps: list[int]) -> list[float]:
     total, count = torch.zeros(len(timesteps), dtype=torch.float64), 0
     for batch_idx, (x, y) in enumerate(loader):
         per_sample = timestep_losses(pipe.net, pipe.encode(x), pipe.condition(y.to(pipe.device)), timesteps,
-                                     pipe.schedule, diff.parametrisation, diff.loss, diff.min_snr_gamma,
-                                     seed=10_000 + batch_idx)
+                                     pipe.denoiser.objective, seed=10_000 + batch_idx)
         total += per_sample.double().sum(1).cpu()
         count += x.shape[0]
     if count == 0:

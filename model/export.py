@@ -120,13 +120,21 @@ def model_card(cfg, num_classes: int, global_step: int, source: str, evaluation:
              f"images = pipe(16, class_labels={'[0] * 16' if num_classes else 'None'}, sampler=\"dpmpp_2m\", "
              f"steps=20, seed=0)  # uint8 (16, H, W, C)",
              "```", "",
-             f"Diffusion: T = {diff.T}, {diff.schedule} schedule, {diff.parametrisation}-parametrisation; training "
+             f"Diffusion: {objective_text(diff)}; training "
              f"samples with {diff.sampler}, {diff.sample_steps} steps. Weights: the EMA network (decay "
              f"{diff.ema_decay}); `config.json` holds every setting.", ""]
     lines += evaluation_section(evaluation) if evaluation else ["No evaluation of this checkpoint was found (run "
                                                                 "`python -m model.scripts.evaluate --load <ckpt>` "
                                                                 "before exporting to include its figures).", ""]
     return "\n".join(lines)
+
+
+def objective_text(diff) -> str:
+    """e.g. "T = 1000, cosine schedule, v-parametrisation" or "rectified flow (velocity target), T = 1000 grid"."""
+    if diff.objective == "vp":
+        return f"T = {diff.T}, {diff.schedule} schedule, {diff.parametrisation}-parametrisation"
+    names = {"flow": "rectified flow (velocity target)", "edm": f"EDM preconditioning (sigma_data {diff.sigma_data})"}
+    return f"{names[diff.objective]}, sampled on a {diff.T}-step grid"
 
 
 def evaluation_section(report: dict) -> list[str]:

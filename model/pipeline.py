@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model import base
+from model import base, objectives
 from model.config import Config
 from model.denoising import Denoiser, class_condition
 from model.errors import UserError
@@ -87,8 +87,9 @@ class LatentDiffusionPipeline:
             autoencoder = BetaVAE(cfg.vae.net)
             load_weights(autoencoder, tensors["autoencoder"], source)
             shift, scale = tensors["latent"]["shift"], tensors["latent"]["scale"]
-        schedule = base.make_schedule(cfg.denoiser.diffusion.schedule, cfg.denoiser.diffusion.T)
-        denoiser = Denoiser(net, schedule, cfg.denoiser.diffusion.parametrisation, num_classes, shift, scale)
+        objective = objectives.from_config(cfg.denoiser.diffusion)
+        denoiser = Denoiser(net, objective.table, cfg.denoiser.diffusion.parametrisation, num_classes, shift, scale,
+                            objective=objective)
         return cls(cfg, denoiser, autoencoder, device, source)
 
     # ----- what the scripts read -------------------------------------------------------------------------------

@@ -55,9 +55,14 @@ def logsnr(schedule: Schedule, steps: int, k_start: int) -> list[Level]:
 
 
 def end_log_snrs(schedule: Schedule, steps: int, k_start: int) -> tuple[float, float]:
-    """The log-SNR at the start and at the least noisy step of the table (k = 1), the ends of the σ grids."""
+    """The log-SNR at the start and at the least noisy step of the table (k = 1), the ends of the σ grids. A start at
+    pure noise (alpha_bar 0, σ infinite: the flow table at t = 1) takes the σ of the step below it as σ_max; the grid
+    still starts at pure noise, and its first interval goes from there to the grid's second level."""
     base._spaced(schedule.T, steps, k_start)  # the same checks of steps and start as the table grids
-    return base._log_snr(schedule.level_at_step(k_start).ab), base._log_snr(schedule.level_at_step(1).ab)
+    lam_max = base._log_snr(schedule.level_at_step(k_start).ab)
+    if lam_max == -math.inf:
+        lam_max = base._log_snr(schedule.level_at_step(k_start - 1).ab)
+    return lam_max, base._log_snr(schedule.level_at_step(1).ab)
 
 
 GRIDS: dict[str, GridFn] = {"uniform": table_grid("uniform"), "noise-dense": table_grid("noise-dense"),

@@ -124,33 +124,39 @@ def dpmpp_2m_sde(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: d
     return x_next + (nxt.sigma * math.sqrt(decay)) * noise_like(x, generator), x0
 
 
-# ----- Karras et al. 2022: the probability-flow ODE in the variance-exploding view x / alpha ------------------------
-def ve_derivative(x: Tensor, x0: Tensor, level: Level) -> Tensor:
-    """dx̃/dσ = (x̃ - D(x̃; σ)) / σ for x̃ = x / alpha (Karras et al. 2022, eq. 3 with s = 1, Alg. 1 line 4)."""
-    return (x / level.alpha - x0) / level.sigma_ve
+# ----- Karras et al. 2022: the probability-flow ODE in the variance-exploding view x̃ = x / alpha ---------------------
+def euler_update(x: Tensor, x0: Tensor, cur: Level, nxt: Level) -> Tensor:
+    """x̃_next = x̃ + (σ_next - σ) (x̃ - x0) / σ (Karras et al. 2022, Alg. 1 line 4-5, s = 1), written back in x:
+
+        x_next = (sigma_next / sigma) x + (alpha_next - sigma_next alpha / sigma) x0,
+
+    which is the same number and stays finite at pure noise (alpha = 0, σ infinite)."""
+    ratio = nxt.sigma / cur.sigma
+    return ratio * x + (nxt.alpha - ratio * cur.alpha) * x0
 
 
 @register("euler", "Euler", order=1, paper="Karras et al. 2022, Alg. 1 without churn")
 def euler(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, **_) -> tuple[Tensor, Tensor]:
-    """x̃_next = x̃ + (σ_next - σ) d, d = (x̃ - x0) / σ; into the data it returns x0 (σ_next = 0)."""
+    """One Euler step of the ODE dx̃/dσ = (x̃ - D(x̃; σ)) / σ; into the data it returns x0 (σ_next = 0)."""
     x0, _ = denoise(x, cur)
     if nxt.is_data:
         return x0, x0
-    x_ve = x / cur.alpha + (nxt.sigma_ve - cur.sigma_ve) * ve_derivative(x, x0, cur)
-    return nxt.alpha * x_ve, x0
+    return euler_update(x, x0, cur, nxt), x0
 
 
 @register("heun", "Heun", order=2, evals_per_step=2, paper="Karras et al. 2022, Alg. 2 without churn")
 def heun(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, **_) -> tuple[Tensor, Tensor]:
-    """An Euler step, then the trapezoidal correction with the slope at its end; the step into the data stays Euler
-    (the slope is undefined at σ = 0), as in Karras et al."""
+    """An Euler step, then the trapezoidal correction with the slope d' = (x̃_next - x0_next) / σ_next at its end:
+    x̃_next = x̃ + (σ_next - σ) (d + d') / 2. The step into the data stays Euler (the slope is undefined at σ = 0), as
+    in Karras et al., and so does a step from pure noise (an infinite step has no trapezoid)."""
     x0, _ = denoise(x, cur)
     if nxt.is_data:
         return x0, x0
-    d = ve_derivative(x, x0, cur)
+    if cur.alpha == 0.0:
+        return euler_update(x, x0, cur, nxt), x0
+    d = (x / cur.alpha - x0) / cur.sigma_ve
     dsigma = nxt.sigma_ve - cur.sigma_ve
     x_ve = x / cur.alpha + dsigma * d
     x0_next, _ = denoise(nxt.alpha * x_ve, nxt)
     d_next = (x_ve - x0_next) / nxt.sigma_ve
-    x_ve = x / cur.alpha + dsigma * 0.5 * (d + d_next)
-    return nxt.alpha * x_ve, x0
+    return nxt.alpha * (x / cur.alpha + dsigma * 0.5 * (d + d_next)), x0

@@ -409,11 +409,12 @@ def denoise_items(pipe, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, ...]:
 
 @torch.no_grad()
 def predict_noise(pipe, z0: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-    """(x_t, ε̂): x_t from the forward process, ε̂ from the EMA network's output via `base.to_x0_eps`."""
+    """(x_t, ε̂): x_t from the forward process on the objective's table, ε̂ from the EMA network through the wrapper
+    (`Denoiser`, any objective), each item at its own step."""
     x_t = base.q_sample(z0, t, eps, pipe.schedule)
-    pred = pipe.net(x_t, t.to(z0.device), pipe.condition(y.to(z0.device)))
-    _, eps_hat = base.to_x0_eps(pred, x_t, t, pipe.schedule, pipe.diff.parametrisation)
-    return x_t, eps_hat
+    c = pipe.condition(y.to(z0.device))
+    eps_hat = [pipe.denoiser(x_t[i: i + 1], int(t[i]), None if c is None else c[i: i + 1])[1] for i in range(len(t))]
+    return x_t, torch.cat(eps_hat)
 
 
 def latent_tiles(z: Tensor, image_size: int) -> Tensor:

@@ -12,10 +12,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from model import base
+from model import base, objectives
 from model.autoencoder import BetaVAE
 from model.checkpoint import load_weights, read_checkpoint, state_dict_under
-from model.denoising import Denoiser, class_condition, denormalise, loss_at, normalise, timestep_losses
+from model.denoising import Denoiser, class_condition, denormalise, normalise, timestep_losses
 from model.ema import ema_decay_at, ema_update
 from model.errors import UserError
 from model.lightning.systems.base import System
@@ -33,7 +33,8 @@ class DenoiserSystem(System):
         super().__init__(config)
         self.num_classes = num_classes
         self.diff = self.cfg.denoiser.diffusion
-        self.schedule = base.make_schedule(self.diff.schedule, self.diff.T)
+        self.objective = objectives.from_config(self.diff)
+        self.schedule = self.objective.table
         self.net = denoiser_network(self.cfg, num_classes)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.autoencoder: Optional[BetaVAE] = None
@@ -60,7 +61,7 @@ class DenoiserSystem(System):
         """The wrapper around `net` (default: the EMA network) with this system's schedule and latent statistics."""
         stats = (self.latent_shift, self.latent_scale) if self.autoencoder is not None else (None, None)
         return Denoiser(self.ema if net is None else net, self.schedule, self.diff.parametrisation, self.num_classes,
-                        *stats)
+                        *stats, objective=self.objective)
 
     # ----- the frozen autoencoder and the latent statistics --------------------------------------------------
     def load_vae(self, path: str, kind: str = "vae") -> None:
@@ -126,15 +127,14 @@ class DenoiserSystem(System):
         x, y = batch
         z0 = self.z0_from_batch(x, self.diff.cache_latents or self.latents_on_disk)
         c = class_condition(y, self.num_classes, self.diff.p_uncond)
-        t = torch.randint(1, self.diff.T + 1, (z0.shape[0],), device=z0.device)
+        t = self.objective.draw(z0.shape[0], z0.device)
         loss = self.loss_at(self.net, z0, c, t, torch.randn_like(z0)).mean()
         self.log_train_loss(loss)
         return self.finite_or_skip(loss)
 
     def loss_at(self, net: nn.Module, z0: Tensor, c: Optional[Tensor], t: Tensor, eps: Tensor) -> Tensor:
-        """Per-sample diffusion loss (B,) of `net` at timesteps t with noise eps (`model.denoising.loss_at`)."""
-        return loss_at(net, z0, c, t, eps, self.schedule, self.diff.parametrisation, self.diff.loss,
-                       self.diff.min_snr_gamma)
+        """Per-sample loss (B,) of `net` at the objective's noise levels t with noise eps (`model.objectives`)."""
+        return self.objective.loss(net, z0, c, t, eps)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -148,8 +148,7 @@ class DenoiserSystem(System):
         timesteps = self.diff.fixed_val_timesteps()
         per_t = timestep_losses(self.ema, self.z0_from_batch(x, cached=self.latents_on_disk),
                                 class_condition(y, self.num_classes),
-                                timesteps, self.schedule, self.diff.parametrisation, self.diff.loss,
-                                self.diff.min_snr_gamma, seed=10_000 + batch_idx).mean(1)  # (len(timesteps),)
+                                timesteps, self.objective, seed=10_000 + batch_idx).mean(1)  # (len(timesteps),)
         losses = {f"val/loss_t{t}": loss for t, loss in zip(timesteps, per_t)}
         losses["val/loss"] = per_t.mean()
         self.log_dict(losses, sync_dist=True)
