@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from benchmarks.common import (Report, build_unet, denoise_of, diffusion_train_step, latent_shape, load_config,
                                make_parser, measure, parse, random_batch, schedule_of)
-from model import base, sampling
+from model import base
+from model.sampling import sample_ddim
 from model.errors import UserError, cli_entry
 
 NAME = "latent_vs_pixel"
@@ -76,7 +77,7 @@ def sampling(net: nn.Module, x_T: Tensor, c: Optional[Tensor], schedule: base.Sc
              decode: Optional[Callable[[Tensor], Tensor]] = None) -> Callable[[], Tensor]:
     """One DDIM sampling call from x_T (its result decoded when `decode` is given)."""
     def sample() -> Tensor:
-        z = sampling.sample_ddim(denoise_of(net.eval(), schedule, c), x_T, schedule, steps=steps)
+        z = sample_ddim(denoise_of(net.eval(), schedule, c), x_T, schedule, steps=steps)
         return z if decode is None else decode(z)
 
     return sample

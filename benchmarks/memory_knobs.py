@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from benchmarks.common import (Report, build_unet, diffusion_train_step, latent_shape, load_config, make_parser, parse,
                                peak_memory_mib, random_batch, schedule_of, timed)

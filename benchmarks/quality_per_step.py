@@ -63,7 +63,6 @@ def draw_setting(pipe, fid, clf, sampler: str, steps, args, device: str) -> tupl
     from model.evaluation import balanced_labels, generate, predict
     from model.metrics import fid as fidlib
     from model.sampling import SamplerSpec
-    from model.scripts.common import sampler_steps
 
     labels = balanced_labels(args.num_samples, pipe.num_classes)
     start = time.perf_counter()
@@ -73,7 +72,7 @@ def draw_setting(pipe, fid, clf, sampler: str, steps, args, device: str) -> tupl
     seconds = time.perf_counter() - start
     fid.reset()
     fidlib.update(fid, x.split(args.batch_size), real=False, extractor="classifier")
-    n = sampler_steps(sampler, steps, pipe.diff.sample_steps, pipe.diff.T)
+    n = spec.step_count(pipe.diff.T)
     accuracy = float((predict(clf, x, device) == labels).float().mean())
     return {"sampler": spec.describe(pipe.diff.T),
             "network evaluations": n * spec.info.evals_per_step * (2 if args.cfg_scale else 1),

@@ -32,7 +32,7 @@ from torch import nn
 
 from benchmarks.common import (Report, build_unet, denoise_of, diffusion_train_step, latent_shape, load_config,
                                make_parser, measure, parse, random_batch, schedule_of, timed)
-from model import base, sampling
+from model.sampling import sample_ddim
 from model.errors import UserError, cli_entry
 
 NAME = "speed_knobs"
@@ -114,7 +114,7 @@ def sampling(knob: Knob, net: nn.Module, x_T: torch.Tensor, c, schedule, steps: 
 
     def sample() -> torch.Tensor:
         with torch.no_grad(), autocast():
-            return sampling.sample_ddim(denoise_of(net, schedule, c), x_T, schedule, steps=steps)
+            return sample_ddim(denoise_of(net, schedule, c), x_T, schedule, steps=steps)
 
     return sample
 

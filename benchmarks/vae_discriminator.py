@@ -16,7 +16,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 
 from benchmarks.common import Report, load_config, make_parser, parse
 from model.errors import UserError, cli_entry

@@ -433,6 +433,12 @@ def min_snr_weight(snr: Tensor, gamma: float, parametrisation: Parametrisation) 
     return clipped / (snr + 1.0)
 
 
+def per_sample_error(pred: Tensor, target: Tensor, kind: Literal["l2", "l1"] = "l2") -> Tensor:
+    """The error averaged over every non-batch dim, squared ("l2") or absolute ("l1"), (B,)."""
+    err = pred - target
+    return (err.square() if kind == "l2" else err.abs()).flatten(1).mean(dim=1)
+
+
 def diffusion_loss(pred: Tensor, x0: Tensor, eps: Tensor, t: TimeLike, schedule: Schedule,
                    parametrisation: Parametrisation = "v", kind: Literal["l2", "l1"] = "l2",
                    min_snr_gamma: Optional[float] = None) -> Tensor:
@@ -446,9 +452,7 @@ def diffusion_loss(pred: Tensor, x0: Tensor, eps: Tensor, t: TimeLike, schedule:
         raise UserError(f"unknown loss kind {kind!r}; choose one of l2, l1")
     if pred.shape != x0.shape:
         raise UserError(f"prediction shape {tuple(pred.shape)} differs from the data shape {tuple(x0.shape)}")
-    err = pred - training_target(x0, eps, t, schedule, parametrisation)
-    err = err.square() if kind == "l2" else err.abs()
-    loss = err.flatten(1).mean(dim=1)  # (B,)
+    loss = per_sample_error(pred, training_target(x0, eps, t, schedule, parametrisation), kind)
     if min_snr_gamma is not None:
         if not min_snr_gamma > 0:
             raise UserError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}; Hang et al. use 5")

@@ -62,7 +62,6 @@ class Denoiser(nn.Module):
         self.objective = objective if objective is not None else VP(schedule, parametrisation)
         self.net = net
         self.schedule = self.objective.table
-        self.parametrisation = parametrisation
         self.num_classes = num_classes
         self.register_buffer("latent_shift", latent_shift)
         self.register_buffer("latent_scale", latent_scale)
@@ -92,7 +91,7 @@ class Denoiser(nn.Module):
         if isinstance(t, Tensor):
             if not isinstance(self.objective, VP):
                 raise ValueError("one step per sample is the VP objective's; give a noise level (base.Level)")
-            return base.predict_x0_eps(net, x_t, t, c, self.schedule, self.parametrisation, clip_limit)
+            return base.predict_x0_eps(net, x_t, t, c, self.schedule, self.objective.parametrisation, clip_limit)
         level = t if isinstance(t, base.Level) else self.schedule.level_at_step(int(t))
         x0, eps = self.objective.predict(net, x_t, level, c)
         return base._clipped(x0, eps, x_t, level.ab, clip_limit)

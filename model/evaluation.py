@@ -58,7 +58,6 @@ def loss_per_timestep(pipe, loader, timesteps: list[int]) -> list[float]:
     validation draws for the same batch (`model.denoising.timestep_losses`)."""
     from model.denoising import timestep_losses
 
-    diff = pipe.diff
     total, count = torch.zeros(len(timesteps), dtype=torch.float64), 0
     for batch_idx, (x, y) in enumerate(loader):
         per_sample = timestep_losses(pipe.net, pipe.encode(x), pipe.condition(y.to(pipe.device)), timesteps,

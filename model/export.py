@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from torch import Tensor
 
 from model.errors import UserError

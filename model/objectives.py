@@ -36,12 +36,6 @@ EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # ln σ ~ N(P_mean, P_std²) in training (Kar
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0  # the σ range of their sampler (Table 1)
 
 
-def per_sample_error(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    """Mean over every non-batch dim of the squared ("l2") or absolute ("l1") error, (B,)."""
-    err = pred - target
-    return (err.square() if kind == "l2" else err.abs()).flatten(1).mean(dim=1)
-
-
 def _column(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)  # (B, 1, ..)
 
@@ -119,7 +113,7 @@ class Flow:
         """||u(x_t, t) - (eps - x0)||² (conditional flow matching, Lipman et al. 2023, eq. 23), (B,)."""
         tc = _column(t, x0)
         x_t = (1 - tc) * x0 + tc * eps
-        return per_sample_error(net(x_t, FLOW_TIME_SCALE * t.to(x0.dtype), c), eps - x0, self.kind)
+        return base.per_sample_error(net(x_t, FLOW_TIME_SCALE * t.to(x0.dtype), c), eps - x0, self.kind)
 
 
 def edm_alpha_bar(T: int) -> Tensor:
@@ -169,7 +163,7 @@ class EDM:
         x = x0 + s * eps
         c_skip, c_out, _, _ = self.coefficients(s)
         _, out = self.denoised(net, x, s, c)
-        return per_sample_error(out, (x0 - c_skip * x) / c_out, self.kind)
+        return base.per_sample_error(out, (x0 - c_skip * x) / c_out, self.kind)
 
 
 OBJECTIVES: dict[str, Callable] = {  # denoiser.diffusion.objective -> the objective of a config section

@@ -82,8 +82,12 @@ class SamplerSpec:
                    clip_limit=given.pop("clip_limit", diffusion.clip_limit),
                    guidance_interval=given.pop("guidance_interval", tuple(interval) if interval else None), **given)
 
+    def step_count(self, T: Optional[int]) -> Optional[int]:
+        """The intervals the grid has: `steps`, else every step of a T-step table."""
+        return self.steps if self.steps is not None else T
+
     def describe(self, T: Optional[int] = None) -> str:
         """e.g. "DDIM 25 steps, noise-dense (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps"."""
-        steps = self.steps if self.steps is not None else T
+        steps = self.step_count(T)
         text = f"{self.info.display} {steps} steps" + ("" if self.spacing == "uniform" else f", {self.spacing}")
         return text + (f" (eta {self.eta:g})" if "eta" in self.info.options else "")

@@ -135,13 +135,6 @@ def step_number(net_time: float):
     return int(net_time) if float(net_time).is_integer() else round(net_time, 3)
 
 
-def sampler_steps(sampler: str, steps: Optional[int], sample_steps: int, T: int) -> int:
-    """The number of steps a sampler runs: --steps, else all T for DDPM, else the config's sample_steps."""
-    if steps is not None:
-        return steps
-    return T if SAMPLERS[sampler].every_step_by_default else sample_steps
-
-
 def describe_sampler(sampler: str, steps: int, eta: float = 0.0, spacing: str = "uniform") -> str:
     """e.g. "DDIM 25 steps (eta 0)", "DPM-Solver++(2M) 10 steps, noise-dense", "DDPM 1000 steps"."""
     from model.sampling import SamplerSpec

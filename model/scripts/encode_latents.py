@@ -12,7 +12,6 @@ the VAE's digest and config, the image data config and the training latents' per
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Iterator

@@ -30,14 +30,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import save_npz, write_text
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
-from model.scripts.common import (add_pixel_arguments, add_sampler_arguments, describe_sampler, sampler_spec,
-                                  sampler_steps)
+from model.scripts.common import add_pixel_arguments, add_sampler_arguments, describe_sampler, sampler_spec
 
 GRID_MAX = 100  # samples shown in each samples_w<w>.png
 
@@ -162,8 +160,7 @@ def evaluate_images(args, pipe, dm, clf, extractor: str, fid, protocol, out: Pat
 def toy_specs(args, pipe) -> list:
     """DDPM with all T steps, then the chosen sampler (DDIM when that is DDPM) with its steps."""
     other = args.spec.sampler if args.spec.sampler != "ddpm" else "ddim"
-    steps = sampler_steps(other, args.steps, pipe.diff.sample_steps, pipe.diff.T)
-    return [args.spec.replace(sampler="ddpm").replace_steps(None), args.spec.replace(sampler=other, steps=steps)]
+    return [args.spec.replace(sampler="ddpm").replace_steps(None), sampler_spec(args, pipe.diff, sampler=other)]
 
 
 def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
@@ -177,7 +174,7 @@ def evaluate_points(args, pipe, dm, out: Path) -> dict[str, Any]:
     for spec in toy_specs(args, pipe):
         points = generate(pipe, args.num_samples, None, spec, seed=args.seed, batch_size=args.batch_size)
         cd = chamfer_distance(points, data[: args.num_samples])
-        steps = spec.steps if spec.steps is not None else pipe.diff.T
+        steps = spec.step_count(pipe.diff.T)
         save_npz(out / f"samples_{spec.sampler}.npz", points=points.numpy())
         results.append({"sampler": spec.sampler, "steps": steps, "chamfer_distance": cd})
         panels.append((f"{spec.describe(pipe.diff.T)}: Chamfer distance {cd:.4f}", points.numpy()))

@@ -219,13 +219,12 @@ def inpaint_all(pipe, x: Tensor, mask: Tensor, samplers: list[Sampler], label: O
 
     z0 = encode(pipe, x)
     mask_z = latent_mask(mask, tuple(z0.shape[-2:])).to(z0)
-    c = None if label is None or not pipe.num_classes else torch.tensor([label], device=z0.device)
-    denoise = pipe.denoiser.bind(c, args.cfg_scale, pipe.diff.clip_limit)
+    labels = None if label is None else torch.tensor([label])
     out = {}
     for sampler in samplers:
-        z = inpaint(denoise, z0, mask_z, pipe.schedule, sampler.spec(pipe, sampler.ddim_steps, args.cfg_scale),
-                    resample=args.resample_steps,
-                    generator=torch.Generator().manual_seed(args.seed))
+        spec = sampler.spec(pipe, sampler.ddim_steps, args.cfg_scale)
+        z = inpaint(pipe.denoiser.bind_spec(labels, spec, z0.device), z0, mask_z, pipe.schedule, spec,
+                    resample=args.resample_steps, generator=torch.Generator().manual_seed(args.seed))
         image = to_image(pipe, z)
         out[sampler.name] = blend(image, x, mask) if args.blend else image
     return out

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from model import base, objectives
+from model import objectives
 from model.autoencoder import BetaVAE
 from model.checkpoint import load_weights, read_checkpoint, state_dict_under
 from model.denoising import Denoiser, class_condition, denormalise, normalise, timestep_losses
