@@ -181,6 +181,8 @@ INVENTORY = [
     ("reimagine", ["--load", "{den}", "--strengths", "1.5"], ["strength", "[0, 1]"]),
     ("reimagine", ["--load", "{den}", "--image", "/nowhere/x.png"], ["does not exist"]),
     ("reimagine", ["--load", "{toy}"], ["2-D toy"]),
+    ("reimagine", ["--load", "{den}", "--mask", "{root}/m.png", "--sampler", "dpmpp_2m", "--resample-steps", "2"],
+     ["keeps a history", "--resample-steps", "euler"]),
     # ---- sizes that would allocate too much ----
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.T", "2000000000"], ["T must be in [1, 100000]"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "100000"], ["data.image_size must be in"]),

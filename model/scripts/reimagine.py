@@ -149,6 +149,9 @@ def check_args(args) -> None:
         raise UserError(f"--resample-steps must be >= 1 (1 = no resampling), got {args.resample_steps}")
     if args.mask is None and (args.resample_steps != 1 or args.blend):
         raise UserError("--resample-steps and --blend belong to inpainting; pass --mask PNG too")
+    if args.resample_steps > 1 and SAMPLERS[args.sampler].multistep:
+        raise UserError(f"--sampler {args.sampler} keeps a history of its steps, which --resample-steps would repeat; "
+                        f"pass one of {', '.join(n for n, s in SAMPLERS.items() if not s.multistep and n != 'ddpm')}")
 
 
 def round_half_up(x: float) -> int:
