@@ -118,18 +118,10 @@ class LatentsDataModule(BaseDataModule):
         raise UserError("the quality metrics need images, but data.name is latents; evaluate with the image data "
                         "config the latents were encoded from")
 
-    def source_images(self) -> BaseDataModule:
-        """The image data module the latents were encoded from (meta.json keeps its config): the real images that
-        quality during training scores samples against."""
-        from data.registry import make_datamodule
-
-        try:
-            dm = make_datamodule(DataConfig(**self.meta["data"]))
-            dm.all_items()
-        except UserError as e:
-            raise UserError(f"quality during training scores samples against the images the latents in {self.root} "
-                            f"were encoded from, but they cannot be loaded: {e}") from None
-        return dm
+    def source_config(self) -> DataConfig:
+        """The data config the latents were encoded from (meta.json keeps it): its real images are what quality
+        during training scores samples against (`data.registry.source_images`)."""
+        return DataConfig(**self.meta["data"])
 
 
 def check_vae(meta: dict[str, Any], digest: str, vae_path: str) -> None:

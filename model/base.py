@@ -107,6 +107,21 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def rescale_zero_terminal_snr(alpha_bar: Tensor) -> Tensor:
+    """Zero terminal SNR (Lin et al. 2024, Alg. 1): sqrt(alpha_bar_t) over t = 1..T shifted so that alpha_bar_T = 0
+    exactly and scaled so that alpha_bar_1 is kept; then the last step is pure noise, as sampling assumes.
+
+        sqrt(ab)' = (sqrt(ab) - sqrt(ab_T)) sqrt(ab_1) / (sqrt(ab_1) - sqrt(ab_T)),   ab_0 = 1 stays (the data).
+
+    An eps network cannot predict x0 from pure noise; train v or x0 on the rescaled table."""
+    root = alpha_bar[1:].sqrt()  # (T,)
+    first, last = root[0].clone(), root[-1].clone()
+    if not first > last:
+        raise ValueError("zero terminal SNR needs alpha_bar_1 > alpha_bar_T (T >= 2)")
+    root = (root - last) * first / (first - last)
+    return torch.cat([alpha_bar[:1], root**2])
+
+
 @dataclass(frozen=True, eq=False)
 class Schedule:
     """A noise schedule: `alpha_bar` (float64, CPU, length T+1, alpha_bar[0] = 1, strictly decreasing, >= 0; 0 only
@@ -256,12 +271,14 @@ class Level:
         return self.ab >= 1.0
 
 
-def make_schedule(name: str, T: int, **kwargs) -> Schedule:
-    """The schedule registered under `name` in SCHEDULES with T steps; kwargs go to its alpha_bar function."""
+def make_schedule(name: str, T: int, zero_terminal_snr: bool = False, **kwargs) -> Schedule:
+    """The schedule registered under `name` in SCHEDULES with T steps, rescaled to zero terminal SNR if asked; kwargs
+    go to its alpha_bar function."""
     if name not in SCHEDULES:
         raise UserError(f"unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     _check_T(T)
-    return Schedule(SCHEDULES[name](T, **kwargs))
+    alpha_bar = SCHEDULES[name](T, **kwargs)
+    return Schedule(rescale_zero_terminal_snr(alpha_bar) if zero_terminal_snr else alpha_bar)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -644,11 +661,12 @@ def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Guidance and prediction
 # ----------------------------------------------------------------------------------------------------------------
-def classifier_free_guidance(denoiser: Network, w: float, null_class: int) -> Network:
+def classifier_free_guidance(denoiser: Network, w: float, null_class: int, rescale: float = 0.0) -> Network:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = (1 + w) out(x, c) - w out(x, ∅); w = 0 is plain c.
 
     One batched call on [cond; uncond] with c = null_class for the second half. The mix is affine with weights
     summing to 1, so guiding v or x0 outputs equals guiding the implied eps (the conversions are affine in the output).
+    `rescale` = φ > 0 pulls the guided output's per-sample std back towards the conditional one's (`rescale_guidance`).
     """
     if not math.isfinite(w):
         raise UserError(f"guidance scale w must be a finite number, got {w}")
@@ -662,9 +680,29 @@ def classifier_free_guidance(denoiser: Network, w: float, null_class: int) -> Ne
             return denoiser(x_t, t, c)
         out = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, torch.full_like(c, null_class)]))
         cond, uncond = out.chunk(2)  # each (B, ...)
-        return (1.0 + w) * cond - w * uncond
+        return rescale_guidance((1.0 + w) * cond - w * uncond, cond, rescale)
 
     return guided
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
+    """CFG rescale (Lin et al. 2024, eq. 15-16): x_rescaled = x_cfg std(x_pos) / std(x_cfg), the std over each
+    sample's elements, and φ x_rescaled + (1 - φ) x_cfg; strong guidance then stops over-exposing. φ = 0: x_cfg."""
+    if phi == 0.0:
+        return guided
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1.0 - phi) * guided
+
+
+def training_noise(x0: Tensor, offset: float = 0.0) -> Tensor:
+    """eps ~ N(0, I) like x0, plus `offset` times one N(0, 1) per sample and channel, shared by all its pixels (offset
+    noise, Guttenberg 2023): the model then also learns to change an image's mean, which plain noise at the last
+    steps never asks of it. offset 0 draws exactly `torch.randn_like(x0)`."""
+    eps = torch.randn_like(x0)
+    if offset:
+        eps = eps + offset * torch.randn(*x0.shape[:2], *([1] * (x0.ndim - 2)), dtype=x0.dtype, device=x0.device)
+    return eps
 
 
 def predict_x0_eps(denoiser: Network, x_t: Tensor, t: TimeLike, c: Optional[Tensor], schedule: Schedule,

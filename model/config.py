@@ -131,10 +131,13 @@ class DiffusionConfig:
     ema_decay: float = 0.999  # EMA of the weights used for sampling
     clip_limit: Optional[float] = None  # default sampling clamp of the predicted x0; None = no clamp
     # the sampler of the sample grids written during training and the default of `sample -cfg`
-    sampler: str = "ddim"  # a name of model.sampling.SAMPLERS: ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, euler, heun
+    sampler: str = "ddim"  # a name of model.sampling.SAMPLERS (ddpm, ddim, dpmpp_2m, euler, heun, unipc, ...)
     sample_steps: int = 50  # steps of every sampler but DDPM (which runs all T unless told)
     sample_spacing: str = "uniform"  # the grid of noise levels (model/sampling/grids.py): uniform, noise-dense, ...
     guidance_interval: Optional[list[float]] = None  # [lo, hi]: guide only for σ in (lo, hi]; None: at every level
+    guidance_rescale: float = 0.0  # CFG rescale φ in [0, 1] (Lin et al. 2024, eq. 16), with zero_terminal_snr 0.7
+    zero_terminal_snr: bool = False  # rescale the vp table to alpha_bar_T = 0 (Lin et al. 2024, Alg. 1); v or x0 only
+    offset_noise: float = 0.0  # training noise + offset · N(0, 1) per channel (Guttenberg 2023); 0.1 is common
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
     cache_latents: bool = False  # encode the training set once instead of every epoch (no flips then)
     latent_stats_batches: int = 20  # batches used to estimate the latent shift and scale
@@ -148,6 +151,12 @@ class DiffusionConfig:
         _check(self.objective == "vp" or self.min_snr_gamma is None,
                f"denoiser.diffusion.min_snr_gamma weights the vp objective's loss; {self.objective} has its own "
                f"weighting, so set min_snr_gamma to null")
+        _check(not self.zero_terminal_snr or (self.objective == "vp" and self.parametrisation != "eps"),
+               "denoiser.diffusion.zero_terminal_snr ends the vp table at pure noise, where an eps network cannot "
+               "give x0; set parametrisation to v (or x0), or zero_terminal_snr to false")
+        _check(0.0 <= self.guidance_rescale <= 1.0,
+               f"denoiser.diffusion.guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+        _check(self.offset_noise >= 0.0, f"denoiser.diffusion.offset_noise must be >= 0, got {self.offset_noise}")
         _check(0.0 <= self.p_uncond <= 1.0,
                f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")
         _check(0.0 <= self.ema_decay < 1.0,

@@ -81,13 +81,16 @@ class Denoiser(nn.Module):
 
     # ----- (x_t, level, c) -> (x0, eps) -------------------------------------------------------------------------
     def forward(self, x_t: Tensor, t: Union[base.Level, base.TimeLike], c: Optional[Tensor] = None,
-                guidance: float = 0.0, clip_limit: Optional[float] = None) -> tuple[Tensor, Tensor]:
+                guidance: float = 0.0, clip_limit: Optional[float] = None,
+                guidance_rescale: float = 0.0) -> tuple[Tensor, Tensor]:
         """(x0, eps) at (x_t, t) for labels c (None: the null class), guided by w = `guidance` (Ho & Salimans 2022,
-        (1 + w) out(x, c) - w out(x, ∅)) and with x0 clamped to [-clip_limit, clip_limit].
+        (1 + w) out(x, c) - w out(x, ∅); rescaled by φ = `guidance_rescale`, Lin et al. 2024) and with x0 clamped to
+        [-clip_limit, clip_limit].
 
         t is a noise level of a sampling grid (the network embeds its float time), a step of the table (an int), or
         one step per sample (an int tensor (B,), as in training)."""
-        net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class)
+        net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class,
+                                                                             guidance_rescale)
         if isinstance(t, Tensor):
             if not isinstance(self.objective, VP):
                 raise ValueError("one step per sample is the VP objective's; give a noise level (base.Level)")
@@ -97,15 +100,15 @@ class Denoiser(nn.Module):
         return base._clipped(x0, eps, x_t, level.ab, clip_limit)
 
     def bind(self, c: Optional[Tensor] = None, guidance: float = 0.0, clip_limit: Optional[float] = None,
-             guidance_at: Optional[Callable[[float], float]] = None) -> Callable:
+             guidance_at: Optional[Callable[[float], float]] = None, guidance_rescale: float = 0.0) -> Callable:
         """`denoise(x_t, level) -> (x0, eps)` for a sampler, with the labels and options fixed (checked once here);
         `guidance_at(σ)` replaces the constant scale where guidance depends on the noise level (an interval)."""
         self.check_options(c, guidance, clip_limit)
         if guidance_at is None:
-            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit)
+            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit, guidance_rescale)
 
         def denoise(x_t: Tensor, level: base.Level) -> tuple[Tensor, Tensor]:
-            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit)
+            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit, guidance_rescale)
 
         return denoise
 
@@ -123,7 +126,8 @@ class Denoiser(nn.Module):
         """`bind` with the guidance, its interval and the clip limit of a `SamplerSpec`."""
         c = labels.to(device) if labels is not None and self.num_classes else None
         interval = spec.guides_at if spec.guidance_interval is not None else None
-        return self.bind(c, spec.guidance, spec.clip_limit, guidance_at=interval)
+        return self.bind(c, spec.guidance, spec.clip_limit, guidance_at=interval,
+                         guidance_rescale=spec.guidance_rescale)
 
     @torch.no_grad()
     def sample(self, x_T: Tensor, labels: Optional[Tensor], spec, *, generator: Optional[torch.Generator] = None,

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -15,6 +17,42 @@ EXIT_USAGE = 2
 
 class UserError(Exception):
     """Bad input from the user (config, file, flag). The message says what is wrong and how to fix it."""
+
+
+# what a user can fix: room, a writable mount, permissions, quota, file size limits
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+class WriteFailed(UserError):
+    """A file could not be written (disk full, read-only, no permission); `path` is the file's final name."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def reason(err: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: the OS's reason, or for errors without one (torch's stream writer) the free
+    space left, which is what runs out in practice."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return os.strerror(err.errno)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return str(err).splitlines()[0][:100] if str(err) else type(err).__name__
+    return f"the write failed with {free / 2**20:.1f} MiB free on that file system"
+
+
+def advice(err: BaseException) -> str:
+    number = getattr(err, "errno", None)
+    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "write to a folder you may write to (--output, or output_dir for training)"
+    return "free some space (or raise the quota) and run the command again"
+
+
+def write_failed(err: BaseException, path: Path) -> WriteFailed:
+    """The one-line error of a failed write of `path`: why, and what to do."""
+    return WriteFailed(f"could not write {path}: {reason(err, path.parent)}; {advice(err)}", path)
 
 
 class Interrupted(Exception):
@@ -44,8 +82,6 @@ def cli_entry(main: F) -> F:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
         except OSError as err:  # a write the user can fix (full disk, read-only, permission): one line, exit 2
-            from model.writes import WRITE_ERRNOS, write_failed
-
             if debug or err.errno not in WRITE_ERRNOS:
                 raise
             print(f"error: {write_failed(err, Path(err.filename or '.'))}", file=sys.stderr)

@@ -18,11 +18,10 @@ from model.cli_config import add_config_arguments, build_config, new_parser, par
 from model.cli_config import from_dict
 from model.config import Config, check_denoiser_shapes, to_dict
 from model.checkpoint import CONFIG_KEY, read_checkpoint
-from model.errors import UserError, cli_entry
+from model.errors import WRITE_ERRNOS, UserError, WriteFailed, cli_entry, write_failed
 from model.run_folder import last_checkpoint, newest_checkpoint, next_run_number, run_dir
 from model.run_lock import RunLock
-from model.writes import (WRITE_ERRNOS, WriteFailed, check_writable, missing_folders, remove_if_empty,
-                          write_failed)
+from model.writes import check_writable, missing_folders, remove_if_empty
 
 
 def make_parser():

@@ -13,8 +13,10 @@ the same in every process. Each objective also gives the T-step table its sampli
   predicts the velocity u = eps - x0, so x0 = x_t - t u and eps = x_t + (1 - t) u; t is drawn logit-normal
   (Esser et al. 2024, Sec. 3.1, m = 0, s = 1).
 - "edm": Karras et al. 2022 (Table 1): x = x0 + σ n, D(x; σ) = c_skip x + c_out F(c_in x; c_noise) with
-  c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d / sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²), c_noise = ln(σ) / 4;
-  ln σ ~ N(P_mean, P_std²) and the loss λ(σ) ||D - x0||² with λ = 1 / c_out², i.e. ||F - (x0 - c_skip x) / c_out||².
+  c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d / sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²), c_noise = ln(σ) / 4,
+  which the network embeds as 1000 c_noise (the span its sinusoidal embedding resolves); ln σ ~ N(P_mean, P_std²)
+  relative to the data's scale (the paper's levels for σ_d = 0.5 scaled to σ_d) and the loss λ(σ) ||D - x0||² with
+  λ = 1 / c_out², i.e. ||F - (x0 - c_skip x) / c_out||².
 
 Adding an objective: a class here with `table`, `predict`, `draw`, `at_step` and `loss`, and its name in OBJECTIVES.
 """
@@ -32,8 +34,11 @@ Network = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]  # (x, the networ
 
 FLOW_TIME_SCALE = 1000.0  # the flow network embeds 1000 t (as SD3): the range of the VP tables' step numbers
 LOGIT_NORMAL = (0.0, 1.0)  # (m, s) of the logit-normal t of Esser et al. 2024, their best setting
-EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # ln σ ~ N(P_mean, P_std²) in training (Karras et al. 2022, Table 1)
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # ln σ ~ N(P_mean, P_std²) in training (Karras et al. 2022, Table 1) ...
+EDM_SIGMA_DATA = 0.5  # ... for the σ_data of their images: ln(σ / σ_data) keeps that distribution for any σ_data
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0  # the σ range of their sampler (Table 1)
+EDM_TIME_SCALE = 1000.0  # the network embeds 1000 c_noise: c_noise = ln(σ) / 4 spans ~2.6 over the σ range, and the
+#                          sinusoidal embedding resolves a span of ~1000 (the VP tables' step numbers)
 
 
 def _column(v: Tensor, like: Tensor) -> Tensor:
@@ -140,6 +145,7 @@ class EDM:
     def denoised(self, net: Network, x: Tensor, sigma, c: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """(D(x; σ), F's output) for x = x0 + σ n."""
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        c_noise = EDM_TIME_SCALE * c_noise
         noise = c_noise.to(x.dtype).reshape(-1) if isinstance(c_noise, Tensor) else _time_vector(c_noise, x)
         out = net(c_in * x, noise, c)
         return c_skip * x + c_out * out, out
@@ -151,8 +157,11 @@ class EDM:
         return d, (x_ve - d) / sigma
 
     def draw(self, n: int, device) -> Tensor:
-        """σ with ln σ ~ N(P_mean, P_std²), (B,) float32."""
-        return torch.exp(EDM_P_MEAN + EDM_P_STD * torch.randn(n, device=device))
+        """σ with ln(σ / σ_data) ~ N(P_mean - ln 0.5, P_std²), (B,) float32: the paper's noise levels relative to the
+        data's scale (P_mean = -1.2 was set for images of σ_data = 0.5; unit-variance latents need σ twice as large,
+        and on the digits latents the paper's absolute levels leave the samples 1.55x from the floor, these 1.22x)."""
+        mean = EDM_P_MEAN + math.log(self.sigma_data / EDM_SIGMA_DATA)
+        return torch.exp(mean + EDM_P_STD * torch.randn(n, device=device))
 
     def at_step(self, k: int, n: int, device) -> Tensor:
         return torch.full((n,), self.table.level_at_step(k).sigma_ve, dtype=torch.float32, device=device)
@@ -167,7 +176,8 @@ class EDM:
 
 
 OBJECTIVES: dict[str, Callable] = {  # denoiser.diffusion.objective -> the objective of a config section
-    "vp": lambda d: VP(base.make_schedule(d.schedule, d.T), d.parametrisation, d.loss, d.min_snr_gamma),
+    "vp": lambda d: VP(base.make_schedule(d.schedule, d.T, d.zero_terminal_snr), d.parametrisation,
+                       d.loss, d.min_snr_gamma),
     "flow": lambda d: Flow(d.T, d.loss),
     "edm": lambda d: EDM(d.T, d.loss, d.sigma_data),
 }

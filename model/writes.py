@@ -2,53 +2,16 @@
 
 Every file goes to a temporary sibling first and is renamed over its final name only when whole, so a failure never
 leaves a partial file under a final name; the temporary is removed on the way out. The errors a user can act on
-(no space, read-only file system, no permission, quota) become `WriteFailed`, a one-line `UserError`.
+(no space, read-only file system, no permission, quota) become `model.errors.WriteFailed`, a one-line `UserError`.
 """
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from model.errors import UserError
-
-# what a user can fix: room, a writable mount, permissions, quota, file size limits
-WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
-
-
-class WriteFailed(UserError):
-    """A file could not be written (disk full, read-only, no permission); `path` is the file's final name."""
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-def reason(err: BaseException, folder: Path) -> str:
-    """Why a write failed, in words: the OS's reason, or for errors without one (torch's stream writer) the free
-    space left, which is what runs out in practice."""
-    if isinstance(err, OSError) and err.errno is not None:
-        return os.strerror(err.errno)
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return str(err).splitlines()[0][:100] if str(err) else type(err).__name__
-    return f"the write failed with {free / 2**20:.1f} MiB free on that file system"
-
-
-def advice(err: BaseException) -> str:
-    number = getattr(err, "errno", None)
-    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return "write to a folder you may write to (--output, or output_dir for training)"
-    return "free some space (or raise the quota) and run the command again"
-
-
-def write_failed(err: BaseException, path: Path) -> WriteFailed:
-    return WriteFailed(f"could not write {path}: {reason(err, path.parent)}; {advice(err)}", path)
-
+from model.errors import WRITE_ERRNOS, UserError, reason, write_failed
 
 def atomic_write(path: Path, write: Callable[[Path], None], sync: bool = False) -> Path:
     """`write(tmp)` to a temporary sibling, then rename it to `path`; the temporary is removed on any failure.

@@ -138,6 +138,7 @@ INVENTORY = [
     ("sample", ["--load", "{den}", "--steps", "1001"], ["--steps", "T=1000"]),
     ("sample", ["--load", "{den}", "--steps", "0"], ["--steps"]),
     ("sample", ["--load", "{den}", "--clip_limit", "0"], ["--clip_limit"]),
+    ("sample", ["--load", "{den}", "--guidance-rescale", "2"], ["guidance rescale", "[0, 1]"]),
     ("sample", ["--load", "{den}", "--class", "10"], ["out of range"]),
     ("sample", ["--load", "{den}", "--class", "1", "--per-class", "2"], ["not allowed with"]),
     ("sample", ["--load", "{toy}", "--cfg-scale", "2"], ["unconditional", "--cfg-scale"]),

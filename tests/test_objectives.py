@@ -13,7 +13,7 @@ import torch
 
 from model import base, sampling
 from model.denoising import Denoiser
-from model.objectives import EDM, EDM_P_MEAN, EDM_P_STD, FLOW_TIME_SCALE, Flow
+from model.objectives import EDM, EDM_P_MEAN, EDM_P_STD, EDM_TIME_SCALE, FLOW_TIME_SCALE, Flow
 from model.sampling import SAMPLERS, SamplerSpec, make_grid
 
 f64 = torch.float64
@@ -38,7 +38,7 @@ def exact_velocity(x_t: torch.Tensor, time: torch.Tensor, c=None) -> torch.Tenso
 def exact_edm_network(edm: EDM):
     """The EDM network F that is right: F* = (D*(x; σ) - c_skip x) / c_out, read at its input c_in x and c_noise."""
     def net(x_in: torch.Tensor, c_noise: torch.Tensor, c=None) -> torch.Tensor:
-        sigma = torch.exp(4 * c_noise.to(x_in.dtype)).reshape(-1, 1)  # c_noise = ln(σ) / 4
+        sigma = torch.exp(4 * c_noise.to(x_in.dtype) / EDM_TIME_SCALE).reshape(-1, 1)  # it embeds 1000 ln(σ) / 4
         c_skip, c_out, c_in, _ = edm.coefficients(sigma)
         x = x_in / c_in
         d, _ = posterior_means(x, 1.0, sigma)
@@ -184,10 +184,13 @@ def test_the_edm_loss_is_lambda_weighted_denoising_error():
     torch.testing.assert_close(loss, lam * (d - x0).square().mean(1), rtol=1e-10, atol=0)
 
 
-def test_edm_noise_levels_are_log_normal():
+@pytest.mark.parametrize("sigma_data", [0.5, 1.0, 2.0])
+def test_edm_noise_levels_are_log_normal_relative_to_the_data_scale(sigma_data):
+    """At the paper's σ_data = 0.5, ln σ ~ N(-1.2, 1.2²) exactly as in their Table 1; for other data scales the
+    distribution of σ / σ_data is that one."""
     torch.manual_seed(0)
-    log_sigma = torch.log(EDM(T).draw(50_000, "cpu"))
-    assert float(log_sigma.mean()) == pytest.approx(EDM_P_MEAN, abs=0.03)
+    log_sigma = torch.log(EDM(T, sigma_data=sigma_data).draw(50_000, "cpu"))
+    assert float(log_sigma.mean()) == pytest.approx(EDM_P_MEAN + math.log(sigma_data / 0.5), abs=0.03)
     assert float(log_sigma.std()) == pytest.approx(EDM_P_STD, abs=0.03)
 
 

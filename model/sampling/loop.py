@@ -46,7 +46,7 @@ def run(info: SamplerInfo, denoise: DenoiseAt, x: Tensor, levels: list[Level], o
     if resample > 1 and info.multistep:
         raise UserError(f"{info.display} keeps a history of its steps, which resampling would repeat; resample "
                         f"with one of {', '.join(n for n, s in SAMPLERS.items() if not s.multistep)}")
-    state: dict = {}
+    state: dict = {"after_step": after_step}  # a corrector (UniPC) replaces a state after the loop's after_step
     for i, (cur, nxt) in enumerate(zip(levels[:-1], levels[1:])):
         for r in range(resample):
             x_next, x0 = info.step(denoise, x, cur, nxt, state, generator=generator, **options)

@@ -1,7 +1,7 @@
 """`SamplerSpec`: everything that decides how a trained model is sampled, built once and passed down whole.
 
 Its defaults live here and in the checkpoint's config (`denoiser.diffusion`: sampler, sample_steps,
-sample_spacing, clip_limit, guidance_interval); `SamplerSpec.from_config(diffusion, **overrides)` is how the commands,
+sample_spacing, clip_limit, guidance_interval, guidance_rescale); `SamplerSpec.from_config(diffusion, **overrides)` is how the commands,
 the pipeline and training build one, overrides (command-line flags, pipeline arguments) winning where given.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ class SamplerSpec:
     eta: float = 0.0  # DDIM's noise (0 deterministic, 1 DDPM-like); the other samplers ignore it
     guidance: float = 0.0  # classifier-free guidance scale w: (1 + w) out(x, c) - w out(x, ∅)
     guidance_interval: Optional[tuple[float, float]] = None  # guide only for σ in (lo, hi] (Kynkäänniemi et al. 2024)
+    guidance_rescale: float = 0.0  # CFG rescale φ in [0, 1] (Lin et al. 2024, eq. 16); 0: plain guidance
     clip_limit: Optional[float] = None  # clamp of the predicted x0 in the network's space; None or inf: none
 
     def __post_init__(self) -> None:
@@ -38,6 +39,8 @@ class SamplerSpec:
             raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {self.eta}")
         if not math.isfinite(self.guidance):
             raise UserError(f"the guidance scale must be a finite number, got {self.guidance}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise UserError(f"the guidance rescale φ must be in [0, 1] (0 = plain guidance), got {self.guidance_rescale}")
         if self.clip_limit is not None and not self.clip_limit > 0:
             raise UserError(f"clip_limit must be > 0 or None (no clipping), got {self.clip_limit}")
         if self.guidance_interval is not None:
@@ -80,7 +83,9 @@ class SamplerSpec:
         return cls(sampler=sampler, steps=given.pop("steps", default_steps),
                    spacing=given.pop("spacing", diffusion.sample_spacing),
                    clip_limit=given.pop("clip_limit", diffusion.clip_limit),
-                   guidance_interval=given.pop("guidance_interval", tuple(interval) if interval else None), **given)
+                   guidance_interval=given.pop("guidance_interval", tuple(interval) if interval else None),
+                   guidance_rescale=given.pop("guidance_rescale", getattr(diffusion, "guidance_rescale", 0.0)),
+                   **given)
 
     def step_count(self, T: Optional[int]) -> Optional[int]:
         """The intervals the grid has: `steps`, else every step of a T-step table."""

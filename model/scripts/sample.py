@@ -43,6 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance w: (1+w)·cond − w·uncond")
     p.add_argument("--guidance-interval", "--guidance_interval", type=float, nargs=2, default=None,
                    metavar=("LO", "HI"), help="guide only for noise levels σ in (LO, HI] (Kynkäänniemi et al. 2024)")
+    p.add_argument("--guidance-rescale", "--guidance_rescale", type=float, default=None, metavar="PHI",
+                   help="CFG rescale φ in [0, 1] (Lin et al. 2024); default: the checkpoint's")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--class", dest="class_", type=int, default=None, help="condition every sample on class K")
     group.add_argument("--per-class", "--per_class", type=int, default=None, help="N samples of every class")
@@ -155,7 +157,8 @@ def main(argv: list[str]) -> int:
     defaults = dataclasses.replace(sampling_defaults(args.config) or pipe.diff, T=T)
     check_args(args)
     labels, n = class_labels(args, pipe.num_classes)
-    spec = sampler_spec(args, defaults, guidance=args.cfg_scale, guidance_interval=args.guidance_interval)
+    spec = sampler_spec(args, defaults, guidance=args.cfg_scale, guidance_interval=args.guidance_interval,
+                        guidance_rescale=args.guidance_rescale)
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     check_memory(n, (pipe.cfg.data.channels, pipe.cfg.data.image_size, pipe.cfg.data.image_size))
     out = output_folder(args.output, args.load, "samples")

@@ -16,18 +16,9 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from data.registry import source_images
 from model.metrics.budget import PixelProtocol, score
 from model.metrics.pixel import PCAProjection, pixel_vectors
-
-
-def source_images(dm):
-    """The image data module behind the training batches: itself, the one a latent cache wraps (.images), or the
-    one encoded latents on disk were made from."""
-    if hasattr(dm, "images"):
-        return dm.images
-    if hasattr(dm, "source_images"):
-        return dm.source_images()
-    return dm
 
 
 class QualityDuringTraining(pl.Callback):

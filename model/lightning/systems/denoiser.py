@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from model import objectives
+from model import base, objectives
 from model.autoencoder import BetaVAE
 from model.checkpoint import load_weights, read_checkpoint, state_dict_under
 from model.denoising import Denoiser, class_condition, denormalise, normalise, timestep_losses
@@ -128,7 +128,7 @@ class DenoiserSystem(System):
         z0 = self.z0_from_batch(x, self.diff.cache_latents or self.latents_on_disk)
         c = class_condition(y, self.num_classes, self.diff.p_uncond)
         t = self.objective.draw(z0.shape[0], z0.device)
-        loss = self.loss_at(self.net, z0, c, t, torch.randn_like(z0)).mean()
+        loss = self.loss_at(self.net, z0, c, t, base.training_noise(z0, self.diff.offset_noise)).mean()
         self.log_train_loss(loss)
         return self.finite_or_skip(loss)
 
