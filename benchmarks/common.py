@@ -235,7 +235,7 @@ def build_unet(cfg, in_channels: Optional[int] = None) -> nn.Module:
 
     `in_channels` swaps the input channels only (pixel space: 1 for grey images), keeping width and depth.
     """
-    from model.pipeline import denoiser_network
+    from model.denoiser import denoiser_network
 
     if in_channels is not None:
         unet = dataclasses.replace(cfg.denoiser.unet, in_channels=in_channels)

@@ -172,7 +172,7 @@ def bare_denoiser_step(cfg, tc, dm, latents: str, device: torch.device) -> tuple
     from model import base
     from model.autoencoder import BetaVAE
     from model.optim import adamw_with_warmup
-    from model.pipeline import denoiser_network
+    from model.denoiser import denoiser_network
     from model.ema import ema_decay_at
     from model.lightning.latent_cache import CachedLatents
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from data.sources import SOURCES
 from model.errors import UserError
 
-DATA_NAMES = ("digits", "folder", "mnist", "cifar10", "hf", "toy2d", "latents")
+DATA_NAMES = tuple(SOURCES)
 TOY_SHAPES = ("swiss_roll", "moons", "gaussians8", "circles", "checkerboard")
 
 
@@ -19,7 +20,7 @@ MAX_BATCH_SIZE = 65_536  # items per batch and process
 @dataclass
 class DataConfig:
     # digits ships with scikit-learn: trains offline with no files to fetch.
-    name: Literal["digits", "folder", "mnist", "cifar10", "hf", "toy2d", "latents"] = "digits"
+    name: str = "digits"  # a source of data/sources.py: digits, folder, mnist, cifar10, hf, toy2d, latents
     # folder: the image folder; mnist/cifar10: torchvision root (None = ~/.cache/ldm-data);
     # hf: a saved data set directory or a hub name; latents: the folder model.scripts.encode_latents wrote.
     # Unused for digits and toy2d.
@@ -60,9 +61,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATA_NAMES:
             raise UserError(f"data.name must be one of {', '.join(DATA_NAMES)}, got {self.name!r}; set data.name")
-        if self.name in ("folder", "hf", "latents") and not self.root:
-            what = {"folder": "an image folder", "hf": "a saved data set directory or a hub name",
-                    "latents": "a folder written by python -m model.scripts.encode_latents"}[self.name]
+        what = SOURCES[self.name].root
+        if what and not self.root:
             raise UserError(f"data.root is not set but data.name={self.name} needs it; set data.root to {what}")
         if not 0 < self.image_size <= MAX_IMAGE_SIZE:
             raise UserError(f"data.image_size must be in [1, {MAX_IMAGE_SIZE}], got {self.image_size}; set "

@@ -1,26 +1,13 @@
-"""Registry of data modules by DataConfig.name."""
+"""The data module of each source of `data/sources.py`, by DataConfig.name (imports them all, and Lightning)."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
 
 from data.config import DataConfig
-from data.digits import DigitsDataModule
-from data.folder import FolderDataModule
-from data.hf import HFDataModule
-from data.latents import LatentsDataModule
-from data.torchvision_sets import CIFAR10DataModule, MNISTDataModule
-from data.toy2d import Toy2DDataModule
+from data.sources import SOURCES
 from model.errors import UserError
 
-DATAMODULES: dict[str, type[pl.LightningDataModule]] = {
-    "digits": DigitsDataModule,
-    "folder": FolderDataModule,
-    "mnist": MNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "hf": HFDataModule,
-    "toy2d": Toy2DDataModule,
-    "latents": LatentsDataModule,
-}
+DATAMODULES: dict[str, type[pl.LightningDataModule]] = {name: src.data_module() for name, src in SOURCES.items()}
 
 
 def make_datamodule(cfg: DataConfig) -> pl.LightningDataModule:

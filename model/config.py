@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from data.config import MAX_BATCH_SIZE, DataConfig
+from data.sources import kind_of
 from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
+from model.denoiser import NETWORKS, network_config
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.sampling import GRIDS, SAMPLERS
 from model.objectives import OBJECTIVES
@@ -203,12 +205,16 @@ class DenoiserStage:
     """Stage 2: the denoiser network, diffusion settings, optimiser and trainer."""
 
     autoencoder: Literal["vae", "none"] = "vae"  # "none" is pixel-space diffusion
-    network: Literal["unet", "toy_mlp"] = "unet"
+    network: str = "unet"  # a network of model/denoiser/__init__.py NETWORKS: unet (images, latents), toy_mlp (points)
     unet: UNetConfig = field(default_factory=UNetConfig)
     toy: ToyMLPConfig = field(default_factory=ToyMLPConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.network in NETWORKS,
+               f"denoiser.network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
 
 
 @dataclass
@@ -231,7 +237,7 @@ class Config:
 def check_vae_shapes(cfg: Config) -> None:
     """Stage-1 checks: the VAE reads the data's channels and its downsampling factor divides the image size."""
     data, vae = cfg.data, cfg.vae.net
-    if data.name == "toy2d":
+    if kind_of(data.name) == "points":
         return
     _check(vae.in_channels == data.channels,
            f"vae.net.in_channels ({vae.in_channels}) must equal data.channels ({data.channels}); set them equal")
@@ -257,20 +263,25 @@ def check_disc_depth(image_size: int, layers: int) -> None:
 def check_denoiser_shapes(cfg: Config) -> None:
     """Stage-2 checks: the network's input channels and size fit the latents (or pixels, or points)."""
     data, vae, den = cfg.data, cfg.vae.net, cfg.denoiser
-    if data.name == "toy2d":
-        _check(den.network == "toy_mlp" and den.autoencoder == "none",
-               "data.name toy2d needs denoiser.network 'toy_mlp' and denoiser.autoencoder 'none'")
+    points, network = kind_of(data.name) == "points", NETWORKS[den.network]
+    if points != (network.kind == "points"):
+        fits = [name for name, n in NETWORKS.items() if (n.kind == "points") == points]
+        raise UserError(f"data.name {data.name} holds {kind_of(data.name)} but denoiser.network {den.network} "
+                        f"denoises {network.kind}; set denoiser.network to {' or '.join(fits)}")
+    if points:
+        _check(den.autoencoder == "none", f"data.name {data.name} holds points, which no VAE encodes; set "
+                                          f"denoiser.autoencoder to none")
         return
-    _check(den.network == "unet", "denoiser.network 'toy_mlp' only works on data.name 'toy2d'; use 'unet'")
     check_vae_shapes(cfg)
     if den.autoencoder == "vae":
         f = vae.downsample_factor
         size, channels, what = data.image_size // f, vae.latent_channels, "vae.net.latent_channels"
     else:
         size, channels, what = data.image_size, data.channels, "data.channels"
-    _check(den.unet.in_channels == channels,
-           f"denoiser.unet.in_channels ({den.unet.in_channels}) must equal {what} ({channels}); set them equal")
-    g = 2 ** (len(den.unet.channel_mult) - 1)
+    net, field = network_config(den), f"denoiser.{network.config_field}"
+    _check(net.in_channels == channels,
+           f"{field}.in_channels ({net.in_channels}) must equal {what} ({channels}); set them equal")
+    g = 2 ** (len(net.channel_mult) - 1)
     _check(size % g == 0,
            f"the denoiser input size {size} must be divisible by 2**(levels-1) = {g}; "
            f"shorten denoiser.unet.channel_mult or change data.image_size")

@@ -18,6 +18,7 @@ from model.cli_config import add_config_arguments, build_config, new_parser, par
 from model.cli_config import from_dict
 from model.config import Config, check_denoiser_shapes, to_dict
 from model.checkpoint import CONFIG_KEY, read_checkpoint
+from model.denoiser import NETWORKS
 from model.errors import WRITE_ERRNOS, UserError, WriteFailed, cli_entry, write_failed
 from model.run_folder import last_checkpoint, newest_checkpoint, next_run_number, run_dir
 from model.run_lock import RunLock
@@ -80,7 +81,7 @@ def rank_zero_print(message: str) -> None:
 # the keys that fix a stage's network shapes: a resumed stage must have the values its checkpoint was trained with
 SHAPE_KEYS = {"vae": ("data.channels", "vae.net"),
               "denoiser": ("data.channels", "data.image_size", "denoiser.network", "denoiser.autoencoder",
-                           "denoiser.unet", "denoiser.toy")}
+                           *(f"denoiser.{n.config_field}" for n in NETWORKS.values()))}
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, object]:

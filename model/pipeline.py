@@ -10,7 +10,6 @@ class conditioning and latent statistics) and the frozen autoencoder. It imports
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,28 +19,10 @@ from torch import Tensor, nn
 
 from model import base, objectives
 from model.config import Config
+from model.denoiser import denoiser_network, denoises_points, sample_shape
 from model.denoising import Denoiser, class_condition
 from model.errors import UserError
 from model.sampling import SamplerSpec
-
-
-def denoiser_network(cfg: Config, num_classes: int) -> nn.Module:
-    """The network named by `denoiser.network` (ConvNeXt UNet or the 2-D toy MLP), for the data's classes."""
-    from model.denoiser import build_network
-
-    den = cfg.denoiser
-    network_cfg = den.toy if den.network == "toy_mlp" else den.unet
-    return build_network(den.network, dataclasses.replace(network_cfg, num_classes=num_classes))
-
-
-def sample_shape(cfg: Config, n: int) -> tuple[int, ...]:
-    """The shape of n samples in the denoiser's space: points, latents (C_z, H/f, W/f) or pixels (C, H, W)."""
-    if cfg.denoiser.network == "toy_mlp":
-        return (n, cfg.denoiser.toy.dim)
-    if cfg.denoiser.autoencoder == "vae":
-        size = cfg.data.image_size // cfg.vae.net.downsample_factor
-        return (n, cfg.vae.net.latent_channels, size, size)
-    return (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
 
 
 class LatentDiffusionPipeline:
@@ -55,6 +36,11 @@ class LatentDiffusionPipeline:
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(device) if autoencoder is not None else None
         self.device = torch.device(device)
         self.source = source
+
+    @property
+    def points(self) -> bool:
+        """Whether the model draws points (the 2-D toy) rather than images."""
+        return denoises_points(self.cfg.denoiser)
 
     # ----- loading ---------------------------------------------------------------------------------------------
     @classmethod
@@ -202,5 +188,5 @@ class LatentDiffusionPipeline:
 
         labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         x, z = self.generate(n, labels, spec, seed=seed, batch_size=batch_size, **overrides)
-        out = x.numpy() if self.cfg.denoiser.network == "toy_mlp" else to_uint8(x)
+        out = x.numpy() if self.points else to_uint8(x)
         return (out, z) if return_latents else out

@@ -157,7 +157,7 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "hf", "--data.root", "{hf}", "--data.channels", "1",
               "--data.hf_image_column", "image"], ["hf_image_column", "img"]),
     ("train_classifier", ["-cfg", DIGITS, "--data.labels", "false", "--output", "{root}/c.pt"], ["unlabelled"]),
-    ("train_classifier", ["-cfg", str(ROOT / "config" / "toy2d.json")], ["2-D points"]),
+    ("train_classifier", ["-cfg", str(ROOT / "config" / "toy2d.json")], ["holds points"]),
     # ---- evaluation, plots, reimagining ----
     ("evaluate", ["--load", "{den}", "--num_samples", "1"], ["--num_samples", "at least 2"]),
     ("sample", ["--load", "{den}", "--ddim", "--sampler", "dpmpp_2m"], ["--ddim", "disagree"]),
@@ -181,7 +181,7 @@ INVENTORY = [
     ("plots", ["loss", "--run", "{empty_dir}"], ["metrics.csv"]),
     ("reimagine", ["--load", "{den}", "--strengths", "1.5"], ["strength", "[0, 1]"]),
     ("reimagine", ["--load", "{den}", "--image", "/nowhere/x.png"], ["does not exist"]),
-    ("reimagine", ["--load", "{toy}"], ["2-D toy"]),
+    ("reimagine", ["--load", "{toy}"], ["draws points"]),
     ("reimagine", ["--load", "{den}", "--mask", "{root}/m.png", "--sampler", "dpmpp_2m", "--resample-steps", "2"],
      ["keeps a history", "--resample-steps", "euler"]),
     # ---- sizes that would allocate too much ----

@@ -9,7 +9,7 @@ import torch
 from model.autoencoder import BetaVAE
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
 from model.config import check_denoiser_shapes
-from model.pipeline import denoiser_network
+from model.denoiser import denoiser_network
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.json"))
 

@@ -13,7 +13,8 @@ from model import base
 from model.checkpoint import read_checkpoint, state_dict_under
 from model.denoising import Denoiser
 from model.errors import UserError
-from model.pipeline import LatentDiffusionPipeline, sample_shape
+from model.denoiser import sample_shape
+from model.pipeline import LatentDiffusionPipeline
 from tiny import ROOT
 
 f64 = torch.float64

@@ -13,8 +13,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from data import make_datamodule
+from data.sources import kind_of
 from model.checkpoint import checkpoint_step
 from model.config import Config, TrainerConfig, to_dict, write_json
+from model.denoiser import NETWORKS, network_config
 from model.errors import UserError
 from model.lightning.checkpoint_io import AtomicCheckpointIO
 from model.lightning.callbacks.image_grid import ImageGrid
@@ -137,7 +139,7 @@ def check_one_batch(dm) -> None:
 
 def check_quality_settings(stage: str, tc: TrainerConfig, monitor: str, data_name: str) -> None:
     """Quality during training draws samples: the denoiser stage of image data only; best_by names what is logged."""
-    if tc.fid_every_n_steps and (stage == "vae" or data_name == "toy2d"):
+    if tc.fid_every_n_steps and (stage == "vae" or kind_of(data_name) == "points"):
         raise UserError(f"{stage}.trainer.fid_every_n_steps needs a denoiser stage trained on images (data.name "
                         f"{data_name}); set it to 0, or under denoiser.trainer")
     if tc.best_by not in (None, monitor) and (stage == "vae" or tc.best_by in ("val/loss", "val/recon")):
@@ -174,7 +176,7 @@ def quality_callbacks(stage: str, cfg: Config) -> list[pl.Callback]:
 def check_denoiser_stage(cfg: Config, vae_trained_first: bool) -> None:
     """What would refuse the denoiser stage, checked before stage 1 trains when one command trains both: its data and
     batch size, its classes, its quality settings. A refusal after stage 1 would cost the user that stage's time."""
-    if vae_trained_first and cfg.data.name == "latents":
+    if vae_trained_first and kind_of(cfg.data.name) == "latents":
         raise UserError("data.name latents reads latents encoded by an existing VAE, but --train-vae trains a new "
                         "one; train the VAE alone, encode with model.scripts.encode_latents, then --train-denoiser")
     dm = stage_data(cfg, cfg.denoiser.trainer)
@@ -196,7 +198,7 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
         system = VAESystem(to_dict(cfg))
     else:
         system = make_denoiser(cfg, dm, load, load_vae)
-        if cfg.data.name == "latents":
+        if kind_of(cfg.data.name) == "latents":
             check_latents_fit(dm.meta, cfg, system, load or load_vae)
         elif cfg.denoiser.diffusion.cache_latents:
             from model.lightning.latent_cache import CachedLatents
@@ -276,17 +278,18 @@ def check_latents_fit(meta: dict, cfg: Config, system, vae_path: Optional[str]) 
 
 
 def check_classes(cfg: Config, dm) -> None:
-    wanted = cfg.denoiser.toy.num_classes if cfg.denoiser.network == "toy_mlp" else cfg.denoiser.unet.num_classes
+    wanted = network_config(cfg.denoiser).num_classes
     if wanted and wanted != dm.num_classes:
+        field = NETWORKS[cfg.denoiser.network].config_field
         raise UserError(f"the denoiser is configured for {wanted} classes but the data has {dm.num_classes}; "
-                        f"set denoiser.unet.num_classes to {dm.num_classes} (or 0 for unconditional)")
+                        f"set denoiser.{field}.num_classes to {dm.num_classes} (or 0 for unconditional)")
 
 
 def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str]):
     from model.lightning.systems.denoiser import DenoiserSystem
 
     check_classes(cfg, dm)
-    num_classes = dm.num_classes if cfg.denoiser.unet.num_classes or cfg.denoiser.toy.num_classes else 0
+    num_classes = dm.num_classes if network_config(cfg.denoiser).num_classes else 0
     system = DenoiserSystem(to_dict(cfg), num_classes=num_classes)
     if cfg.denoiser.autoencoder != "vae":
         return system

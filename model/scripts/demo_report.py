@@ -60,7 +60,7 @@ def check_args(args, T: int) -> None:
 
 def check_fit(pipe, clf) -> None:
     """The denoiser must be a class-conditional image model whose images the classifier can read."""
-    if pipe.cfg.denoiser.network == "toy_mlp":
+    if pipe.points:
         raise UserError("this denoiser samples 2-D points, not images; the report needs an image model")
     if pipe.num_classes == 0:
         raise UserError("the report needs a class-conditional denoiser, but this one is unconditional "

@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from data.sources import kind_of
 from model.errors import UserError, cli_entry
 
 
@@ -84,8 +85,8 @@ def main(argv: list[str]) -> int:
     if args.shard_size <= 0:
         raise UserError(f"--shard-size must be > 0, got {args.shard_size}")
     cfg = build_config(parser, args)
-    if cfg.data.name in ("latents", "toy2d"):
-        raise UserError(f"encode_latents reads images; data.name {cfg.data.name} has none")
+    if kind_of(cfg.data.name) != "images":
+        raise UserError(f"encode_latents reads images; data.name {cfg.data.name} holds {kind_of(cfg.data.name)}")
     device = resolve_device(args.device)
     vae, vae_cfg = load_vae(args.load_vae, device)
     cfg.vae = vae_cfg.vae

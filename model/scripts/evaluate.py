@@ -199,7 +199,7 @@ def loss_table(args, pipe, dm, out: Path) -> dict[str, Any]:
 
 
 def sampler_text(args, pipe) -> str:
-    if pipe.cfg.denoiser.network == "toy_mlp":  # the toy compares two samplers
+    if pipe.points:  # the toy compares two samplers
         return " and ".join(spec.describe(pipe.diff.T) for spec in toy_specs(args, pipe))
     return args.spec.describe(pipe.diff.T)
 
@@ -253,7 +253,7 @@ def load_judges(args, pipe, device: str):
     from model.evaluation import check_classifier_fits
     from model.metrics.fid import make_fid
 
-    if pipe.cfg.denoiser.network == "toy_mlp":
+    if pipe.points:
         return None, None, None
     clf = None
     if args.classifier is not None:

@@ -376,7 +376,7 @@ def load_image_denoiser(path: str, device: str, command: str):
     from model.pipeline import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(path, device)
-    if pipe.cfg.denoiser.network == "toy_mlp":
+    if pipe.points:
         raise UserError(f"{path} is the 2-D toy denoiser (points, not images); {command} needs an image denoiser "
                         f"checkpoint")
     return pipe

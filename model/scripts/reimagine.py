@@ -268,9 +268,9 @@ def run_inpainting(args, pipe, x: Tensor, label: Optional[int], why: str, source
 
 # ----- shared ------------------------------------------------------------------------------------------------------
 def refuse_toy(pipe) -> None:
-    if pipe.cfg.denoiser.network == "toy_mlp":
-        raise UserError("this is the 2-D toy (denoiser.network toy_mlp): it has points, no images to reimagine; "
-                        "pass an image denoiser checkpoint")
+    if pipe.points:
+        raise UserError(f"this model (denoiser.network {pipe.cfg.denoiser.network}) draws points, no images to "
+                        f"reimagine; pass an image denoiser checkpoint")
 
 
 def input_image(args, data) -> tuple[Tensor, Optional[int], str]:

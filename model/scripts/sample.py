@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
         t_now[0] = step_number(level.net_time)
 
     batches = pipe.batches(n, labels, spec, seed=args.seed, batch_size=args.batch_size, callback=keep_first)
-    if pipe.cfg.denoiser.network == "toy_mlp":
+    if pipe.points:
         write_points(out, pipe, torch.cat([z for _, z in batches]))
     else:
         # labels are class-major, so with --per-class each row of the grid is one class

@@ -40,6 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from data.sources import kind_of
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
 
@@ -95,8 +96,9 @@ def check_data_fits(data, ckpt_cfg, source: str) -> None:
     The checkpoint's config with this data section goes through the training CLI's own stage-1 check
     (`Config.__post_init__` runs `check_vae_shapes`).
     """
-    if data.name == "toy2d":
-        raise UserError(f"the data of {source} is toy2d (2-D points, no images); pass -cfg with image data")
+    if kind_of(data.name) != "images":
+        raise UserError(f"the data of {source} ({data.name}) holds {kind_of(data.name)}, not images; pass -cfg with "
+                        f"image data")
     try:
         dataclasses.replace(ckpt_cfg, data=data)
     except UserError as err:

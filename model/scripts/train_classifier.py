@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from data.sources import kind_of
 from model.errors import UserError, cli_entry
 
 DEFAULT_EPOCHS = 15  # ~99 % held-out accuracy on digits; a few minutes on 2 CPU cores at 32 px
@@ -38,8 +39,9 @@ def main(argv: list[str]) -> int:
     parser = make_parser()
     args = parse(parser, argv)
     cfg = build_config(parser, args)
-    if cfg.data.name == "toy2d":
-        raise UserError("data.name toy2d holds 2-D points, not images; the classifier needs an image data set")
+    if kind_of(cfg.data.name) != "images":
+        raise UserError(f"data.name {cfg.data.name} holds {kind_of(cfg.data.name)}, not images; the classifier "
+                        f"needs an image data set")
     if args.epochs <= 0:
         raise UserError(f"--epochs must be > 0, got {args.epochs}")
     if args.lr <= 0:

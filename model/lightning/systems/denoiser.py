@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from data.sources import kind_of
 from model import base, objectives
 from model.autoencoder import BetaVAE
 from model.checkpoint import load_weights, read_checkpoint, state_dict_under
@@ -20,7 +21,7 @@ from model.ema import ema_decay_at, ema_update
 from model.errors import UserError
 from model.lightning.systems.base import System
 from model.optim import adamw_with_warmup
-from model.pipeline import denoiser_network, sample_shape
+from model.denoiser import denoiser_network, sample_shape
 from model.sampling import SamplerSpec
 
 
@@ -51,8 +52,8 @@ class DenoiserSystem(System):
 
     @property
     def latents_on_disk(self) -> bool:
-        """Training and validation batches are encoded latents (data.name "latents"), not images."""
-        return self.cfg.data.name == "latents"
+        """Training and validation batches are encoded latents read from disk, not images."""
+        return kind_of(self.cfg.data.name) == "latents"
 
     def trained_networks(self) -> list[nn.Module]:
         return [self.net, self.ema]
