@@ -28,7 +28,6 @@ from typing import Callable, Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from model.errors import UserError
 
 Parametrisation = Literal["eps", "x0", "v"]
 PARAMETRISATIONS = ("eps", "x0", "v")
@@ -41,7 +40,7 @@ TimeLike = Union[int, Tensor]
 # ----------------------------------------------------------------------------------------------------------------
 def _check_T(T: int) -> None:
     if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
-        raise UserError(f"the number of diffusion steps T must be an integer > 0, got {T!r}; set denoiser.diffusion.T")
+        raise ValueError(f"the number of diffusion steps T must be an integer > 0, got {T!r}")
 
 
 def _alpha_bar_from_betas(betas: Tensor) -> Tensor:
@@ -52,7 +51,7 @@ def _alpha_bar_from_betas(betas: Tensor) -> Tensor:
 
 def _check_betas_range(beta_start: float, beta_end: float, name: str) -> None:
     if not 0.0 < beta_start < beta_end < 1.0:
-        raise UserError(f"{name} schedule needs 0 < beta_start < beta_end < 1, got beta_start={beta_start}, "
+        raise ValueError(f"{name} schedule needs 0 < beta_start < beta_end < 1, got beta_start={beta_start}, "
                         f"beta_end={beta_end}; pick values like 1e-4 and 0.02")
 
 
@@ -75,9 +74,9 @@ def cosine_alpha_bar(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tenso
     """
     _check_T(T)
     if s < 0.0:
-        raise UserError(f"cosine schedule offset s must be >= 0, got {s}; the paper uses 0.008")
+        raise ValueError(f"cosine schedule offset s must be >= 0, got {s}; the paper uses 0.008")
     if not 0.0 < max_beta < 1.0:
-        raise UserError(f"cosine schedule max_beta must be in (0, 1), got {max_beta}; the paper uses 0.999")
+        raise ValueError(f"cosine schedule max_beta must be in (0, 1), got {max_beta}; the paper uses 0.999")
     t = torch.arange(T + 1, dtype=torch.float64)
     f = torch.cos((t / T + s) / (1.0 + s) * (math.pi / 2.0)) ** 2  # (T+1,)
     ab = f / f[0]
@@ -94,7 +93,7 @@ def sigmoid_alpha_bar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, 
     _check_T(T)
     _check_betas_range(beta_start, beta_end, "sigmoid")
     if s_limit <= 0.0:
-        raise UserError(f"sigmoid schedule s_limit must be > 0, got {s_limit}; the sheet uses 6")
+        raise ValueError(f"sigmoid schedule s_limit must be > 0, got {s_limit}; the sheet uses 6")
     t = torch.arange(1, T + 1, dtype=torch.float64)
     betas = beta_start + torch.sigmoid(-s_limit + 2.0 * t / T * s_limit) * (beta_end - beta_start)  # (T,)
     return _alpha_bar_from_betas(betas)
@@ -132,9 +131,9 @@ class Schedule:
     def __post_init__(self) -> None:
         ab = torch.as_tensor(self.alpha_bar).detach().to(device="cpu", dtype=torch.float64)
         if ab.ndim != 1 or ab.numel() < 2:
-            raise UserError(f"alpha_bar must be a 1-D tensor of length T+1 >= 2, got shape {tuple(ab.shape)}")
+            raise ValueError(f"alpha_bar must be a 1-D tensor of length T+1 >= 2, got shape {tuple(ab.shape)}")
         if ab[0].item() != 1.0 or not bool((ab[1:] < ab[:-1]).all()) or not ab[-1].item() >= 0.0:
-            raise UserError("alpha_bar must start at 1, decrease strictly and stay >= 0; build it with make_schedule")
+            raise ValueError("alpha_bar must start at 1, decrease strictly and stay >= 0; build it with make_schedule")
         object.__setattr__(self, "alpha_bar", ab)
         object.__setattr__(self, "_values", tuple(ab.tolist()))  # Python floats: coefficients at an int t, no tensors
 
@@ -211,7 +210,7 @@ class Schedule:
     def level_at_step(self, k: int) -> "Level":
         """The noise level at the table's step k ∈ {0, ..., T} (t = k / T)."""
         if not 0 <= k <= self.T:
-            raise UserError(f"t must lie in [0, T={self.T}], got {k}")
+            raise ValueError(f"t must lie in [0, T={self.T}], got {k}")
         return Level(k / self.T, self._values[k], float(k))
 
     def level_at_log_snr(self, log_snr: float) -> "Level":
@@ -225,7 +224,7 @@ INDEX_TOLERANCE = 1e-9  # |T·t - k| below this is the table's step k (t = k / T
 
 def _index(t: float, T: int) -> float:
     if not 0.0 <= t <= 1.0:
-        raise UserError(f"continuous time t must lie in [0, 1], got {t}")
+        raise ValueError(f"continuous time t must lie in [0, 1], got {t}")
     return t * T
 
 
@@ -275,7 +274,7 @@ def make_schedule(name: str, T: int, zero_terminal_snr: bool = False, **kwargs) 
     """The schedule registered under `name` in SCHEDULES with T steps, rescaled to zero terminal SNR if asked; kwargs
     go to its alpha_bar function."""
     if name not in SCHEDULES:
-        raise UserError(f"unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     _check_T(T)
     alpha_bar = SCHEDULES[name](T, **kwargs)
     return Schedule(rescale_zero_terminal_snr(alpha_bar) if zero_terminal_snr else alpha_bar)
@@ -289,16 +288,16 @@ def _time(t: TimeLike, like: Tensor, T: int) -> Tensor:
     B = like.shape[0]
     if isinstance(t, Tensor):
         if t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise UserError(f"t must be an integer tensor, got dtype {t.dtype}")
+            raise ValueError(f"t must be an integer tensor, got dtype {t.dtype}")
         t = t.detach().to("cpu", torch.int64).reshape(-1)
         if t.numel() == 1 and B != 1:
             t = t.expand(B)
         if t.numel() != B:
-            raise UserError(f"t has {t.numel()} entries but the batch has {B}; pass one t per sample")
+            raise ValueError(f"t has {t.numel()} entries but the batch has {B}; pass one t per sample")
     else:
         t = torch.full((B,), int(t), dtype=torch.int64)
     if B and (int(t.min()) < 0 or int(t.max()) > T):
-        raise UserError(f"t must lie in [0, T={T}], got values in [{int(t.min())}, {int(t.max())}]")
+        raise ValueError(f"t must lie in [0, T={T}], got values in [{int(t.min())}, {int(t.max())}]")
     return t
 
 
@@ -333,7 +332,7 @@ def _ab(schedule: Schedule, t: TimeLike, like: Tensor) -> Coef:
     tensor work for its coefficients; for a tensor t, float64 (B, 1, ..) on like's device (`_gather64`)."""
     if _is_int(t):
         if not 0 <= t <= schedule.T:
-            raise UserError(f"t must lie in [0, T={schedule.T}], got {t}")
+            raise ValueError(f"t must lie in [0, T={schedule.T}], got {t}")
         return schedule._values[t]
     return _gather64(schedule.alpha_bar, t, like)
 
@@ -401,7 +400,7 @@ def eps_from_x0(x_t: Tensor, x0: Tensor, ab: Tensor) -> Tensor:
 
 def _check_parametrisation(parametrisation: str) -> None:
     if parametrisation not in PARAMETRISATIONS:
-        raise UserError(f"unknown parametrisation {parametrisation!r}; choose one of {', '.join(PARAMETRISATIONS)}")
+        raise ValueError(f"unknown parametrisation {parametrisation!r}; choose one of {', '.join(PARAMETRISATIONS)}")
 
 
 def to_x0_eps(pred: Tensor, x_t: Tensor, t: TimeLike, schedule: Schedule,
@@ -466,13 +465,13 @@ def diffusion_loss(pred: Tensor, x0: Tensor, eps: Tensor, t: TimeLike, schedule:
     """
     _check_parametrisation(parametrisation)
     if kind not in ("l2", "l1"):
-        raise UserError(f"unknown loss kind {kind!r}; choose one of l2, l1")
+        raise ValueError(f"unknown loss kind {kind!r}; choose one of l2, l1")
     if pred.shape != x0.shape:
-        raise UserError(f"prediction shape {tuple(pred.shape)} differs from the data shape {tuple(x0.shape)}")
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from the data shape {tuple(x0.shape)}")
     loss = per_sample_error(pred, training_target(x0, eps, t, schedule, parametrisation), kind)
     if min_snr_gamma is not None:
         if not min_snr_gamma > 0:
-            raise UserError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}; Hang et al. use 5")
+            raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}; Hang et al. use 5")
         ab = _gather64(schedule.alpha_bar, t, loss)  # (B,)
         loss = loss * min_snr_weight(ab / (1.0 - ab), min_snr_gamma, parametrisation).to(loss.dtype)
     return loss
@@ -493,11 +492,11 @@ def _times(t: TimeLike, t_next: TimeLike, like: Tensor, T: int) -> tuple[TimeLik
     int64 (B,) tensors (per-sample times)."""
     if _is_int(t) and _is_int(t_next):
         if not 0 <= t_next < t <= T:
-            raise UserError(f"a reverse step needs 0 <= t_next < t <= T={T}, got t={t} and t_next={t_next}")
+            raise ValueError(f"a reverse step needs 0 <= t_next < t <= T={T}, got t={t} and t_next={t_next}")
         return t, t_next
     t_, n_ = _time(t, like, T), _time(t_next, like, T)
     if not bool((n_ < t_).all()):
-        raise UserError(f"a reverse step needs t_next < t, got t={t_.tolist()[:4]} and t_next={n_.tolist()[:4]}")
+        raise ValueError(f"a reverse step needs t_next < t, got t={t_.tolist()[:4]} and t_next={n_.tolist()[:4]}")
     return t_, n_
 
 
@@ -523,7 +522,7 @@ def ddpm_posterior(x_t: Tensor, t: TimeLike, t_prev: TimeLike, x0: Tensor, sched
     a float for int times, (B, 1, ..) for per-sample times.
     """
     if variance not in ("beta_tilde", "beta"):
-        raise UserError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
+        raise ValueError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
     t_, p_ = _times(t, t_prev, x_t, schedule.T)
     return ddpm_posterior_at(x_t, _ab(schedule, t_, x_t), _ab(schedule, p_, x_t), x0, variance)
 
@@ -567,7 +566,7 @@ def ddim_sigma_at(ab_t: Coef, ab_n: Coef, eta: float) -> Coef:
 
 def _check_eta(eta: float) -> None:
     if not 0.0 <= eta <= 1.0:
-        raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
+        raise ValueError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
 
 
 def ddim_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, eps: Tensor, schedule: Schedule,
@@ -629,7 +628,7 @@ def dpmpp_2m_step(x_t: Tensor, t: TimeLike, t_next: TimeLike, x0: Tensor, schedu
     d = x0
     if x0_prev is not None:
         if t_prev is None:
-            raise UserError("a second-order DPM-Solver++ step needs t_prev, the time of x0_prev")
+            raise ValueError("a second-order DPM-Solver++ step needs t_prev, the time of x0_prev")
         p_, _ = _times(t_prev, t_, x_t, schedule.T)
         _, _, lam_p = alpha_sigma_lambda(schedule, p_, x_t)
         r = (lam_t - lam_p) / h  # h_prev / h; 0 where t_next = 0
@@ -654,7 +653,7 @@ def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
     if clip_limit is None or clip_limit == math.inf:
         return x0
     if not clip_limit > 0:
-        raise UserError(f"clip_limit must be > 0 or None (no clipping), got {clip_limit}")
+        raise ValueError(f"clip_limit must be > 0 or None (no clipping), got {clip_limit}")
     return x0.clamp(-clip_limit, clip_limit)
 
 
@@ -669,13 +668,13 @@ def classifier_free_guidance(denoiser: Network, w: float, null_class: int, resca
     `rescale` = φ > 0 pulls the guided output's per-sample std back towards the conditional one's (`rescale_guidance`).
     """
     if not math.isfinite(w):
-        raise UserError(f"guidance scale w must be a finite number, got {w}")
+        raise ValueError(f"guidance scale w must be a finite number, got {w}")
     if isinstance(null_class, bool) or not isinstance(null_class, int) or null_class < 0:
-        raise UserError(f"null_class must be an int >= 0 (the index of the learned null embedding), got {null_class!r}")
+        raise ValueError(f"null_class must be an int >= 0 (the index of the learned null embedding), got {null_class!r}")
 
     def guided(x_t: Tensor, t: Tensor, c: Optional[Tensor]) -> Tensor:
         if c is None:
-            raise UserError("classifier-free guidance needs class labels c; pass labels or use w = 0")
+            raise ValueError("classifier-free guidance needs class labels c; pass labels or use w = 0")
         if w == 0.0:
             return denoiser(x_t, t, c)
         out = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, torch.full_like(c, null_class)]))
@@ -756,13 +755,13 @@ def _spaced(T: int, steps: Optional[int], t_start: Optional[int], spacing: str =
     _check_T(T)
     t_start = T if t_start is None else t_start
     if isinstance(t_start, bool) or not isinstance(t_start, int) or not 1 <= t_start <= T:
-        raise UserError(f"t_start must be an integer in [1, T={T}], got {t_start!r}")
+        raise ValueError(f"t_start must be an integer in [1, T={T}], got {t_start!r}")
     steps = t_start if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_start:
-        raise UserError(f"sampling steps must be an integer in [1, {t_start}] (at most t_start, i.e. T={T} from "
+        raise ValueError(f"sampling steps must be an integer in [1, {t_start}] (at most t_start, i.e. T={T} from "
                         f"pure noise), got {steps!r}")
     if spacing not in SPACINGS:
-        raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if spacing == "uniform":
         # t_i = round(t_start (steps - i) / steps); the spacing t_start/steps >= 1 makes the rounded values distinct.
         return [(2 * t_start * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
@@ -782,12 +781,12 @@ def timesteps_ddpm(T: int, steps: Optional[int] = None, t_start: Optional[int] =
 def timesteps_ddim(T: int, steps: int, t_start: Optional[int] = None, spacing: str = "uniform") -> list[int]:
     """Descending times [t_start, ..., 0] for DDIM: `steps` jumps (`_spaced`: rounded, unique)."""
     if steps is None:
-        raise UserError("DDIM needs a number of steps, e.g. 50")
+        raise ValueError("DDIM needs a number of steps, e.g. 50")
     return _spaced(T, steps, t_start, spacing)
 
 
 def timesteps_dpm_solver(T: int, steps: int, t_start: Optional[int] = None, spacing: str = "uniform") -> list[int]:
     """Descending times [t_start, ..., 0] for DPM-Solver++: `steps` jumps, the same times as DDIM."""
     if steps is None:
-        raise UserError("DPM-Solver++ needs a number of steps, e.g. 20")
+        raise ValueError("DPM-Solver++ needs a number of steps, e.g. 20")
     return _spaced(T, steps, t_start, spacing)

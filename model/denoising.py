@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from model import base
 from model.objectives import VP
 from model.sampling import sample as run_spec
-from model.errors import UserError
 
 
 def class_condition(y: Tensor, num_classes: int, p_uncond: float = 0.0) -> Optional[Tensor]:
@@ -114,12 +113,11 @@ class Denoiser(nn.Module):
 
     def check_options(self, c: Optional[Tensor], guidance: float, clip_limit: Optional[float]) -> None:
         if guidance != 0.0 and self.num_classes == 0:
-            raise UserError("--cfg-scale needs a class-conditional model, but this one is unconditional; "
-                            "drop --cfg-scale")
+            raise ValueError("guidance needs a class-conditional model, but this one is unconditional; use w = 0")
         if guidance != 0.0 and c is None:
-            raise UserError("classifier-free guidance needs class labels; pass labels or use w = 0")
+            raise ValueError("classifier-free guidance needs class labels; pass labels or use w = 0")
         if c is not None and self.num_classes and len(c) and not 0 <= int(c.min()) <= int(c.max()) <= self.null_class:
-            raise UserError(f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = the null class)")
+            raise ValueError(f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = the null class)")
         base.clip_x0(torch.zeros(1), clip_limit)  # refuses a limit <= 0
 
     def bind_spec(self, labels: Optional[Tensor], spec, device: torch.device) -> Callable:

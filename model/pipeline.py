@@ -107,7 +107,9 @@ class LatentDiffusionPipeline:
 
     def check_guidance(self, cfg_scale: float) -> None:
         """Refuses guidance on an unconditional model (before a command writes anything)."""
-        self.denoiser.check_options(None if cfg_scale == 0 else torch.zeros(1, dtype=torch.long), cfg_scale, None)
+        if cfg_scale != 0 and self.num_classes == 0:
+            raise UserError("--cfg-scale needs a class-conditional model, but this one is unconditional; "
+                            "drop --cfg-scale")
 
     # ----- latents ---------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -67,7 +67,7 @@ def test_between_steps_the_log_snr_is_interpolated_and_inverted(cosine):
     for t in (0.0013, 0.25, 0.5123, 0.9999):
         assert cosine.t_at_log_snr(base._log_snr(cosine.ab_at(t))) == pytest.approx(t, abs=1e-12)
         assert cosine.net_time(t) == pytest.approx(1000 * t)
-    with pytest.raises(UserError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
         cosine.ab_at(1.5)
 
 
@@ -175,7 +175,7 @@ def test_each_solver_converges_at_its_registered_order(cosine, name):
 
 # ----- the loop --------------------------------------------------------------------------------------------------
 def test_resampling_a_multistep_solver_is_refused(cosine):
-    with pytest.raises(UserError, match="resampl"):
+    with pytest.raises(ValueError, match="resampl"):
         sampling.run(SAMPLERS["dpmpp_2m"], oracle, start(cosine.level_at_step(1000)), make_grid(cosine, "uniform", 4),
                      {}, resample=2)
 

@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 from model import base
 from model.base import Level, Schedule
-from model.errors import UserError
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, Sec. 3: ρ = 7 balances the truncation error along the trajectory
 
@@ -73,6 +72,6 @@ def make_grid(schedule: Schedule, spacing: str, steps: Optional[int], k_start: O
     """The levels of `spacing` with `steps` intervals from the table's step k_start (default T) down to the data;
     steps None: every step of the table."""
     if spacing not in GRIDS:
-        raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(GRIDS)}")
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(GRIDS)}")
     k_start = schedule.T if k_start is None else k_start
     return GRIDS[spacing](schedule, k_start if steps is None else steps, k_start)

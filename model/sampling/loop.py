@@ -15,7 +15,6 @@ from torch import Tensor
 
 from model import base
 from model.base import Level, Schedule
-from model.errors import UserError
 from model.sampling.grids import make_grid
 from model.sampling.samplers import SAMPLERS, DenoiseAt, SamplerInfo, noise_like
 from model.sampling.spec import SamplerSpec
@@ -42,9 +41,9 @@ def run(info: SamplerInfo, denoise: DenoiseAt, x: Tensor, levels: list[Level], o
         generator: Optional[torch.Generator] = None, callback: Optional[LevelCallback] = None,
         after_step: Optional[AfterStep] = None, resample: int = 1) -> Tensor:
     if resample < 1:
-        raise UserError(f"resample must be >= 1 (1 = no resampling), got {resample}")
+        raise ValueError(f"resample must be >= 1 (1 = no resampling), got {resample}")
     if resample > 1 and info.multistep:
-        raise UserError(f"{info.display} keeps a history of its steps, which resampling would repeat; resample "
+        raise ValueError(f"{info.display} keeps a history of its steps, which resampling would repeat; resample "
                         f"with one of {', '.join(n for n, s in SAMPLERS.items() if not s.multistep)}")
     state: dict = {"after_step": after_step}  # a corrector (UniPC) replaces a state after the loop's after_step
     for i, (cur, nxt) in enumerate(zip(levels[:-1], levels[1:])):
@@ -82,7 +81,7 @@ def sample_ddpm(denoise: DenoiseAt, x_T: Tensor, schedule: Schedule, *, steps: O
                 generator: Optional[torch.Generator] = None, callback=None, spacing: str = "uniform") -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2): every step by default, else `steps` strided jumps."""
     if variance not in ("beta_tilde", "beta"):
-        raise UserError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
+        raise ValueError(f"unknown DDPM variance {variance!r}; choose one of beta_tilde, beta")
     return table_sampler("ddpm", denoise, x_T, schedule, steps, t_start, spacing, generator, callback,
                          variance=variance)
 
@@ -92,7 +91,7 @@ def sample_ddim(denoise: DenoiseAt, x_T: Tensor, schedule: Schedule, *, steps: i
                 callback=None, spacing: str = "uniform") -> Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12); eta = 0 is deterministic."""
     if steps is None:
-        raise UserError("DDIM needs a number of steps, e.g. 50")
+        raise ValueError("DDIM needs a number of steps, e.g. 50")
     base._check_eta(eta)
     return table_sampler("ddim", denoise, x_T, schedule, steps, t_start, spacing, generator, callback, eta=eta)
 
@@ -101,5 +100,5 @@ def sample_dpmpp_2m(denoise: DenoiseAt, x_T: Tensor, schedule: Schedule, *, step
                     t_start: Optional[int] = None, callback=None, spacing: str = "uniform") -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), one network call per step."""
     if steps is None:
-        raise UserError("DPM-Solver++ needs a number of steps, e.g. 20")
+        raise ValueError("DPM-Solver++ needs a number of steps, e.g. 20")
     return table_sampler("dpmpp_2m", denoise, x_T, schedule, steps, t_start, spacing, None, callback)
