@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks import common
 from benchmarks.common import Report
 from model.errors import ArgParser, UserError, cli_entry
 from model.scripts.common import add_pixel_arguments, add_spacing_argument
@@ -112,7 +113,8 @@ def budget_columns(budget: dict, name: str) -> dict:
 
     row = next(r for r in budget["rows"] if r["row"] == name)
     return {"pixel FD / floor": floor_ratio(budget, name), "pixel FD": row["pixel_fd"]["mean"],
-            "precision": row["precision"]["mean"], "recall": row["recall"]["mean"], "KID x 1e3": 1e3 * row["kid"]["mean"]}
+            "precision": row["precision"]["mean"], "recall": row["recall"]["mean"],
+            "KID x 1e3": 1e3 * row["kid"]["mean"]}
 
 
 def plot(rows: list[dict], budget: dict, path: str) -> None:
@@ -190,7 +192,7 @@ def main(argv: list[str]) -> int:
                       f"and a reference of {p['reference']}; k = {p['k']}. FID (domain): {args.classifier} against "
                       f"{n_real} validation images ({source}). Seconds: wall time of the sampling alone.")
     report.save()
-    args.plot = args.plot or f"benchmarks/results/{args.name}.png"
+    args.plot = args.plot or str(common.RESULTS / f"{args.name}.png")
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     plot(rows, budget, args.plot)
     return 0

@@ -52,7 +52,7 @@ def _alpha_bar_from_betas(betas: Tensor) -> Tensor:
 def _check_betas_range(beta_start: float, beta_end: float, name: str) -> None:
     if not 0.0 < beta_start < beta_end < 1.0:
         raise ValueError(f"{name} schedule needs 0 < beta_start < beta_end < 1, got beta_start={beta_start}, "
-                        f"beta_end={beta_end}; pick values like 1e-4 and 0.02")
+                         f"beta_end={beta_end}; pick values like 1e-4 and 0.02")
 
 
 def linear_alpha_bar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -670,7 +670,8 @@ def classifier_free_guidance(denoiser: Network, w: float, null_class: int, resca
     if not math.isfinite(w):
         raise ValueError(f"guidance scale w must be a finite number, got {w}")
     if isinstance(null_class, bool) or not isinstance(null_class, int) or null_class < 0:
-        raise ValueError(f"null_class must be an int >= 0 (the index of the learned null embedding), got {null_class!r}")
+        raise ValueError(f"null_class must be an int >= 0 (the index of the learned null embedding), "
+                         f"got {null_class!r}")
 
     def guided(x_t: Tensor, t: Tensor, c: Optional[Tensor]) -> Tensor:
         if c is None:
@@ -759,7 +760,7 @@ def _spaced(T: int, steps: Optional[int], t_start: Optional[int], spacing: str =
     steps = t_start if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_start:
         raise ValueError(f"sampling steps must be an integer in [1, {t_start}] (at most t_start, i.e. T={T} from "
-                        f"pure noise), got {steps!r}")
+                         f"pure noise), got {steps!r}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if spacing == "uniform":

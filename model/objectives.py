@@ -158,8 +158,8 @@ class EDM:
 
     def draw(self, n: int, device) -> Tensor:
         """σ with ln(σ / σ_data) ~ N(P_mean - ln 0.5, P_std²), (B,) float32: the paper's noise levels relative to the
-        data's scale (P_mean = -1.2 was set for images of σ_data = 0.5; unit-variance latents need σ twice as large,
-        and on the digits latents the paper's absolute levels leave the samples 1.55x from the floor, these 1.22x)."""
+        data's scale (P_mean = -1.2 was set for images of σ_data = 0.5; unit-variance latents need σ twice as large:
+        docs/evaluation.md measures both on the digits latents)."""
         mean = EDM_P_MEAN + math.log(self.sigma_data / EDM_SIGMA_DATA)
         return torch.exp(mean + EDM_P_STD * torch.randn(n, device=device))
 

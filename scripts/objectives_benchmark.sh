@@ -6,7 +6,9 @@
 #
 #   bash scripts/objectives_benchmark.sh [RUN] [OBJECTIVE ...]     (RUN default 1; objectives default: vp flow edm)
 #
-# Leaves runs/objectives-<RUN>/<objective>/report/report.md and prints each report's budget table.
+# Leaves runs/objectives-<RUN>/<objective>/report/report.md and prints each report's budget table. Then every
+# registered sampler at about 5, 10, 25 and 50 network evaluations on each objective's model, on the noise-dense and
+# the Karras grid (benchmarks.quality_per_step --nfe): benchmarks/results/nfe_<objective>_<grid>.csv and .png.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -28,6 +30,13 @@ for objective in "${OBJECTIVES[@]}"; do
   python -m model.scripts.demo_report --load "$ROOT/$objective/digits-1/denoiser/checkpoints/last.ckpt" \
     --classifier runs/classifiers/digits.pt --per-class 50 --cfg-scale 0 \
     --output "$ROOT/$objective/report"
+done
+for objective in "${OBJECTIVES[@]}"; do
+  for grid in noise-dense karras; do
+    python -m benchmarks.quality_per_step --load "$ROOT/$objective/digits-1/denoiser/checkpoints/last.ckpt" \
+      --classifier runs/classifiers/digits.pt --nfe 5 10 25 50 --spacing "$grid" --name "nfe_${objective}_${grid}" \
+      > "$ROOT/$objective/nfe_${grid}.md"
+  done
 done
 cpu="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
 for objective in "${OBJECTIVES[@]}"; do

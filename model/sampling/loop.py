@@ -44,7 +44,7 @@ def run(info: SamplerInfo, denoise: DenoiseAt, x: Tensor, levels: list[Level], o
         raise ValueError(f"resample must be >= 1 (1 = no resampling), got {resample}")
     if resample > 1 and info.multistep:
         raise ValueError(f"{info.display} keeps a history of its steps, which resampling would repeat; resample "
-                        f"with one of {', '.join(n for n, s in SAMPLERS.items() if not s.multistep)}")
+                         f"with one of {', '.join(n for n, s in SAMPLERS.items() if not s.multistep)}")
     state: dict = {"after_step": after_step}  # a corrector (UniPC) replaces a state after the loop's after_step
     for i, (cur, nxt) in enumerate(zip(levels[:-1], levels[1:])):
         for r in range(resample):

@@ -1,8 +1,9 @@
 """`SamplerSpec`: everything that decides how a trained model is sampled, built once and passed down whole.
 
 Its defaults live here and in the checkpoint's config (`denoiser.diffusion`: sampler, sample_steps,
-sample_spacing, clip_limit, guidance_interval, guidance_rescale); `SamplerSpec.from_config(diffusion, **overrides)` is how the commands,
-the pipeline and training build one, overrides (command-line flags, pipeline arguments) winning where given.
+sample_spacing, clip_limit, guidance_interval, guidance_rescale); `SamplerSpec.from_config(diffusion, **overrides)`
+is how the commands, the pipeline and training build one, overrides (command-line flags, pipeline arguments) winning
+where given.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class SamplerSpec:
         if not math.isfinite(self.guidance):
             raise UserError(f"the guidance scale must be a finite number, got {self.guidance}")
         if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise UserError(f"the guidance rescale φ must be in [0, 1] (0 = plain guidance), got {self.guidance_rescale}")
+            raise UserError(f"the guidance rescale φ must be in [0, 1] (0 = plain guidance), "
+                            f"got {self.guidance_rescale}")
         if self.clip_limit is not None and not self.clip_limit > 0:
             raise UserError(f"clip_limit must be > 0 or None (no clipping), got {self.clip_limit}")
         if self.guidance_interval is not None:
