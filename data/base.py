@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.config import DataConfig
+from data.sources import SOURCES
 from data.resumable import ResumableLoader, batches_done
 from data.transforms import random_hflip, tensor_to_model_range
 from model.errors import UserError
@@ -70,8 +71,6 @@ class BaseDataModule(pl.LightningDataModule):
     model/lightning/trainer.py), since every step would silently run at a smaller batch size than configured.
     """
 
-    native_size: Optional[int] = None  # side of the source images when they all share one (digits: 8), else None
-
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -79,6 +78,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.image_size = cfg.image_size
         self._num_classes: Optional[int] = None
         self._class_names: Optional[list[str]] = None
+        self._captions: Optional[list[str]] = None  # one per item when data.captions is on (data/captions.py)
         self.train_set: Optional[Subset] = None
         self.val_set: Optional[Subset] = None
 
@@ -115,6 +115,23 @@ class BaseDataModule(pl.LightningDataModule):
             self._ensure_setup()
         assert self._class_names is not None
         return self._class_names
+
+    @property
+    def native_size(self) -> Optional[int]:
+        """Side of the source images when they all share one (digits: 8), else None (data/sources.py)."""
+        return SOURCES[self.cfg.name].native_size
+
+    # ---- captions -----------------------------------------------------------------------------------------
+    def captions(self, split: str = "all") -> list[str]:
+        """The caption of every item of a split ("train", "val" or "all", in `all_items` order), "" where it has
+        none; only with data.captions on."""
+        if not self.cfg.captions:
+            raise UserError(f"the captions of data.name {self.cfg.name} are not read; set data.captions true")
+        self._ensure_setup()
+        assert self._captions is not None
+        order = {"train": self.train_set.indices, "val": self.val_set.indices,
+                 "all": list(self.train_set.indices) + list(self.val_set.indices)}[split]
+        return [self._captions[i] for i in order]
 
     # ---- Lightning hooks ----------------------------------------------------------------------------------
     def _ensure_setup(self) -> None:

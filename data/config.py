@@ -49,6 +49,12 @@ class DataConfig:
     hf_image_column: str = "image"
     # None: unlabelled (y = -1); set it to use a label column.
     hf_label_column: Optional[str] = None
+    # Read a caption per image (folder: metadata.jsonl or <image>.txt; hf: data.hf_caption_column), data/captions.py.
+    captions: bool = False
+    # The caption column of a Hugging Face data set.
+    hf_caption_column: Optional[str] = None
+    # An image without a caption: "empty" trains it on the empty prompt, "error" stops naming it.
+    on_missing_caption: Literal["empty", "error"] = "empty"
     # A few broken files should not stop a training run; "error" stops at the first one.
     on_corrupt: Literal["skip", "error"] = "skip"
     # The swiss roll is the classic 2-D diffusion demo.
@@ -80,6 +86,13 @@ class DataConfig:
             raise UserError(f"data.crop must be center or pad, got {self.crop!r}; set data.crop")
         if self.on_corrupt not in ("skip", "error"):
             raise UserError(f"data.on_corrupt must be skip or error, got {self.on_corrupt!r}; set data.on_corrupt")
+        if self.on_missing_caption not in ("empty", "error"):
+            raise UserError(f"data.on_missing_caption must be empty or error, got {self.on_missing_caption!r}; set it")
+        if self.captions and self.name == "hf" and not self.hf_caption_column:
+            raise UserError("data.captions is true but data.hf_caption_column is not set; name the caption column")
+        if self.captions and not SOURCES[self.name].captions:
+            raise UserError(f"data.name {self.name} has no captions; use a folder or hf source, or set data.captions "
+                            f"false")
         if not self.hf_image_column:
             raise UserError("data.hf_image_column is empty; set it to the data set's image column, e.g. image")
         if self.toy_shape not in TOY_SHAPES:

@@ -14,8 +14,6 @@ class DigitsDataModule(BaseDataModule):
     One grey channel, repeated to 3 when data.channels is 3. Labels 0..9 (class names "0".."9").
     """
 
-    native_size = 8
-
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
         self._set_classes([str(d) for d in range(10)] if cfg.labels else [])

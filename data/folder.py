@@ -10,6 +10,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data.base import BaseDataModule
+from data.captions import folder_captions
 from data.config import DataConfig
 from data.transforms import ImageTransform
 from model.errors import UserError
@@ -87,6 +88,8 @@ class FolderDataModule(BaseDataModule):
         paths = self._drop_corrupt(paths)
         self._paths = paths
         self._labels = self._label(paths)
+        if self.cfg.captions:
+            self._captions = folder_captions(self.root, paths, self.cfg.on_missing_caption)
         return len(paths)
 
     def _drop_corrupt(self, paths: list[str]) -> list[str]:

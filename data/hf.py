@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.base import BaseDataModule, describe
+from data.captions import apply_policy
 from data.transforms import ImageTransform
 from model.errors import UserError
 
@@ -82,14 +83,19 @@ class HFDataModule(BaseDataModule):
         ds = open_hf_dataset(self.cfg.root or "", self.cfg.hf_split)
         if len(ds) == 0:
             raise UserError(f"split {self.cfg.hf_split!r} of {self.cfg.root} has 0 rows; set data.hf_split")
-        wanted = [self.cfg.hf_image_column] + ([self.cfg.hf_label_column] if self.cfg.hf_label_column else [])
-        for key, col in zip(("data.hf_image_column", "data.hf_label_column"), wanted):
+        columns = {"data.hf_image_column": self.cfg.hf_image_column, "data.hf_label_column": self.cfg.hf_label_column,
+                   "data.hf_caption_column": self.cfg.hf_caption_column if self.cfg.captions else None}
+        for key, col in ((k, c) for k, c in columns.items() if c):
             if col not in ds.column_names:
                 raise UserError(
                     f"{key}={col!r} is not a column of {self.cfg.root} "
                     f"(columns: {', '.join(ds.column_names)}); set {key}"
                 )
         self._labels = self._read_labels(ds)
+        if self.cfg.captions:  # the caption column only; images stay undecoded
+            texts = [None if v is None else str(v) for v in ds[self.cfg.hf_caption_column]]
+            self._captions = apply_policy(texts, [f"row {i}" for i in range(len(ds))], self.cfg.on_missing_caption,
+                                          f"{self.cfg.root} ({self.cfg.hf_caption_column!r})")
         self._ds = ds.select_columns([self.cfg.hf_image_column])
         return len(ds)
 

@@ -59,8 +59,6 @@ class _TorchvisionDataModule(BaseDataModule):
 class MNISTDataModule(_TorchvisionDataModule):
     """MNIST digits, 28x28 grey, labels 0..9."""
 
-    native_size = 28
-
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
         self._set_classes([str(d) for d in range(10)] if cfg.labels else [])
@@ -84,8 +82,6 @@ class MNISTDataModule(_TorchvisionDataModule):
 
 class CIFAR10DataModule(_TorchvisionDataModule):
     """CIFAR-10, 32x32 RGB, 10 classes (set data.channels 3 to keep colour)."""
-
-    native_size = 32
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
