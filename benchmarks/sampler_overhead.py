@@ -1,10 +1,10 @@
-"""Our DDPM and DDIM loops (`model.sampling.sample_ddpm`, `sample_ddim`) against diffusers' schedulers, same denoiser.
+"""Our DDPM, DDIM and UniPC loops (`model.sampling`) against diffusers' schedulers, same denoiser.
 
     python -m benchmarks.sampler_overhead
     python -m benchmarks.sampler_overhead --ddpm-steps 1000 --batch-sizes 1 64 --repeats 5     (the full DDPM)
 
 Both sides use the v-prediction, the cosine schedule (diffusers' "squaredcos_cap_v2"), the same T and the same
-times, no clipping; diffusers' DDPMScheduler / DDIMScheduler are driven by a plain loop
+times, no clipping; diffusers' DDPMScheduler / DDIMScheduler / UniPCMultistepScheduler are driven by a plain loop
 (`set_timesteps`, then `step` per time), as its pipelines do.
 
 (a) the per-step overhead of each loop in microseconds, with a near-zero-cost denoiser (x ↦ 0.1·x on one 4×4×4
@@ -19,6 +19,7 @@ Index mapping: diffusers' `alphas_cumprod[k]` is our `alpha_bar[k + 1]`, and its
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -50,27 +51,31 @@ def parse_args(argv: list[str]):
 # diffusers' side
 # ----------------------------------------------------------------------------------------------------------------
 def make_schedulers(T: int) -> dict[str, object]:
-    """diffusers' DDPM and DDIM schedulers set up like our samplers (v, cosine, no clipping, no noise at the end)."""
+    """diffusers' DDPM, DDIM and UniPC schedulers set up like our samplers (v, cosine, no clipping, no noise at the
+    end; UniPC-2 bh2 with the data prediction, first order at both ends)."""
     try:
-        from diffusers import DDIMScheduler, DDPMScheduler
+        from diffusers import DDIMScheduler, DDPMScheduler, UniPCMultistepScheduler
     except ImportError as err:
         raise UserError("this benchmark compares against diffusers, which is not installed; "
                         "pip install \"diffusers>=0.27\"") from err
     common = dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                  clip_sample=False, timestep_spacing="trailing")
-    return {"ddpm": DDPMScheduler(variance_type="fixed_small", **common),  # fixed_small: our beta_tilde
-            "ddim": DDIMScheduler(set_alpha_to_one=True, steps_offset=0, **common)}  # alpha_bar_0 = 1, as ours
+                  timestep_spacing="trailing")
+    return {"ddpm": DDPMScheduler(variance_type="fixed_small", clip_sample=False, **common),  # our beta_tilde
+            "ddim": DDIMScheduler(set_alpha_to_one=True, steps_offset=0, clip_sample=False, **common),  # ab_0 = 1
+            "unipc": UniPCMultistepScheduler(solver_order=2, solver_type="bh2", predict_x0=True, thresholding=False,
+                                             lower_order_final=True, final_sigmas_type="zero", **common)}
 
 
 def diffusers_loop(scheduler, denoiser, x_T: Tensor, c: Optional[Tensor], steps: int,
                    generator: Optional[torch.Generator]) -> Tensor:
     """Sample with a diffusers scheduler the way its pipelines do; the denoiser sees our t = k + 1."""
     scheduler.set_timesteps(steps)
+    noise = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     x = x_T
     with torch.no_grad():
         for k in scheduler.timesteps:
             t = torch.full((x.shape[0],), int(k) + 1, dtype=torch.int64, device=x.device)  # (B,) our time
-            x = scheduler.step(denoiser(x, t, c), k, x, generator=generator).prev_sample
+            x = scheduler.step(denoiser(x, t, c), k, x, **noise).prev_sample
     return x
 
 
@@ -83,7 +88,7 @@ def our_loop(kind: str, denoiser, x_T: Tensor, schedule: base.Schedule, c: Optio
     return sampling.sample(denoise, x_T, schedule, sampling.SamplerSpec(kind, steps), generator=generator)
 
 
-OUR_TIMES = {"ddpm": base.timesteps_ddpm, "ddim": base.timesteps_ddim}
+OUR_TIMES = {"ddpm": base.timesteps_ddpm, "ddim": base.timesteps_ddim, "unipc": base.timesteps_dpm_solver}
 
 
 def check_agreement(schedule: base.Schedule, schedulers: dict[str, object], runs: list[tuple[str, int]]) -> str:
@@ -121,7 +126,7 @@ def overhead_rows(args, shape: tuple, schedule, schedulers) -> list[dict]:
     denoiser = lambda x, t, c: x * 0.1  # noqa: E731  (a few µs: the time left is the loop's own)
     x_T = torch.randn(1, *shape, device=args.device)
     rows = []
-    for kind, steps in (("ddpm", schedule.T), ("ddim", args.ddim_steps)):
+    for kind, steps in (("ddpm", schedule.T), ("ddim", args.ddim_steps), ("unipc", args.ddim_steps)):
         fns = side_by_side(kind, denoiser, x_T, None, schedule, schedulers[kind], steps, args.seed)
         res = measure(fns, args.device, warmup=max(args.warmup, 2), repeats=args.overhead_repeats)
         us = {k: 1e6 * v.median / steps for k, v in res.items()}
@@ -161,7 +166,7 @@ def difference_rows(args, net, shape: tuple, schedule, schedulers) -> list[dict]
     batch = max(args.batch_sizes)
     x_T, c = random_batch((batch, *shape), net.cfg.num_classes, args.device)
     rows = []
-    for kind, steps in (("ddim", args.ddim_steps), ("ddpm", args.ddpm_steps)):
+    for kind, steps in (("ddim", args.ddim_steps), ("unipc", args.ddim_steps), ("ddpm", args.ddpm_steps)):
         fns = side_by_side(kind, net, x_T, c, schedule, schedulers[kind], steps, args.seed)
         ours, theirs = fns["ours"](), fns["diffusers"]()
         rows.append({"sampler": f"{kind.upper()}-{steps}", "batch": batch,
@@ -183,7 +188,7 @@ def main(argv: list[str]) -> int:
     dims = "×".join(map(str, shape))
     report = Report(NAME, args.device)
     print(check_agreement(schedule, schedulers, [("ddpm", schedule.T), ("ddim", args.ddim_steps),
-                                                 ("ddpm", args.ddpm_steps)]))
+                                                 ("unipc", args.ddim_steps), ("ddpm", args.ddpm_steps)]))
     report.table(f"(a) per-step overhead, near-zero-cost denoiser (batch 1, {dims})",
                  overhead_rows(args, shape, schedule, schedulers),
                  note="µs/step = median wall time of one whole sampling call / steps; ours/diffusers < 1 means our "
