@@ -284,7 +284,7 @@ def check_denoiser_shapes(cfg: Config) -> None:
     g = 2 ** (len(net.channel_mult) - 1)
     _check(size % g == 0,
            f"the denoiser input size {size} must be divisible by 2**(levels-1) = {g}; "
-           f"shorten denoiser.unet.channel_mult or change data.image_size")
+           f"shorten {field}.channel_mult or change data.image_size")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
