@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 
 from model.main import main as train_main
-from model.scripts import (demo_report, encode_latents, evaluate, export, plots, reimagine, sample, sample_vae,
-                           train_classifier)
+from model.scripts import (demo_report, encode_latents, evaluate, export, fetch_emoji, plots, reimagine, sample,
+                           sample_vae, train_classifier)
 from tiny import DIGITS, ROOT, tiny
 
 TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
             "train_classifier": train_classifier.main, "demo_report": demo_report.main, "evaluate": evaluate.main,
             "plots": plots.main, "reimagine": reimagine.main, "export": export.main,
-            "encode_latents": encode_latents.main}
+            "encode_latents": encode_latents.main, "fetch_emoji": fetch_emoji.main}
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +222,11 @@ INVENTORY = [
               "--output_dir", "{root}/lpips"], ["alexnet-owt-7be5be79.pth"]),
     ("evaluate", ["--load", "{den}", "--num_samples", "4"], ["weights-inception-2015-12-05-6726825d.pth",
                                                               "--inception-weights"]),
+    ("fetch_emoji", ["--output", "emoji", "--from", "twitter"], ["SET=DIR"]),
+    ("fetch_emoji", ["--output", "emoji", "--sets", "apple"], ["unknown emoji set", "twitter, google"]),
+    ("fetch_emoji", ["--output", "emoji", "--sets", "twitter", "--from", "twitter={empty_dir}"], ["no emoji.json"]),
+    ("fetch_emoji", ["--output", "{few}", "--sets", "twitter", "--from", "twitter={empty_dir}"],
+     ["not an empty folder"]),
 ]
 
 
