@@ -1,0 +1,40 @@
+"""Every benchmark runs end to end with the smallest settings (slow tier): a refactor that breaks one at run time
+fails here, not in front of a user. The figures themselves are not checked: they are measurements, not results."""
+from __future__ import annotations
+
+import csv
+import importlib
+
+import pytest
+
+from benchmarks import common
+
+SMALL = {  # the smallest arguments that still run every table of the benchmark
+    "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
+    "memory_knobs": ["--repeats", "1", "--warmup", "0", "--vae-batch", "2", "--unet-batch", "2", "--knobs", "fp32"],
+    "sampler_overhead": ["--repeats", "1", "--warmup", "0", "--ddpm-steps", "10", "--batch-sizes", "1",
+                         "--overhead-repeats", "1"],
+    "speed_knobs": ["--repeats", "1", "--warmup", "0", "--batch", "2", "--steps", "2", "--knobs", "fp32",
+                    "channels_last"],
+    "train_throughput": ["--repeats", "1", "--warmup", "0", "--steps", "1", "--no-memory"],
+    "vae_discriminator": ["--steps", "2", "--n", "20", "--real-pool", "100", "--output", "{tmp}/runs"],
+}
+
+
+def test_every_benchmark_is_listed():
+    import pkgutil
+
+    import benchmarks
+
+    names = {m.name for m in pkgutil.iter_modules(benchmarks.__path__)} - {"common"}
+    assert names == set(SMALL) | {"quality_per_step"}  # quality_per_step: tests/test_quality_per_step.py
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert module.main([a.replace("{tmp}", str(tmp_path)) for a in SMALL[name]]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results" / f"{name}.csv")))
+    assert rows and all(r["machine"].startswith("machine:") for r in rows)
