@@ -62,13 +62,22 @@ def our_states(sampler, net, x_T, schedule, **kw):
 
 
 def their_states(scheduler, net, x_T, generator=None, **step_kw):
-    """Every state after each `scheduler.step`, the network called at our t = k + 1 for diffusers' timestep k."""
+    """Every state after each `scheduler.step`, the network called at our t = k + 1 for diffusers' timestep k (the
+    generator is passed only when given: UniPC's `step` takes none)."""
+    if generator is not None:
+        step_kw["generator"] = generator
     x, seen = x_T, []
     for k in scheduler.timesteps:
         t = torch.full((x.shape[0],), int(k) + 1, dtype=torch.int64)
-        x = scheduler.step(net(x, t), k, x, generator=generator, **step_kw).prev_sample
+        x = scheduler.step(net(x, t), k, x, **step_kw).prev_sample
         seen.append(x)
     return seen
+
+
+def float64_sigmas(scheduler, schedule) -> None:
+    """The solvers' sigmas at the scheduler's timesteps from our float64 alpha_bar, and 0 at the end (our t = 0)."""
+    ab = schedule.alpha_bar[scheduler.timesteps + 1]  # (steps,)
+    scheduler.sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=f64)])  # (steps + 1,)
 
 
 def use_our_schedule(scheduler, schedule):
@@ -222,8 +231,7 @@ def test_dpmpp_2m_update_formulas_float64(steps):
     s, net, x_T = base.make_schedule("cosine", T), TinyVNet(T), x_noise()
     theirs = use_our_schedule(dpm_scheduler(T), s)
     theirs.set_timesteps(steps)
-    ab = s.alpha_bar[theirs.timesteps + 1]  # (steps,)
-    theirs.sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=f64)])  # (steps + 1,), 0 = our t = 0
+    float64_sigmas(theirs, s)
     x, outputs, b = x_T, [], []
     for i, k in enumerate(theirs.timesteps):
         theirs._step_index = i  # what `step` would set; the update functions read sigmas at it
@@ -253,15 +261,6 @@ def our_unipc(denoise, x_T, schedule, *, steps, callback):
     return sampling.loop.table_sampler("unipc", denoise, x_T, schedule, steps, None, "uniform", None, callback)
 
 
-def unipc_states(scheduler, net, x_T):
-    """Every state after each `scheduler.step` (UniPC's step takes no generator)."""
-    x, seen = x_T, []
-    for k in scheduler.timesteps:
-        x = scheduler.step(net(x, torch.full((x.shape[0],), int(k) + 1)), k, x).prev_sample
-        seen.append(x)
-    return seen
-
-
 @pytest.mark.parametrize("steps", [1, 2, 3, 10, 25])
 def test_unipc_step_as_shipped_float32(steps):
     # Our uniform grid is diffusers' trailing one (asserted); float32 as shipped. Measured <= 1.2e-6 with |x| <= 5.
@@ -270,7 +269,7 @@ def test_unipc_step_as_shipped_float32(steps):
     theirs = unipc_scheduler(T)
     theirs.set_timesteps(steps)
     assert theirs.timesteps.tolist() == [t - 1 for t in base.timesteps_dpm_solver(T, steps)[:-1]]
-    a, b = our_states(our_unipc, net, x_T, s, steps=steps), unipc_states(theirs, net, x_T)
+    a, b = our_states(our_unipc, net, x_T, s, steps=steps), their_states(theirs, net, x_T)
     assert max_diff(a, b) < 1e-5
     assert (a[-1] - x_T).abs().max().item() > 0.1
 
@@ -284,9 +283,8 @@ def test_unipc_float64(steps):
     s, net, x_T = base.make_schedule("cosine", T), TinyVNet(T), x_noise()
     theirs = use_our_schedule(unipc_scheduler(T), s)
     theirs.set_timesteps(steps)
-    ab = s.alpha_bar[theirs.timesteps + 1]  # (steps,)
-    theirs.sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=f64)])  # (steps + 1,)
-    a, b = our_states(our_unipc, net, x_T, s, steps=steps), unipc_states(theirs, net, x_T)
+    float64_sigmas(theirs, s)
+    a, b = our_states(our_unipc, net, x_T, s, steps=steps), their_states(theirs, net, x_T)
     assert b[-1].dtype == f64
     assert max_diff(a, b) < 1e-10
     assert max_diff(our_states(sampling.sample_dpmpp_2m, net, x_T, s, steps=steps), b) > 1e-4
