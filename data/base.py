@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from data.captions import Captioned
 from data.config import DataConfig
 from data.sources import SOURCES
 from data.resumable import ResumableLoader, batches_done
@@ -146,19 +147,24 @@ class BaseDataModule(pl.LightningDataModule):
         if n == 0:
             raise UserError(f"data set {self.cfg.name} has 0 items; check data.root and data.max_items")
         train_idx, val_idx = split_indices(n, self.cfg.val_fraction, self.cfg.seed, self.cfg.max_items)
-        self.train_set = Subset(self._dataset(train=True), train_idx)
-        self.val_set = Subset(self._dataset(train=False), val_idx)
+        self.train_set = Subset(self._items(train=True), train_idx)
+        self.val_set = Subset(self._items(train=False), val_idx)
+
+    def _items(self, train: bool) -> Dataset:
+        """`_dataset`, with each item's caption appended, (x, y, text), when data.captions is on."""
+        ds = self._dataset(train)
+        return Captioned(ds, self._captions) if self.cfg.captions else ds
 
     def split_items(self, split: str) -> Dataset:
         """The items of one split ("train" or "val") without augmentation, in the split's order."""
         self._ensure_setup()
-        return Subset(self._dataset(train=False), (self.train_set if split == "train" else self.val_set).indices)
+        return Subset(self._items(train=False), (self.train_set if split == "train" else self.val_set).indices)
 
     def all_items(self) -> Dataset:
         """Every item of the split, training and validation, without augmentation (data.max_items applies): the
         real images the quality metrics use."""
         self._ensure_setup()
-        return Subset(self._dataset(train=False), list(self.train_set.indices) + list(self.val_set.indices))
+        return Subset(self._items(train=False), list(self.train_set.indices) + list(self.val_set.indices))
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         nw = self.cfg.num_workers

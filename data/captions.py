@@ -6,7 +6,8 @@ A folder gives them in either of the two conventions users already have:
   `text` (the Hugging Face imagefolder convention; `model.scripts.fetch_emoji` writes one);
 - `<image>.txt` beside an image (`cat.png` and `cat.txt`), as many training sets ship them.
 
-metadata.jsonl wins where both give one. A Hugging Face data set names its caption column with
+metadata.jsonl wins where both give one. With captions on, a data set's items are (x, y, text) and its batches
+(x, y, texts), texts a list of strings (`Captioned`, `batch_parts`). A Hugging Face data set names its caption column with
 `data.hf_caption_column`. An image without a caption, or with an empty one, follows `data.on_missing_caption`:
 "empty" gives it the empty prompt (which is also what classifier-free guidance trains the unconditional branch
 on), "error" stops with the first such image named.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Optional, Sequence
+
+from torch.utils.data import Dataset
 
 from model.errors import UserError
 
@@ -67,3 +70,22 @@ def folder_captions(root: str, paths: Sequence[str], policy: str) -> list[str]:
         text = table.get(os.path.normpath(os.path.relpath(path, root)))
         found.append(text if text else sidecar_caption(path))
     return apply_policy(found, paths, policy, root)
+
+
+class Captioned(Dataset):
+    """Items (x, y) of `items` → (x, y, captions[i])."""
+
+    def __init__(self, items: Dataset, captions: Sequence[str]) -> None:
+        self.items, self.captions = items, captions
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        x, y = self.items[i]
+        return x, y, self.captions[i]
+
+
+def batch_parts(batch) -> tuple:
+    """(x, y, texts) of a batch with or without captions (texts None without)."""
+    return (batch[0], batch[1], batch[2] if len(batch) > 2 else None)

@@ -28,6 +28,8 @@ from typing import Callable, Literal, Optional, Union
 import torch
 from torch import Tensor
 
+from model import conditioning
+
 
 Parametrisation = Literal["eps", "x0", "v"]
 PARAMETRISATIONS = ("eps", "x0", "v")
@@ -660,12 +662,15 @@ def clip_x0(x0: Tensor, clip_limit: Optional[float]) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Guidance and prediction
 # ----------------------------------------------------------------------------------------------------------------
-def classifier_free_guidance(denoiser: Network, w: float, null_class: int, rescale: float = 0.0) -> Network:
+def classifier_free_guidance(denoiser: Network, w: float, null_class: int, rescale: float = 0.0,
+                             uncond=None) -> Network:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = (1 + w) out(x, c) - w out(x, ∅); w = 0 is plain c.
 
-    One batched call on [cond; uncond] with c = null_class for the second half. The mix is affine with weights
-    summing to 1, so guiding v or x0 outputs equals guiding the implied eps (the conversions are affine in the output).
-    `rescale` = φ > 0 pulls the guided output's per-sample std back towards the conditional one's (`rescale_guidance`).
+    One batched call on [cond; uncond]. The unconditional input is `uncond` where given (a condition of the same
+    batch and kind as c: the null class with the empty or a negative prompt, `model.conditioning`), else c's labels
+    set to null_class. The mix is affine with weights summing to 1, so guiding v or x0 outputs equals guiding the
+    implied eps (the conversions are affine in the output). `rescale` = φ > 0 pulls the guided output's per-sample
+    std back towards the conditional one's (`rescale_guidance`).
     """
     if not math.isfinite(w):
         raise ValueError(f"guidance scale w must be a finite number, got {w}")
@@ -673,14 +678,17 @@ def classifier_free_guidance(denoiser: Network, w: float, null_class: int, resca
         raise ValueError(f"null_class must be an int >= 0 (the index of the learned null embedding), "
                          f"got {null_class!r}")
 
-    def guided(x_t: Tensor, t: Tensor, c: Optional[Tensor]) -> Tensor:
+    def guided(x_t: Tensor, t: Tensor, c) -> Tensor:
         if c is None:
             raise ValueError("classifier-free guidance needs class labels c; pass labels or use w = 0")
         if w == 0.0:
             return denoiser(x_t, t, c)
-        out = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, torch.full_like(c, null_class)]))
-        cond, uncond = out.chunk(2)  # each (B, ...)
-        return rescale_guidance((1.0 + w) * cond - w * uncond, cond, rescale)
+        if uncond is None and not isinstance(c, Tensor):
+            raise ValueError("guidance on a prompt needs its unconditional condition (the empty or negative prompt)")
+        c_uncond = torch.full_like(c, null_class) if uncond is None else uncond
+        out = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), conditioning.cat(c, c_uncond))
+        cond, uncond_out = out.chunk(2)  # each (B, ...)
+        return rescale_guidance((1.0 + w) * cond - w * uncond_out, cond, rescale)
 
     return guided
 

@@ -71,7 +71,7 @@ def accuracy(model: nn.Module, loader) -> float:
     """Share of correctly classified items; nan for an empty loader (no validation split)."""
     model.eval()
     correct, total = 0, 0
-    for x, y in loader:
+    for x, y, *_ in loader:
         correct += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return correct / total if total else math.nan
@@ -99,7 +99,7 @@ def train_classifier(datamodule, epochs: int, lr: float, seed: int) -> tuple[Sma
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
         for _ in range(epochs):
             model.train()
-            for x, y in loader:
+            for x, y, *_ in loader:
                 loss = F.cross_entropy(model(random_translate(x, SHIFT_FRACTION * dm.image_size)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -18,6 +18,7 @@ from data.sources import kind_of
 from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
 from model.denoiser import NETWORKS, network_config
 from model.denoiser.config import ToyMLPConfig, UNetConfig
+from model.text.config import TextConfig
 from model.sampling import GRIDS, SAMPLERS
 from model.objectives import OBJECTIVES
 from model.errors import UserError
@@ -208,6 +209,7 @@ class DenoiserStage:
     network: str = "unet"  # a network of model/denoiser/__init__.py NETWORKS: unet (images, latents), toy_mlp (points)
     unet: UNetConfig = field(default_factory=UNetConfig)
     toy: ToyMLPConfig = field(default_factory=ToyMLPConfig)
+    text: TextConfig = field(default_factory=TextConfig)  # the prompt encoder; none = no prompts
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -215,6 +217,11 @@ class DenoiserStage:
     def __post_init__(self) -> None:
         _check(self.network in NETWORKS,
                f"denoiser.network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
+        _check(not self.text.on or NETWORKS[self.network].kind == "images",
+               f"denoiser.text needs a network that reads prompts (unet); {self.network} does not")
+        _check(self.text.on or not self.unet.cross_attention_levels,
+               "denoiser.unet.cross_attention_levels is set but denoiser.text.encoder is none; choose a text "
+               "encoder (bytes, or pretrained with denoiser.text.path) or clear cross_attention_levels")
 
 
 @dataclass
@@ -272,6 +279,9 @@ def check_denoiser_shapes(cfg: Config) -> None:
         _check(den.autoencoder == "none", f"data.name {data.name} holds points, which no VAE encodes; set "
                                           f"denoiser.autoencoder to none")
         return
+    _check(not den.text.on or data.captions,
+           f"denoiser.text.encoder is {den.text.encoder} but data.captions is false, so every prompt would be empty; "
+           f"set data.captions true (a folder with metadata.jsonl or <image>.txt captions)")
     check_vae_shapes(cfg)
     if den.autoencoder == "vae":
         f = vae.downsample_factor

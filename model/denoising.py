@@ -14,20 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from model import base
+from model.conditioning import AnyCondition, Condition, class_condition, labels_of  # noqa: F401 (re-exported)
 from model.objectives import VP
 from model.sampling import sample as run_spec
-
-
-def class_condition(y: Tensor, num_classes: int, p_uncond: float = 0.0) -> Optional[Tensor]:
-    """Class labels for a network: unlabelled (-1) and, with probability p_uncond, dropped labels become the null
-    class (index num_classes, Ho & Salimans 2022); None for an unconditional network."""
-    if num_classes == 0:
-        return None
-    c = torch.where(y < 0, torch.full_like(y, num_classes), y)
-    if p_uncond > 0:
-        drop = torch.rand(y.shape, device=y.device) < p_uncond
-        c = torch.where(drop, torch.full_like(c, num_classes), c)
-    return c
 
 
 def _per_channel(v: Tensor, z: Tensor) -> Tensor:
@@ -79,17 +68,18 @@ class Denoiser(nn.Module):
         return denormalise(z, self.latent_shift, self.latent_scale)
 
     # ----- (x_t, level, c) -> (x0, eps) -------------------------------------------------------------------------
-    def forward(self, x_t: Tensor, t: Union[base.Level, base.TimeLike], c: Optional[Tensor] = None,
+    def forward(self, x_t: Tensor, t: Union[base.Level, base.TimeLike], c: AnyCondition = None,
                 guidance: float = 0.0, clip_limit: Optional[float] = None,
-                guidance_rescale: float = 0.0) -> tuple[Tensor, Tensor]:
-        """(x0, eps) at (x_t, t) for labels c (None: the null class), guided by w = `guidance` (Ho & Salimans 2022,
-        (1 + w) out(x, c) - w out(x, ∅); rescaled by φ = `guidance_rescale`, Lin et al. 2024) and with x0 clamped to
-        [-clip_limit, clip_limit].
+                guidance_rescale: float = 0.0, uncond: AnyCondition = None) -> tuple[Tensor, Tensor]:
+        """(x0, eps) at (x_t, t) for the condition c (labels or a `Condition`; None: the null class), guided by
+        w = `guidance` (Ho & Salimans 2022, (1 + w) out(x, c) - w out(x, uncond), uncond the null class unless given:
+        a prompt model's empty or negative prompt; rescaled by φ = `guidance_rescale`, Lin et al. 2024) and with x0
+        clamped to [-clip_limit, clip_limit].
 
         t is a noise level of a sampling grid (the network embeds its float time), a step of the table (an int), or
         one step per sample (an int tensor (B,), as in training)."""
         net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class,
-                                                                             guidance_rescale)
+                                                                             guidance_rescale, uncond)
         if isinstance(t, Tensor):
             if not isinstance(self.objective, VP):
                 raise ValueError("one step per sample is the VP objective's; give a noise level (base.Level)")
@@ -98,41 +88,50 @@ class Denoiser(nn.Module):
         x0, eps = self.objective.predict(net, x_t, level, c)
         return base._clipped(x0, eps, x_t, level.ab, clip_limit)
 
-    def bind(self, c: Optional[Tensor] = None, guidance: float = 0.0, clip_limit: Optional[float] = None,
-             guidance_at: Optional[Callable[[float], float]] = None, guidance_rescale: float = 0.0) -> Callable:
+    def bind(self, c: AnyCondition = None, guidance: float = 0.0, clip_limit: Optional[float] = None,
+             guidance_at: Optional[Callable[[float], float]] = None, guidance_rescale: float = 0.0,
+             uncond: AnyCondition = None) -> Callable:
         """`denoise(x_t, level) -> (x0, eps)` for a sampler, with the labels and options fixed (checked once here);
         `guidance_at(σ)` replaces the constant scale where guidance depends on the noise level (an interval)."""
         self.check_options(c, guidance, clip_limit)
         if guidance_at is None:
-            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit, guidance_rescale)
+            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit, guidance_rescale, uncond)
 
         def denoise(x_t: Tensor, level: base.Level) -> tuple[Tensor, Tensor]:
-            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit, guidance_rescale)
+            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit, guidance_rescale, uncond)
 
         return denoise
 
-    def check_options(self, c: Optional[Tensor], guidance: float, clip_limit: Optional[float]) -> None:
-        if guidance != 0.0 and self.num_classes == 0:
-            raise ValueError("guidance needs a class-conditional model, but this one is unconditional; use w = 0")
+    def check_options(self, c: AnyCondition, guidance: float, clip_limit: Optional[float]) -> None:
+        prompted = isinstance(c, Condition) and (c.tokens is not None or c.context is not None)
+        if guidance != 0.0 and self.num_classes == 0 and not prompted:
+            raise ValueError("guidance needs a conditional model, but this one is unconditional; use w = 0")
         if guidance != 0.0 and c is None:
             raise ValueError("classifier-free guidance needs class labels; pass labels or use w = 0")
-        if c is not None and self.num_classes and len(c) and not 0 <= int(c.min()) <= int(c.max()) <= self.null_class:
+        labels = labels_of(c)
+        if labels is not None and self.num_classes and len(labels) and \
+                not 0 <= int(labels.min()) <= int(labels.max()) <= self.null_class:
             raise ValueError(f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = the null class)")
         base.clip_x0(torch.zeros(1), clip_limit)  # refuses a limit <= 0
 
-    def bind_spec(self, labels: Optional[Tensor], spec, device: torch.device) -> Callable:
-        """`bind` with the guidance, its interval and the clip limit of a `SamplerSpec`."""
-        c = labels.to(device) if labels is not None and self.num_classes else None
+    def bind_spec(self, c: AnyCondition, spec, device: torch.device, uncond: AnyCondition = None) -> Callable:
+        """`bind` with the guidance, its interval and the clip limit of a `SamplerSpec`; bare labels are dropped
+        for a model without classes."""
+        if isinstance(c, Tensor) and not self.num_classes:
+            c = None
+        c, uncond = (None if v is None else v.to(device) for v in (c, uncond))
         interval = spec.guides_at if spec.guidance_interval is not None else None
         return self.bind(c, spec.guidance, spec.clip_limit, guidance_at=interval,
-                         guidance_rescale=spec.guidance_rescale)
+                         guidance_rescale=spec.guidance_rescale, uncond=uncond)
 
     @torch.no_grad()
-    def sample(self, x_T: Tensor, labels: Optional[Tensor], spec, *, generator: Optional[torch.Generator] = None,
-               k_start: Optional[int] = None, callback=None, after_step=None, resample: int = 1) -> Tensor:
+    def sample(self, x_T: Tensor, c: AnyCondition, spec, *, generator: Optional[torch.Generator] = None,
+               k_start: Optional[int] = None, callback=None, after_step=None, resample: int = 1,
+               uncond: AnyCondition = None) -> Tensor:
         """Run `spec` (a `model.sampling.SamplerSpec`) from x_T (pure noise at T, or x_t at the table's step
-        k_start); returns the normalised x0 (decode latents with the autoencoder after `denormalise`)."""
-        return run_spec(self.bind_spec(labels, spec, x_T.device), x_T, self.schedule, spec, k_start=k_start,
+        k_start) for the condition c (labels, or a `Condition` with its unconditional `uncond` for guidance);
+        returns the normalised x0 (decode latents with the autoencoder after `denormalise`)."""
+        return run_spec(self.bind_spec(c, spec, x_T.device, uncond), x_T, self.schedule, spec, k_start=k_start,
                       generator=generator, callback=callback, after_step=after_step, resample=resample)
 
 

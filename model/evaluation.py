@@ -56,11 +56,13 @@ def loss_timesteps(T: int, count: int = 10) -> list[int]:
 def loss_per_timestep(pipe, loader, timesteps: list[int]) -> list[float]:
     """The EMA network's mean loss over every item of `loader` at each t, with the noise the training run's
     validation draws for the same batch (`model.denoising.timestep_losses`)."""
+    from data.captions import batch_parts
     from model.denoising import timestep_losses
 
     total, count = torch.zeros(len(timesteps), dtype=torch.float64), 0
-    for batch_idx, (x, y) in enumerate(loader):
-        per_sample = timestep_losses(pipe.net, pipe.encode(x), pipe.condition(y.to(pipe.device)), timesteps,
+    for batch_idx, batch in enumerate(loader):
+        x, y, texts = batch_parts(batch)
+        per_sample = timestep_losses(pipe.net, pipe.encode(x), pipe.condition(y, texts), timesteps,
                                      pipe.denoiser.objective, seed=10_000 + batch_idx)
         total += per_sample.double().sum(1).cpu()
         count += x.shape[0]

@@ -50,3 +50,23 @@ def save_gif(frames: list[np.ndarray], path: Path, ms_per_frame: int = 150) -> P
 
     return atomic_write(Path(path), lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
                                                             duration=durations, loop=0))
+
+
+def labelled_rows(x: torch.Tensor, labels: list[str], nrow: int, min_cell: int = 64) -> Image.Image:
+    """A grid with one row per label, the label written left of its row; cells are enlarged (nearest, so pixels
+    stay sharp) to at least `min_cell` px so that small images and text can be read side by side."""
+    from PIL import ImageDraw, ImageFont
+
+    scale = max(1, -(-min_cell // x.shape[-1]))  # ceil
+    grid = to_pil(grid_array(x, nrow))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(grid)
+    margin = 8 + max((int(draw.textlength(label, font=font)) for label in labels), default=0)
+    canvas = Image.new(grid.mode, (grid.width + margin, grid.height), "white")
+    canvas.paste(grid, (margin, 0))
+    row_height = grid.height / max(1, len(labels))
+    text = ImageDraw.Draw(canvas)
+    for r, label in enumerate(labels):
+        text.text((4, int((r + 0.5) * row_height) - 6), label, fill="black", font=font)
+    return canvas

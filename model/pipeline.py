@@ -3,9 +3,11 @@
     from model.pipeline import LatentDiffusionPipeline
     pipe = LatentDiffusionPipeline.from_pretrained("runs/digits-1/denoiser/checkpoints/last.ckpt")
     images = pipe(16, class_labels=[3] * 16, cfg_scale=2, sampler="dpmpp_2m", steps=20, seed=0)  # uint8 (16, H, W, C)
+    images = pipe(2, prompt=["a red heart", "flag: Japan"], negative_prompt="blurry", cfg_scale=5)  # a text model
 
 The pipeline holds the config, the `Denoiser` wrapper around the EMA network (with the schedule, parametrisation,
-class conditioning and latent statistics) and the frozen autoencoder. It imports torch, the networks and
+class conditioning and latent statistics), the frozen autoencoder and the `Conditioner` that turns labels and
+prompts into the network's condition. It imports torch, the networks and
 `model/base.py`; training is the only thing that needs Lightning.
 """
 from __future__ import annotations
@@ -20,9 +22,11 @@ from torch import Tensor, nn
 from model import base, objectives
 from model.config import Config
 from model.denoiser import denoiser_network, denoises_points, sample_shape
-from model.denoising import Denoiser, class_condition
+from model.conditioning import Conditioner
+from model.denoising import Denoiser
 from model.errors import UserError
 from model.sampling import SamplerSpec
+from model.text import prompt_encoder
 
 
 class LatentDiffusionPipeline:
@@ -30,8 +34,9 @@ class LatentDiffusionPipeline:
     space and for points), on `device`."""
 
     def __init__(self, cfg: Config, denoiser: Denoiser, autoencoder: Optional[nn.Module], device: str = "cpu",
-                 source: str = "") -> None:
+                 source: str = "", conditioner: Optional[Conditioner] = None) -> None:
         self.cfg = cfg
+        self.conditioner = conditioner or Conditioner(denoiser.num_classes)
         self.denoiser = denoiser.eval().to(device)
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(device) if autoencoder is not None else None
         self.device = torch.device(device)
@@ -76,7 +81,8 @@ class LatentDiffusionPipeline:
         objective = objectives.from_config(cfg.denoiser.diffusion)
         denoiser = Denoiser(net, objective.table, cfg.denoiser.diffusion.parametrisation, num_classes, shift, scale,
                             objective=objective)
-        return cls(cfg, denoiser, autoencoder, device, source)
+        return cls(cfg, denoiser, autoencoder, device, source,
+                   Conditioner(num_classes, prompt_encoder(cfg.denoiser.text, device)))
 
     # ----- what the scripts read -------------------------------------------------------------------------------
     @property
@@ -101,15 +107,32 @@ class LatentDiffusionPipeline:
         """The EMA network."""
         return self.denoiser.net
 
-    def condition(self, y: Tensor) -> Optional[Tensor]:
-        """Data labels (-1: unlabelled) → network labels (the null class for unlabelled); None when unconditional."""
-        return class_condition(y, self.num_classes)
+    @property
+    def prompted(self) -> bool:
+        """Whether the model was trained on prompts."""
+        return self.conditioner.prompted
+
+    def condition(self, y: Optional[Tensor], prompts: Optional[Sequence[str]] = None, n: Optional[int] = None):
+        """Data labels (-1: unlabelled → the null class) and prompts (None: the empty prompt) → the network's
+        condition, on the pipeline's device; None when unconditional."""
+        n = n if n is not None else (len(y) if y is not None else len(prompts or []))
+        return self.conditioner(y, prompts, n, device=self.device)
 
     def check_guidance(self, cfg_scale: float) -> None:
         """Refuses guidance on an unconditional model (before a command writes anything)."""
-        if cfg_scale != 0 and self.num_classes == 0:
-            raise UserError("--cfg-scale needs a class-conditional model, but this one is unconditional; "
-                            "drop --cfg-scale")
+        if cfg_scale != 0 and not self.conditioner.conditional:
+            raise UserError("--cfg-scale needs a conditional model (classes or prompts), but this one is "
+                            "unconditional; drop --cfg-scale")
+
+    def check_prompts(self, prompts: Optional[Sequence[str]], negative: Optional[Sequence[str]], n: int) -> None:
+        """Refuses prompts for a model without them, and a count that does not match the samples."""
+        if (prompts is not None or negative) and not self.prompted:
+            raise UserError("prompts need a model trained on prompts (denoiser.text), but this one was not; "
+                            "drop --prompt/--negative-prompt or use --class")
+        if prompts is not None and len(prompts) != n:
+            raise UserError(f"{len(prompts)} prompts for {n} samples; give one prompt per sample")
+        if negative and len(negative) not in (1, n):
+            raise UserError(f"{len(negative)} negative prompts for {n} samples; give one, or one per sample")
 
     # ----- latents ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -142,21 +165,26 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def sample(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None, *,
                generator: Optional[torch.Generator] = None, x_T: Optional[Tensor] = None,
-               t_start: Optional[int] = None, callback=None, **overrides) -> Tensor:
+               t_start: Optional[int] = None, callback=None, prompts: Optional[Sequence[str]] = None,
+               negative_prompts: Optional[Sequence[str]] = None, **overrides) -> Tensor:
         """n samples in the denoiser's space (normalised latents, pixels or points); `decode` them to images.
 
-        labels None: the null class. `spec` (or the checkpoint's, with `overrides`: see `spec`) says how. The
-        generator draws x_T (on the CPU, so a seed gives the same samples on any device) and the stochastic
-        samplers' noise; x_T at the table's step t_start starts part-way (reimagine)."""
+        labels None: the null class; prompts None: the empty prompt; negative_prompts (one, or one per sample)
+        replace the empty prompt in guidance's unconditional branch. `spec` (or the checkpoint's, with `overrides`:
+        see `spec`) says how. The generator draws x_T (on the CPU, so a seed gives the same samples on any device)
+        and the stochastic samplers' noise; x_T at the table's step t_start starts part-way (reimagine)."""
         spec = self.spec(spec, **overrides)
         if x_T is None:
             x_T = torch.randn(sample_shape(self.cfg, n), generator=generator)
-        return self.denoiser.sample(x_T.to(self.device), labels, spec, generator=generator, k_start=t_start,
-                                    callback=callback)
+        c = self.condition(labels, prompts, n)
+        uncond = self.conditioner.unconditional(n, negative_prompts, self.device)
+        return self.denoiser.sample(x_T.to(self.device), c, spec, generator=generator, k_start=t_start,
+                                    callback=callback, uncond=uncond)
 
     @torch.no_grad()
     def batches(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None, *, seed: int = 0,
-                batch_size: int = 256, callback=None, **overrides):
+                batch_size: int = 256, callback=None, prompts: Optional[Sequence[str]] = None,
+                negative_prompts: Optional[Sequence[str]] = None, **overrides):
         """Yield (images in [-1, 1] or the toy's points, samples in the denoiser's space), both on the CPU, for n
         samples drawn `batch_size` at a time from one generator seeded with `seed`: memory stays bounded for any n,
         and the same seed and batch size give the same samples on a CPU. `callback` follows the first batch."""
@@ -166,12 +194,16 @@ class LatentDiffusionPipeline:
             raise UserError(f"the batch size must be > 0, got {batch_size}")
         if labels is not None and len(labels) != n:
             raise UserError(f"{len(labels)} class labels for {n} samples; give one label per sample")
+        self.check_prompts(prompts, negative_prompts, n)
         spec = self.spec(spec, **overrides)
         gen = torch.Generator().manual_seed(seed)
         for start in range(0, n, batch_size):
-            chunk = labels[start: start + batch_size] if labels is not None else None
-            z = self.sample(min(batch_size, n - start), chunk, spec, generator=gen,
-                            callback=callback if start == 0 else None)
+            rows = slice(start, start + batch_size)
+            chunk = labels[rows] if labels is not None else None
+            texts = prompts[rows] if prompts is not None else None
+            negative = negative_prompts[rows] if negative_prompts and len(negative_prompts) > 1 else negative_prompts
+            z = self.sample(min(batch_size, n - start), chunk, spec, generator=gen, prompts=texts,
+                            negative_prompts=negative, callback=callback if start == 0 else None)
             yield self.decode(z).cpu(), z.cpu()
 
     def generate(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None,
@@ -180,15 +212,24 @@ class LatentDiffusionPipeline:
         images, latents = zip(*self.batches(n, labels, spec, **kwargs))
         return torch.cat(images), torch.cat(latents)
 
-    def __call__(self, n: int, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *,
+    def __call__(self, n: Optional[int] = None, class_labels: Optional[Union[Sequence[int], Tensor]] = None, *,
+                 prompt: Optional[Union[str, Sequence[str]]] = None,
+                 negative_prompt: Optional[Union[str, Sequence[str]]] = None,
                  spec: Optional[SamplerSpec] = None, seed: int = 0, batch_size: int = 256,
                  return_latents: bool = False, **overrides) -> Union[np.ndarray, tuple[np.ndarray, Tensor]]:
         """n images as uint8 (n, H, W, C) (the 2-D toy: float points (n, 2)); with return_latents, also the samples
-        in the denoiser's space. Sampled as the checkpoint's config says unless `spec` or overrides (cfg_scale,
-        sampler, steps, spacing, eta, clip_limit, guidance_interval) say otherwise. See `generate`."""
+        in the denoiser's space. A text model takes `prompt` (one per image; n defaults to their number, one prompt
+        serves all n) and `negative_prompt`. Sampled as the checkpoint's config says unless `spec` or overrides
+        (cfg_scale, sampler, steps, spacing, eta, clip_limit, guidance_interval) say otherwise. See `generate`."""
         from model.images import to_uint8
 
+        prompts = [prompt] if isinstance(prompt, str) else (None if prompt is None else list(prompt))
+        negative = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        n = n if n is not None else (len(prompts) if prompts else 1)
+        if prompts is not None and len(prompts) == 1:
+            prompts = prompts * n
         labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
-        x, z = self.generate(n, labels, spec, seed=seed, batch_size=batch_size, **overrides)
+        x, z = self.generate(n, labels, spec, seed=seed, batch_size=batch_size, prompts=prompts,
+                             negative_prompts=negative, **overrides)
         out = x.numpy() if self.points else to_uint8(x)
         return (out, z) if return_latents else out

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from torch import nn
 
 from model.denoiser.config import ToyMLPConfig, UNetConfig
+from model.denoiser.prompted import PromptedNetwork
 from model.denoiser.embeddings import ClassEmbedding, TimeEmbedding, sinusoidal_embedding
 from model.denoiser.toy import ResidualMLPBlock, ToyMLP
 from model.denoiser.unet import ConvNeXtBlock, ConvNeXtUNet, SelfAttention2d
@@ -57,9 +58,17 @@ def denoises_points(den) -> bool:
 
 
 def denoiser_network(cfg, num_classes: int) -> nn.Module:
-    """The network `cfg.denoiser.network` names, built from its config for the data's classes."""
+    """The network `cfg.denoiser.network` names, built from its config for the data's classes and, with
+    `denoiser.text` on, for its prompts (wrapped with the byte encoder, which trains with it)."""
     den = cfg.denoiser
-    return build_network(den.network, dataclasses.replace(network_config(den), num_classes=num_classes))
+    net_cfg = dataclasses.replace(network_config(den), num_classes=num_classes)
+    if den.text.on:
+        from model.text import ByteTextEncoder, context_width
+
+        net_cfg = dataclasses.replace(net_cfg, context_dim=net_cfg.context_dim or context_width(den.text))
+        net = build_network(den.network, net_cfg)
+        return PromptedNetwork(net, ByteTextEncoder(den.text)) if den.text.encoder == "bytes" else net
+    return build_network(den.network, net_cfg)
 
 
 def sample_shape(cfg, n: int) -> tuple[int, ...]:

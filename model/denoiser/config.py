@@ -27,6 +27,9 @@ class UNetConfig:
     attention_levels: list[int] = field(default_factory=list)  # self-attention only where tokens are few (coarsest)
     num_heads: int = 4  # attention heads; every attended width (and the middle) must be divisible by it
     num_classes: int = 0  # 0 = unconditional; K > 0 adds K + 1 class embeddings (index K = null class for CFG)
+    # levels whose blocks cross-attend to the prompt (and then the middle too); the coarse ones, where tokens are few
+    cross_attention_levels: list[int] = field(default_factory=list)
+    context_dim: int = 0  # width of the encoded prompt; 0 = no prompt (set from denoiser.text when it is on)
     time_embed_dim: int | None = None  # None = 4 * base_channels, the width ratio of Ho et al.'s time MLP
     kernel_size: int = 7  # depthwise kernel (Liu et al. 2022 use 7); 3 suits latents of 8x8 and smaller
     mlp_ratio: int = 4  # ConvNeXt inverted-bottleneck expansion (Liu et al. 2022 use 4)
@@ -39,6 +42,8 @@ class UNetConfig:
             self.channel_mult = list(self.channel_mult)
         if isinstance(self.attention_levels, tuple):
             self.attention_levels = list(self.attention_levels)
+        if isinstance(self.cross_attention_levels, tuple):
+            self.cross_attention_levels = list(self.cross_attention_levels)
         if isinstance(self.blocks_per_level, tuple):
             self.blocks_per_level = list(self.blocks_per_level)
         _check(self.in_channels > 0, f"denoiser.unet.in_channels must be > 0, got {self.in_channels}; set it to the channels of x")
@@ -68,7 +73,12 @@ class UNetConfig:
             f"denoiser.unet.attention_levels has duplicates: {self.attention_levels}; list each level once",
         )
         _check(self.num_heads > 0, f"denoiser.unet.num_heads must be > 0, got {self.num_heads}; try 4")
-        attended = sorted(set(self.attention_levels) | {levels - 1})  # the middle attends at the last level's width
+        bad_cross = [i for i in self.cross_attention_levels if not 0 <= i < levels]
+        _check(not bad_cross and len(set(self.cross_attention_levels)) == len(self.cross_attention_levels),
+               f"denoiser.unet.cross_attention_levels must be distinct levels in [0, {levels - 1}], got "
+               f"{self.cross_attention_levels}")
+        _check(self.context_dim >= 0, f"denoiser.unet.context_dim must be >= 0, got {self.context_dim}")
+        attended = sorted(set(self.attention_levels) | set(self.cross_attention_levels) | {levels - 1})  # the middle attends at the last level's width
         bad_widths = [self.widths[i] for i in attended if self.widths[i] % self.num_heads]
         _check(
             not bad_widths,

@@ -1,6 +1,7 @@
 """ConvNeXt UNet denoiser: ConvNeXt blocks (Liu et al. 2022) with FiLM conditioning in a UNet (Ronneberger et al.
-2015) laid out as in Ho et al. 2020 / Dhariwal & Nichol 2021. The network never sees a noise schedule: it maps
-(x_t, t, c) to a tensor shaped like x_t, in whatever parametrisation the training system chose (eps, x0 or v).
+2015) laid out as in Ho et al. 2020 / Dhariwal & Nichol 2021, and cross-attention to an encoded prompt (Rombach et
+al. 2022, Sec. 3.3) at the configured levels. The network never sees a noise schedule: it maps (x_t, t, c) to a
+tensor shaped like x_t, in whatever parametrisation the training system chose (eps, x0 or v).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from model.conditioning import Condition, labels_of
 from model.denoiser.config import UNetConfig
 from model.denoiser.embeddings import ClassEmbedding, TimeEmbedding
 
@@ -90,6 +92,35 @@ class SelfAttention2d(nn.Module):
         return x + self.proj(h)
 
 
+class CrossAttention2d(nn.Module):
+    """Multi-head attention from the H*W positions (queries) to the prompt's tokens (keys, values), pre-norm with a
+    residual (Rombach et al. 2022, Sec. 3.3). Padding tokens are masked out; the output projection starts at zero,
+    so the block starts as the identity and a prompt changes nothing until training makes it."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"CrossAttention2d: channels={channels} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W), context (B, L, D), mask (B, L) True at real tokens -> (B, C, H, W)."""
+        _, _, height, width = x.shape
+        q = rearrange(self.q(self.norm(x)), "b (n d) h w -> b n (h w) d", n=self.num_heads)  # (B, n, HW, d)
+        k, v = rearrange(self.kv(self.context_norm(context)), "b l (two n d) -> two b n l d", two=2,
+                         n=self.num_heads)  # each (B, n, L, d)
+        keep = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L), broadcast over heads and queries
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, n, HW, d)
+        return x + self.proj(rearrange(h, "b n (h w) d -> b (n d) h w", h=height, w=width))
+
+
 class Downsample(nn.Module):
     """Stride-2 3x3 conv: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
 
@@ -113,14 +144,22 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution level: ConvNeXt blocks, each optionally followed by self-attention."""
+    """One resolution level: ConvNeXt blocks, each optionally followed by self-attention and by cross-attention to
+    the prompt."""
 
-    def __init__(self, in_channels: list[int], out_channels: int, cfg: UNetConfig, attention: bool) -> None:
+    def __init__(self, in_channels: list[int], out_channels: int, cfg: UNetConfig, attention: bool,
+                 cross_attention: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(convnext_block(c, out_channels, cfg) for c in in_channels)
         self.attentions = nn.ModuleList(
             SelfAttention2d(out_channels, cfg.num_heads) if attention else nn.Identity() for _ in in_channels
         )
+        if cross_attention:  # absent otherwise, so checkpoints without text keep their keys
+            self.cross_attentions = nn.ModuleList(
+                CrossAttention2d(out_channels, cfg.context_dim, cfg.num_heads) for _ in in_channels)
+
+    def cross(self, j: int) -> nn.Module | None:
+        return self.cross_attentions[j] if hasattr(self, "cross_attentions") else None
 
 
 class ConvNeXtUNet(nn.Module):
@@ -134,7 +173,10 @@ class ConvNeXtUNet(nn.Module):
         decoder level i (L-1 .. 0): per block, concatenate the matching skip (2 w_i -> w_i) (+ attention); then
                          nearest x2 upsample + 3x3 conv w_i -> w_{i-1} (not after level 0)
         output:          GroupNorm, SiLU, 3x3 conv w_0 -> in_channels, zero-initialised so the initial output is 0
-    Conditioning e = TimeEmbedding(t) (+ ClassEmbedding(c) when num_classes > 0) is FiLM-injected in every block.
+    Conditioning e = TimeEmbedding(t) (+ ClassEmbedding(c) when num_classes > 0, + a projection of the prompt's
+    mean token when context_dim > 0, as Imagen adds its pooled text embedding, Saharia et al. 2022) is FiLM-injected
+    in every block. With a prompt, cross-attention follows every block of the levels in cross_attention_levels and
+    the middle's attention.
     """
 
     def __init__(self, cfg: UNetConfig) -> None:
@@ -143,21 +185,26 @@ class ConvNeXtUNet(nn.Module):
         widths, blocks = cfg.widths, cfg.blocks
         self.time_embed = TimeEmbedding(cfg.base_channels, cfg.embed_dim)
         self.class_embed = ClassEmbedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes > 0 else None
+        self.context_embed = nn.Linear(cfg.context_dim, cfg.embed_dim) if cfg.context_dim else None
+        crossed = set(cfg.cross_attention_levels)
 
         self.stem = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
         self.encoder = nn.ModuleList(
-            Level([w] * n, w, cfg, i in cfg.attention_levels) for i, (w, n) in enumerate(zip(widths, blocks))
+            Level([w] * n, w, cfg, i in cfg.attention_levels, i in crossed) for i, (w, n) in enumerate(zip(widths, blocks))
         )
         self.downsamples = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(cfg.levels - 1))
 
         w_mid = widths[-1]
         self.mid_block1 = convnext_block(w_mid, w_mid, cfg)
         self.mid_attention = SelfAttention2d(w_mid, cfg.num_heads)
+        if crossed:
+            self.mid_cross_attention = CrossAttention2d(w_mid, cfg.context_dim, cfg.num_heads)
         self.mid_block2 = convnext_block(w_mid, w_mid, cfg)
 
         # decoder[i] is level i (indexed like the encoder); it runs from level L-1 down to 0
         self.decoder = nn.ModuleList(
-            Level([2 * w] * n, w, cfg, i in cfg.attention_levels) for i, (w, n) in enumerate(zip(widths, blocks))
+            Level([2 * w] * n, w, cfg, i in cfg.attention_levels, i in crossed)
+            for i, (w, n) in enumerate(zip(widths, blocks))
         )
         self.upsamples = nn.ModuleList(Upsample(widths[i + 1], widths[i]) for i in range(cfg.levels - 1))
 
@@ -172,7 +219,7 @@ class ConvNeXtUNet(nn.Module):
         return self.class_embed.null_class if self.class_embed is not None else None
 
     def embed(self, t: Tensor, c: Tensor | None, batch_size: int) -> Tensor:
-        """Conditioning embedding e = time_embed(t) + class_embed(c) (class term only when num_classes > 0)."""
+        """Time and class embedding e = time_embed(t) + class_embed(c) (class term only when num_classes > 0)."""
         if t.ndim == 0:
             t = t.expand(batch_size)
         if t.shape != (batch_size,):
@@ -195,34 +242,63 @@ class ConvNeXtUNet(nn.Module):
                 f"for a UNet with {self.cfg.levels} levels; resize the input or use fewer levels"
             )
 
-    def run(self, block: nn.Module, attention: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
-        """attention(block(h, emb)); with gradient checkpointing while training, its activations are recomputed in
-        the backward pass instead of kept (Chen et al. 2016): less memory for about one more forward pass."""
-        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(lambda a, b: attention(block(a, b)), h, emb, use_reentrant=False)
-        return attention(block(h, emb))
+    def prompt(self, c: Tensor | Condition | None, batch_size: int) -> tuple[Tensor | None, Tensor | None]:
+        """(context (B, L, D), mask (B, L)) of the condition; None, None for a network without prompts."""
+        if not self.cfg.context_dim:
+            return None, None
+        if not isinstance(c, Condition) or c.context is None:
+            raise ValueError("this network reads an encoded prompt: pass a Condition with its context")
+        if c.context.shape[0] != batch_size or c.context.shape[-1] != self.cfg.context_dim:
+            raise ValueError(f"the prompt context must have shape ({batch_size}, L, {self.cfg.context_dim}), got "
+                             f"{tuple(c.context.shape)}")
+        return c.context, c.mask
 
-    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
-        """x (B, C, H, W), t (B,) int64, c (B,) int64 or None (= null class) -> (B, C, H, W)."""
+    def pooled(self, context: Tensor, mask: Tensor | None) -> Tensor:
+        """The prompt's mean over its real tokens, projected to the embedding width (B, E)."""
+        weights = torch.ones(context.shape[:2], device=context.device) if mask is None else mask.to(context.dtype)
+        mean = (context * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+        return self.context_embed(mean)
+
+    def run(self, block: nn.Module, attention: nn.Module, cross: nn.Module | None, h: Tensor, emb: Tensor,
+            context: Tensor | None, mask: Tensor | None) -> Tensor:
+        """cross(attention(block(h, emb)), context); with gradient checkpointing while training, the activations are
+        recomputed in the backward pass instead of kept (Chen et al. 2016): less memory for about one more forward."""
+        def step(a: Tensor, b: Tensor) -> Tensor:
+            a = attention(block(a, b))
+            return a if cross is None else cross(a, context, mask)
+
+        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(step, h, emb, use_reentrant=False)
+        return step(h, emb)
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | Condition | None = None) -> Tensor:
+        """x (B, C, H, W), t (B,) float time, c: labels (B,) int64, a `Condition` (labels and an encoded prompt), or
+        None (= null class) -> (B, C, H, W)."""
         self.check_input(x)
-        emb = self.embed(t, c, x.shape[0])  # (B, E)
+        context, mask = self.prompt(c, x.shape[0])
+        emb = self.embed(t, labels_of(c), x.shape[0])  # (B, E)
+        if context is not None:
+            emb = emb + self.pooled(context, mask)
 
         h = self.stem(x)  # (B, w_0, H, W)
         skips: list[Tensor] = []
         for i, level in enumerate(self.encoder):
-            for block, attention in zip(level.blocks, level.attentions):
-                h = self.run(block, attention, h, emb)  # (B, w_i, H_i, W_i)
+            for j, (block, attention) in enumerate(zip(level.blocks, level.attentions)):
+                h = self.run(block, attention, level.cross(j), h, emb, context, mask)  # (B, w_i, H_i, W_i)
                 skips.append(h)
             if i < len(self.downsamples):
                 h = self.downsamples[i](h)  # (B, w_{i+1}, H_i / 2, W_i / 2)
 
-        h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)  # (B, w_{L-1}, H_{L-1}, W_{L-1})
+        h = self.mid_attention(self.mid_block1(h, emb))
+        if context is not None and hasattr(self, "mid_cross_attention"):
+            h = self.mid_cross_attention(h, context, mask)
+        h = self.mid_block2(h, emb)  # (B, w_{L-1}, H_{L-1}, W_{L-1})
 
         for i in reversed(range(len(self.decoder))):
             level = self.decoder[i]
-            for block, attention in zip(level.blocks, level.attentions):
+            for j, (block, attention) in enumerate(zip(level.blocks, level.attentions)):
                 h = torch.cat([h, skips.pop()], dim=1)  # (B, 2 w_i, H_i, W_i)
-                h = self.run(block, attention, h, emb)  # (B, w_i, H_i, W_i)
+                h = self.run(block, attention, level.cross(j), h, emb, context, mask)  # (B, w_i, H_i, W_i)
             if i > 0:
                 h = self.upsamples[i - 1](h)  # (B, w_{i-1}, 2 H_i, 2 W_i)
 

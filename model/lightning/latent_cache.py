@@ -11,11 +11,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from data.captions import Captioned
 from data.resumable import ResumableLoader, batches_done
 
 
 class CachedLatents(pl.LightningDataModule):
-    """Wraps an image datamodule; its training batches are (z, y) with z the raw latent posterior mean."""
+    """Wraps an image datamodule; its training batches are (z, y) with z the raw latent posterior mean (and the
+    captions, (z, y, texts), when the images have them)."""
 
     def __init__(self, images: pl.LightningDataModule, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
@@ -30,11 +32,13 @@ class CachedLatents(pl.LightningDataModule):
         self.images.setup(stage)
         # the training split without augmentation, in a fixed order
         plain = self.images.split_items("train")
-        zs, ys = [], []
-        for x, y in DataLoader(plain, batch_size=self.images.cfg.batch_size, shuffle=False):
+        zs, ys, texts = [], [], []
+        for x, y, *caption in DataLoader(plain, batch_size=self.images.cfg.batch_size, shuffle=False):
             zs.append(self.encode(x).cpu())
             ys.append(y)
-        self._train = TensorDataset(torch.cat(zs), torch.cat(ys))
+            texts += caption[0] if caption else []
+        latents = TensorDataset(torch.cat(zs), torch.cat(ys))
+        self._train = Captioned(latents, texts) if self.images.cfg.captions else latents
 
     def train_dataloader(self) -> DataLoader:
         cfg = self.images.cfg

@@ -54,7 +54,7 @@ def validation_item(data, index: int) -> tuple[Tensor, int]:
     if not 0 <= index < len(val):
         raise UserError(f"--index {index} is out of range: the validation split has {len(val)} items "
                         f"(0..{len(val) - 1}); pass a smaller --index or an --image file")
-    x, y = val[index]  # (C, S, S), int
+    x, y = val[index][:2]  # (C, S, S), int
     return x[None], int(y)  # (1, C, S, S)
 
 

@@ -40,7 +40,7 @@ def make_parser():
 @torch.no_grad()
 def encode_batches(vae, dataset, batch_size: int, device: str, flip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(z, y) per batch on the CPU: the posterior mean of each (optionally mirrored) image."""
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for x, y, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False):  # captions are not kept
         x = x.flip(-1) if flip else x
         yield vae.encode(x.to(device))[0].float().cpu(), y
 

@@ -388,7 +388,7 @@ def validation_batch(data: "DataConfig", n: int) -> tuple[Tensor, Tensor]:
 
     val = held_out(data).val_set
     items = [val[i] for i in range(min(n, len(val)))]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
 
 
 def spread_timesteps(n: int, T: int) -> Tensor:

@@ -3,6 +3,8 @@
     python -m model.scripts.sample --load runs/digits-1/denoiser/checkpoints/last.ckpt --ddim --steps 25 --per-class 4
     python -m model.scripts.sample -cfg config/ffhq-ddim.json --load <ckpt> --num_samples 25 --seed 42 --clip_limit 1.5 --ddim
     python -m model.scripts.sample --load <ckpt> --sampler dpmpp_2m --steps 10 --per-class 4
+    python -m model.scripts.sample --load <ckpt> --prompt "red heart" --prompt "flag: Japan" --cfg-scale 5 --seed 0
+    python -m model.scripts.sample --load <ckpt> --prompts-file prompts.txt --per-prompt 8 --negative-prompt "face"
 
 The checkpoint carries its config, and its `denoiser.diffusion` section gives the sampling defaults (sampler,
 sample_steps, sample_spacing, clip_limit, guidance_interval); `-cfg` takes them from another config instead, and
@@ -48,6 +50,14 @@ def make_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--class", dest="class_", type=int, default=None, help="condition every sample on class K")
     group.add_argument("--per-class", "--per_class", type=int, default=None, help="N samples of every class")
+    text = p.add_mutually_exclusive_group()
+    text.add_argument("--prompt", action="append", default=None,
+                      help="a prompt for a text model (repeat for several); one row of the grid each")
+    text.add_argument("--prompts-file", "--prompts_file", default=None,
+                      help="a UTF-8 file with one prompt per line: one grid row per prompt, labelled with it")
+    p.add_argument("--per-prompt", "--per_prompt", type=int, default=4, help="samples of every prompt")
+    p.add_argument("--negative-prompt", "--negative_prompt", default=None,
+                   help="guidance steers away from this prompt instead of the empty one (needs --cfg-scale)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=256,
                    help="samples drawn at once: memory stays bounded for any --num_samples (one seeded generator)")
     p.add_argument("--output", default=None, help="output folder (default: samples/ beside the run's checkpoints)")
@@ -83,6 +93,32 @@ def class_labels(args, num_classes: int) -> tuple[Optional[torch.Tensor], int]:
     return torch.arange(num_classes).repeat_interleave(args.per_class), num_classes * args.per_class
 
 
+def read_prompts(args) -> Optional[list[str]]:
+    """The prompts of --prompt or --prompts-file (blank lines skipped), None without."""
+    if args.prompts_file is None:
+        return args.prompt
+    try:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read --prompts-file {args.prompts_file} ({err}); give a UTF-8 text file with one "
+                        f"prompt per line") from None
+    if not prompts:
+        raise UserError(f"--prompts-file {args.prompts_file} holds no prompt; write one prompt per line")
+    return prompts
+
+
+def prompt_rows(args, prompts: Optional[list[str]]) -> tuple[Optional[list[str]], Optional[int]]:
+    """Every sample's prompt (each prompt --per-prompt times, prompt-major) and the count; None, None without."""
+    if prompts is None:
+        return None, None
+    if args.per_class is not None:
+        raise UserError("--per-class and prompts both choose the grid's rows; use --class with prompts")
+    if args.per_prompt <= 0:
+        raise UserError(f"--per-prompt must be > 0, got {args.per_prompt}")
+    return [p for p in prompts for _ in range(args.per_prompt)], len(prompts) * args.per_prompt
+
+
 def check_args(args) -> None:
     if args.num_samples <= 0:
         raise UserError(f"--num_samples must be > 0, got {args.num_samples}")
@@ -99,10 +135,12 @@ def check_memory(n: int, shape: tuple[int, ...]) -> None:
                         f"different --seed)")
 
 
-def write_images(out: Path, batches, labels: Optional[torch.Tensor], nrow: int) -> torch.Tensor:
-    """grid.png (the first GRID_MAX samples), sample_<i>[_class<K>].png and samples.npz (images uint8 N×H×W×C,
-    labels, −1 = unconditional), a batch at a time; returns the first sample's latent."""
-    from model.images import save_grid, save_png, to_pil, to_uint8
+def write_images(out: Path, batches, labels: Optional[torch.Tensor], nrow: int,
+                 prompts: Optional[list[str]] = None) -> torch.Tensor:
+    """grid.png (the first GRID_MAX samples; with prompts, one row per prompt labelled with it),
+    sample_<i>[_class<K>].png and samples.npz (images uint8 N×H×W×C, labels, −1 = unconditional, and the prompts),
+    a batch at a time; returns the first sample's latent."""
+    from model.images import labelled_rows, save_grid, save_png, to_pil, to_uint8
 
     arrays, shown, first = [], [], None
     for images, z in batches:
@@ -114,9 +152,14 @@ def write_images(out: Path, batches, labels: Optional[torch.Tensor], nrow: int) 
         for i, (img, k) in enumerate(zip(arrays[-1], lab), start=start):
             save_png(to_pil(img), out / f"sample_{i:04d}{f'_class{k}' if k >= 0 else ''}.png")
     arr = np.concatenate(arrays)
-    save_grid(torch.cat(shown), out / "grid.png", nrow=nrow)
+    grid = torch.cat(shown)
+    if prompts is not None:
+        save_png(labelled_rows(grid, prompts[: len(grid)][::nrow], nrow), out / "grid.png")
+    else:
+        save_grid(grid, out / "grid.png", nrow=nrow)
+    extra = {"prompts": np.array(prompts)} if prompts is not None else {}
     save_npz(out / "samples.npz", images=arr,
-             labels=(labels.numpy() if labels is not None else np.full(len(arr), -1)).astype(np.int64))
+             labels=(labels.numpy() if labels is not None else np.full(len(arr), -1)).astype(np.int64), **extra)
     return first
 
 
@@ -156,7 +199,12 @@ def main(argv: list[str]) -> int:
     T = pipe.diff.T
     defaults = dataclasses.replace(sampling_defaults(args.config) or pipe.diff, T=T)
     check_args(args)
+    prompts, n_prompted = prompt_rows(args, read_prompts(args))
+    if n_prompted is not None:
+        args.num_samples = n_prompted
     labels, n = class_labels(args, pipe.num_classes)
+    negative = [args.negative_prompt] if args.negative_prompt is not None else None
+    pipe.check_prompts(prompts, negative, n)
     spec = sampler_spec(args, defaults, guidance=args.cfg_scale, guidance_interval=args.guidance_interval,
                         guidance_rescale=args.guidance_rescale)
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
@@ -170,13 +218,14 @@ def main(argv: list[str]) -> int:
         frames.append((t_now[0], x0[:1].detach()))
         t_now[0] = step_number(level.net_time)
 
-    batches = pipe.batches(n, labels, spec, seed=args.seed, batch_size=args.batch_size, callback=keep_first)
+    batches = pipe.batches(n, labels, spec, seed=args.seed, batch_size=args.batch_size, callback=keep_first,
+                           prompts=prompts, negative_prompts=negative)
     if pipe.points:
         write_points(out, pipe, torch.cat([z for _, z in batches]))
     else:
         # labels are class-major, so with --per-class each row of the grid is one class
-        nrow = args.per_class if args.per_class else max(1, int(np.ceil(np.sqrt(min(n, GRID_MAX)))))
-        frames.append((0, write_images(out, batches, labels, nrow=nrow)))
+        nrow = args.per_class or (args.per_prompt if prompts else max(1, int(np.ceil(np.sqrt(min(n, GRID_MAX))))))
+        frames.append((0, write_images(out, batches, labels, nrow=nrow, prompts=prompts)))
         write_reverse_process(out, pipe, frames)
     print(f"wrote {n} samples ({spec.describe(T)}, w = {args.cfg_scale}, "
           f"seed {args.seed}) to {out}")

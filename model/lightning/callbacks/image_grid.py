@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from data.captions import batch_parts
 from model.images import grid_array, save_grid
 
 
@@ -23,17 +24,18 @@ class ImageGrid(pl.Callback):
         self.num_images = num_images
         self._last_step = -1
 
-    def _fixed_batch(self, trainer: pl.Trainer) -> torch.Tensor:
-        loader = trainer.datamodule.val_dataloader()
-        x, _ = next(iter(loader))
-        return x[: self.num_images]
+    def _fixed_batch(self, trainer: pl.Trainer) -> tuple[torch.Tensor, list[str] | None]:
+        """The first images of the validation split and their captions (None without)."""
+        x, _, texts = batch_parts(next(iter(trainer.datamodule.val_dataloader())))
+        return x[: self.num_images], None if texts is None else list(texts[: self.num_images])
 
     @rank_zero_only
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        x = self._fixed_batch(trainer).to(pl_module.device)
+        x, texts = self._fixed_batch(trainer)
+        x = x.to(pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
-        rows = pl_module.image_grid_rows(x)
+        rows = pl_module.image_grid_rows(x, texts)
         pl_module.train(was_training)
         grid = torch.cat(rows)
         save_grid(grid, self.folder / f"step{trainer.global_step:07d}.png", nrow=x.shape[0])

@@ -16,7 +16,10 @@ from data.sources import kind_of
 from model import base, objectives
 from model.autoencoder import BetaVAE
 from model.checkpoint import load_weights, read_checkpoint, state_dict_under
-from model.denoising import Denoiser, class_condition, denormalise, normalise, timestep_losses
+from data.captions import batch_parts
+from model.conditioning import Conditioner
+from model.denoising import Denoiser, denormalise, normalise, timestep_losses
+from model.text import prompt_encoder
 from model.ema import ema_decay_at, ema_update
 from model.errors import UserError
 from model.lightning.systems.base import System
@@ -37,6 +40,9 @@ class DenoiserSystem(System):
         self.objective = objectives.from_config(self.diff)
         self.schedule = self.objective.table
         self.net = denoiser_network(self.cfg, num_classes)
+        # labels and prompts → the network's condition; a pretrained encoder stays out of the module (frozen, and
+        # its weights stay in its folder rather than in every checkpoint)
+        self.conditioner = Conditioner(num_classes, prompt_encoder(self.cfg.denoiser.text))
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.autoencoder: Optional[BetaVAE] = None
         if self.cfg.denoiser.autoencoder == "vae":
@@ -97,9 +103,10 @@ class DenoiserSystem(System):
     def estimate_latent_stats(self, batches) -> None:
         """Per-channel mean and std of the raw latents over `batches`, averaged across DDP ranks."""
         total = torch.zeros(3, self.latent_shift.numel(), dtype=torch.float64, device=self.device)
-        for i, (x, _) in enumerate(batches):
+        for i, batch in enumerate(batches):
             if i >= self.diff.latent_stats_batches:
                 break
+            x = batch[0]
             cached = self.diff.cache_latents or self.latents_on_disk
             z = x.to(self.device) if cached else self.encode_mean(x.to(self.device))
             z = z.double().transpose(0, 1).flatten(1)  # (C, B*H*W)
@@ -114,6 +121,8 @@ class DenoiserSystem(System):
         self.latent_stats_ready.fill_(True)
 
     def on_fit_start(self) -> None:
+        if hasattr(self.conditioner.prompt_encoder, "to"):
+            self.conditioner.prompt_encoder.to(self.device)
         if not bool(self.latent_stats_ready):
             self.estimate_latent_stats(self.trainer.datamodule.train_dataloader())
 
@@ -125,9 +134,9 @@ class DenoiserSystem(System):
         return normalise(x if cached else self.encode_mean(x), self.latent_shift, self.latent_scale)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+        x, y, texts = batch_parts(batch)
         z0 = self.z0_from_batch(x, self.diff.cache_latents or self.latents_on_disk)
-        c = class_condition(y, self.num_classes, self.diff.p_uncond)
+        c = self.conditioner(y, texts, len(y), self.diff.p_uncond, self.device)
         t = self.objective.draw(z0.shape[0], z0.device)
         loss = self.loss_at(self.net, z0, c, t, base.training_noise(z0, self.diff.offset_noise)).mean()
         self.log_train_loss(loss)
@@ -145,32 +154,36 @@ class DenoiserSystem(System):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """The EMA network's loss at fixed timesteps with fixed noise (seeded by the batch index), and their mean."""
-        x, y = batch
+        x, y, texts = batch_parts(batch)
         timesteps = self.diff.fixed_val_timesteps()
         per_t = timestep_losses(self.ema, self.z0_from_batch(x, cached=self.latents_on_disk),
-                                class_condition(y, self.num_classes),
+                                self.conditioner(y, texts, len(y), device=self.device),
                                 timesteps, self.objective, seed=10_000 + batch_idx).mean(1)  # (len(timesteps),)
         losses = {f"val/loss_t{t}": loss for t, loss in zip(timesteps, per_t)}
         losses["val/loss"] = per_t.mean()
-        self.log_dict(losses, sync_dist=True)
+        self.log_dict(losses, sync_dist=True, batch_size=len(y))
 
     def configure_optimizers(self):
         return adamw_with_warmup(self.net.parameters(), self.cfg.denoiser.optim, self.cfg.denoiser.trainer.max_steps)
 
     # ----- the periodic sample grid --------------------------------------------------------------------------
     @torch.no_grad()
-    def image_grid_rows(self, x: Tensor) -> list[Tensor]:
-        """Rows for the periodic grid: real validation images over samples (of the same classes)."""
+    def image_grid_rows(self, x: Tensor, texts: Optional[list[str]] = None) -> list[Tensor]:
+        """Rows for the periodic grid: real validation images over samples (of the same classes, or the real
+        images' captions)."""
         n = x.shape[0]
         labels = torch.arange(n) % self.num_classes if self.num_classes else None
-        samples = self.draw(n, labels, torch.Generator().manual_seed(self.cfg.seed))
+        samples = self.draw(n, labels, torch.Generator().manual_seed(self.cfg.seed), texts)
         real = self.decode(self.z0_from_batch(x, cached=True)) if self.latents_on_disk else x
         return [real, samples]
 
     @torch.no_grad()
-    def draw(self, n: int, labels: Optional[Tensor], generator: torch.Generator) -> Tensor:
-        """n images in [-1, 1] from the EMA network with the config's sampler, steps, spacing and clip limit; the
-        noise comes from `generator` (on the CPU, so a seed gives the same images on every device)."""
+    def draw(self, n: int, labels: Optional[Tensor], generator: torch.Generator,
+             prompts: Optional[list[str]] = None) -> Tensor:
+        """n images in [-1, 1] from the EMA network with the config's sampler, steps, spacing and clip limit, for
+        the labels and prompts (None: the null class, the empty prompt); the noise comes from `generator` (on the
+        CPU, so a seed gives the same images on every device)."""
         x_T = torch.randn(sample_shape(self.cfg, n), generator=generator).to(self.device)
-        z = self.denoiser().sample(x_T, labels, SamplerSpec.from_config(self.diff), generator=generator)
+        c = self.conditioner(labels, prompts, n, device=self.device)
+        z = self.denoiser().sample(x_T, c, SamplerSpec.from_config(self.diff), generator=generator)
         return self.decode(z)

@@ -55,7 +55,7 @@ class VAESystem(System):
         return loss, logs
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch
+        x = batch[0]
         logging = self.is_logging_step()  # the values beyond the loss only on the steps the logger writes
         loss, logs = self.training_loss(x, with_logs=logging)
         self.log_train_loss(loss)
@@ -77,7 +77,7 @@ class VAESystem(System):
                 "train/logits_real": logits_real.detach().mean(), "train/logits_fake": logits_fake.detach().mean()}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
+        x = batch[0]
         recon, kl, _, _, x_hat = self._losses(x)
         self.log_dict({"val/recon": recon.mean(), "val/kl": kl.mean(),
                        "val/mse": (x_hat - x).pow(2).mean()}, sync_dist=True, prog_bar=False)
@@ -93,7 +93,7 @@ class VAESystem(System):
         return adamw_with_warmup(groups, self.cfg.vae.optim, self.cfg.vae.trainer.max_steps)
 
     @torch.no_grad()
-    def image_grid_rows(self, x: Tensor) -> list[Tensor]:
+    def image_grid_rows(self, x: Tensor, texts=None) -> list[Tensor]:
         """Rows for the periodic grid: inputs over their reconstructions (posterior mean)."""
         was_training = self.vae.training
         self.vae.eval()
