@@ -25,23 +25,40 @@ from model.errors import UserError
 METADATA = "metadata.jsonl"
 
 
-def metadata_captions(root: str) -> dict[str, str]:
-    """{file_name: text} from root/metadata.jsonl, {} without one; a broken line is an error naming it."""
+def metadata_table(root: str, field: str) -> dict[str, object]:
+    """{file_name: row[field]} from root/metadata.jsonl, {} without one; a broken line is an error naming it."""
     path = os.path.join(root, METADATA)
     if not os.path.isfile(path):
         return {}
-    captions = {}
+    table = {}
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                captions[os.path.normpath(row["file_name"])] = str(row.get("text") or "")
-            except (ValueError, KeyError, TypeError) as err:
-                raise UserError(f"line {number} of {path} is not a JSON object with file_name and text ({err}); "
+                table[os.path.normpath(row["file_name"])] = row.get(field)
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise UserError(f"line {number} of {path} is not a JSON object with file_name and {field} ({err}); "
                                 f"fix that line") from None
-    return captions
+    return table
+
+
+def metadata_captions(root: str) -> dict[str, str]:
+    """{file_name: text} from root/metadata.jsonl, {} without one."""
+    return {name: str(text or "") for name, text in metadata_table(root, "text").items()}
+
+
+def metadata_field(root: str, paths: Sequence[str], field: str) -> list[str]:
+    """The value of `field` in root/metadata.jsonl for every image path under root; an image without one is an
+    error naming it."""
+    table = metadata_table(root, field)
+    values = [table.get(os.path.normpath(os.path.relpath(p, root))) for p in paths]
+    missing = [p for p, v in zip(paths, values) if v in (None, "")]
+    if missing:
+        raise UserError(f"{len(missing)} images have no {field!r} in {os.path.join(root, METADATA)} (first: "
+                        f"{missing[0]}); add it, or unset data.label_field to take classes from the sub-folders")
+    return [str(v) for v in values]
 
 
 def sidecar_caption(path: str) -> Optional[str]:

@@ -39,6 +39,8 @@ class DataConfig:
     seed: int = 0
     # Class labels for class-conditional training; false yields y = -1 (folder: labels = sub-folder names).
     labels: bool = True
+    # folder: take each image's class from this field of metadata.jsonl (e.g. the emoji's "subcategory") instead.
+    label_field: Optional[str] = None
     # Off: digits and text-like data are not mirror symmetric. Faces and animals may turn it on.
     hflip: bool = False
     # "center" crops to the shorter side (no borders); "pad" keeps the whole image with black borders.
@@ -90,6 +92,9 @@ class DataConfig:
             raise UserError(f"data.on_missing_caption must be empty or error, got {self.on_missing_caption!r}; set it")
         if self.captions and self.name == "hf" and not self.hf_caption_column:
             raise UserError("data.captions is true but data.hf_caption_column is not set; name the caption column")
+        if self.label_field and (self.name != "folder" or not self.labels):
+            raise UserError(f"data.label_field reads classes from a folder's metadata.jsonl; it needs data.name "
+                            f"folder and data.labels true, got {self.name} with labels {self.labels}")
         if self.captions and not SOURCES[self.name].captions:
             raise UserError(f"data.name {self.name} has no captions; use a folder or hf source, or set data.captions "
                             f"false")

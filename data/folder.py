@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data.base import BaseDataModule
-from data.captions import folder_captions
+from data.captions import folder_captions, metadata_field
 from data.config import DataConfig
 from data.transforms import ImageTransform
 from model.errors import UserError
@@ -114,6 +114,8 @@ class FolderDataModule(BaseDataModule):
         if not self.cfg.labels:
             self._set_classes([])
             return [-1] * len(paths)
+        if self.cfg.label_field:
+            return self._index(metadata_field(self.root, paths, self.cfg.label_field))
         classes = [class_of(p, self.root) for p in paths]
         loose = [p for p, c in zip(paths, classes) if c is None]
         if len(loose) == len(paths):
@@ -126,10 +128,14 @@ class FolderDataModule(BaseDataModule):
                 f"{len(loose)} images lie directly in {self.root} (first: {loose[0]}) outside the class sub-folders; "
                 "move them into a class sub-folder or set data.labels false"
             )
-        names = sorted(set(classes))  # type: ignore[arg-type]
+        return self._index(classes)  # type: ignore[arg-type]
+
+    def _index(self, classes: list[str]) -> list[int]:
+        """Classes sorted by name; each image's index among them."""
+        names = sorted(set(classes))
         self._set_classes(names)
         index = {name: k for k, name in enumerate(names)}
-        return [index[c] for c in classes]  # type: ignore[index]
+        return [index[c] for c in classes]
 
     def _dataset(self, train: bool) -> Dataset:
         transform = ImageTransform(self.image_size, self.channels, self.cfg.crop, self.cfg.hflip and train)

@@ -3,12 +3,14 @@ memory-mapped, shard by shard, so stage 2 neither re-encodes at every start nor 
 
     DIR/meta.json              format, the VAE's digest and config, the image data config, the latent shape, the
                                per-channel statistics of the training latents, the shards of each split
-    DIR/train-00000.pt, ...    {"z": (n, C, h, w) float32 posterior means, "y": (n,) int64 labels}
+    DIR/train-00000.pt, ...    {"z": (n, C, h, w) float32 posterior means, "y": (n,) int64 labels, and with
+                               captions "text": the n captions}
     DIR/train-flip-00000.pt    the horizontally flipped training images' latents (with --hflip)
     DIR/val-00000.pt, ...
 
 `data.name: "latents"` with `data.root: DIR` gives batches (z, y) of raw latents (the denoiser normalises them),
-through the same resumable training order as every data set.
+or (z, y, texts) with `data.captions true` on latents encoded with captions, through the same resumable training
+order as every data set.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def open_shard(path: Path, items: int) -> dict[str, torch.Tensor]:
+def open_shard(path: Path, items: int, captions: bool = False) -> dict:
     """One shard, memory-mapped, with the item count meta.json gives it; anything else is a one-line error."""
     again = "write the folder again with python -m model.scripts.encode_latents"
     try:
@@ -55,7 +57,9 @@ def open_shard(path: Path, items: int) -> dict[str, torch.Tensor]:
     except Exception as err:  # a truncated zip, a foreign pickle: torch raises RuntimeError, UnpicklingError, ...
         raise UserError(f"the latent shard {path} is corrupt or truncated ({type(err).__name__}); {again}") from None
     z, y = (shard.get(key) if isinstance(shard, dict) else None for key in ("z", "y"))
-    if not (isinstance(z, torch.Tensor) and isinstance(y, torch.Tensor) and len(z) == len(y) == items):
+    text = shard.get("text", []) if isinstance(shard, dict) else []
+    if not (isinstance(z, torch.Tensor) and isinstance(y, torch.Tensor) and len(z) == len(y) == items
+            and (not captions or len(text) == items)):
         raise UserError(f"the latent shard {path} does not hold the {items} latents and labels {META} says it "
                         f"holds; {again}")
     return shard
@@ -64,8 +68,8 @@ def open_shard(path: Path, items: int) -> dict[str, torch.Tensor]:
 class ShardDataset(Dataset):
     """The items of several shards as one data set; each shard is memory-mapped when first touched."""
 
-    def __init__(self, paths: list[Path], counts: list[int]) -> None:
-        self.paths = paths
+    def __init__(self, paths: list[Path], counts: list[int], captions: bool = False) -> None:
+        self.paths, self.captions = paths, captions
         self.starts = [0]
         for n in counts:
             self.starts.append(self.starts[-1] + n)
@@ -76,7 +80,7 @@ class ShardDataset(Dataset):
 
     def shard(self, k: int) -> dict[str, torch.Tensor]:
         if k not in self.shards:
-            self.shards[k] = open_shard(self.paths[k], self.starts[k + 1] - self.starts[k])
+            self.shards[k] = open_shard(self.paths[k], self.starts[k + 1] - self.starts[k], self.captions)
         return self.shards[k]
 
     def check(self) -> None:
@@ -85,10 +89,11 @@ class ShardDataset(Dataset):
         for k in range(len(self.paths)):
             self.shard(k)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         k = bisect.bisect_right(self.starts, i) - 1
-        shard = self.shard(k)
-        return shard["z"][i - self.starts[k]], int(shard["y"][i - self.starts[k]])
+        shard, j = self.shard(k), i - self.starts[k]
+        item = (shard["z"][j], int(shard["y"][j]))
+        return (*item, shard["text"][j]) if self.captions else item
 
 
 class LatentsDataModule(BaseDataModule):
@@ -99,6 +104,9 @@ class LatentsDataModule(BaseDataModule):
         self.root = Path(cfg.root)
         self.meta = read_meta(self.root)
         self._set_classes(list(self.meta["class_names"]))
+        if cfg.captions and not self.meta.get("captions"):
+            raise UserError(f"the latents in {self.root} were encoded without captions; encode them again from a "
+                            f"config with data.captions true, or set data.captions false")
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -106,7 +114,7 @@ class LatentsDataModule(BaseDataModule):
 
     def split(self, name: str) -> ShardDataset:
         shards = self.meta["splits"][name]["shards"]
-        return ShardDataset([self.root / s["file"] for s in shards], [s["items"] for s in shards])
+        return ShardDataset([self.root / s["file"] for s in shards], [s["items"] for s in shards], self.cfg.captions)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:

@@ -42,7 +42,7 @@ SOURCES: dict[str, Source] = {
     "hf": Source("data.hf:HFDataModule", "images", root="a saved data set directory or a hub name", captions=True),
     "toy2d": Source("data.toy2d:Toy2DDataModule", "points"),
     "latents": Source("data.latents:LatentsDataModule", "latents",
-                      root="a folder written by python -m model.scripts.encode_latents"),
+                      root="a folder written by python -m model.scripts.encode_latents", captions=True),
 }
 
 

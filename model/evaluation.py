@@ -87,7 +87,7 @@ def real_pool(dm, max_items: int, seed: int) -> Tensor:
     items = dm.all_items()
     keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:max_items].sort().values
     loader = DataLoader(Subset(items, keep.tolist()), batch_size=256, num_workers=dm.cfg.num_workers)
-    return torch.cat([x for x, _ in loader])
+    return torch.cat([x for x, *_ in loader])
 
 
 @torch.no_grad()

@@ -13,15 +13,16 @@ import torch
 from PIL import Image
 
 from model.main import main as train_main
-from model.scripts import (demo_report, encode_latents, evaluate, export, fetch_emoji, plots, reimagine, sample,
-                           sample_vae, train_classifier)
+from model.scripts import (demo_report, encode_latents, evaluate, export, fetch_emoji, plots, prompt_agreement,
+                           reimagine, sample, sample_vae, text2img, train_classifier)
 from tiny import DIGITS, ROOT, tiny
 
 TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
             "train_classifier": train_classifier.main, "demo_report": demo_report.main, "evaluate": evaluate.main,
             "plots": plots.main, "reimagine": reimagine.main, "export": export.main,
-            "encode_latents": encode_latents.main, "fetch_emoji": fetch_emoji.main}
+            "encode_latents": encode_latents.main, "fetch_emoji": fetch_emoji.main,
+            "prompt_agreement": prompt_agreement.main, "text2img": text2img.main}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     shard = lat / "train-00000.pt"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     f["lat_truncated"] = str(lat)
+    sd = root / "sd_no_unet"  # a Stable Diffusion folder without its UNet
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        (sd / part).mkdir(parents=True)
+    (sd / "model_index.json").write_text("{}")
+    f["sd_no_unet"] = str(sd)
     return f
 
 
@@ -148,6 +154,10 @@ INVENTORY = [
     ("sample", ["--load", "{den}", "--eta", "-1"], ["--eta"]),
     ("sample", ["--load", "{den}", "--bogus"], ["unrecognized"]),
     ("sample", ["--load", "{den}", "--prompt", "a red heart"], ["prompts need a model trained on prompts"]),
+    ("prompt_agreement", ["--load", "{den}", "--classifier", "x.pt", "--label-field", "f"],
+     ["needs a model trained on prompts"]),
+    ("prompt_agreement", ["--load", "/nonexistent/x.ckpt", "--classifier", "x.pt", "--label-field", "f"],
+     ["does not exist"]),
     ("sample", ["--load", "{den}", "--prompt", "a", "--per-prompt", "0"], ["--per-prompt must be > 0"]),
     ("sample", ["--load", "{den}", "--prompts-file", "/nonexistent/p.txt"], ["cannot read --prompts-file"]),
     ("sample", ["--load", "{den}", "--prompt", "a", "--per-class", "2"], ["--per-class and prompts"]),
@@ -225,6 +235,13 @@ INVENTORY = [
     ("export", ["--load", "{den}", "--output", "{root}"], ["not empty", "--overwrite"]),
     ("export", ["--load", "{den}", "--output", "{root}/export", "--push-to-hub", "digits"], ["user/name"]),
     ("sample", ["--load", "{empty_dir}"], ["not an export", "config.json is missing"]),
+    # ---- Stable Diffusion folders ----
+    ("text2img", ["--model", "/nonexistent/sd", "--prompt", "a cat"], ["does not exist", "model_index.json, unet/"]),
+    ("text2img", ["--model", "{empty_dir}", "--prompt", "a cat"], ["no model_index.json", "unet/, vae/"]),
+    ("text2img", ["--model", "{sd_no_unet}", "--prompt", "a cat"], ["has no unet/", "model_index.json"]),
+    ("text2img", ["--model", "{sd_no_unet}"], ["--prompt"]),
+    ("text2img", ["--model", "{sd_no_unet}", "--prompt", "a", "--cfg-scale", "2", "--cfg-sweep", "0", "2"],
+     ["--cfg-sweep", "not allowed with"]),
     # ---- offline ----
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.loss.lpips", "1", "--vae.loss.lpips_weights", "/nowhere/a.pth",
               "--vae.trainer.max_steps", "1"], ["/nowhere/a.pth"]),

@@ -8,8 +8,10 @@ import torch
 
 from model.autoencoder import BetaVAE
 from model.cli_config import add_config_arguments, build_config, new_parser, parse
+from model.conditioning import Conditioner
 from model.config import check_denoiser_shapes
 from model.denoiser import denoiser_network
+from model.text import prompt_encoder
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.json"))
 
@@ -48,7 +50,9 @@ def test_config_builds_and_shapes_fit(path):
         check_denoiser_shapes(cfg)
         net = denoiser_network(cfg, num_classes=cfg.denoiser.unet.num_classes)
         z = mean if cfg.denoiser.autoencoder == "vae" else x
-        c = torch.zeros(1, dtype=torch.long) if cfg.denoiser.unet.num_classes else None
+        labels = torch.zeros(1, dtype=torch.long) if cfg.denoiser.unet.num_classes else None
+        conditioner = Conditioner(cfg.denoiser.unet.num_classes, prompt_encoder(cfg.denoiser.text))
+        c = conditioner(labels, ["a red heart"] if conditioner.prompted else None, 1)
         assert net(z, torch.tensor([cfg.denoiser.diffusion.T]), c).shape == z.shape
 
 

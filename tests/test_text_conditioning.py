@@ -218,3 +218,117 @@ def test_pipeline_prompt_counts_are_checked(text_run):
     with pytest.raises(UserError, match="1 prompts for 3 samples"):
         pipe.generate(3, prompts=["a red square"])
     assert torch.equal(pipe.condition(None, ["x"]).tokens, ByteTokenizer(16)(["x"])[0])
+
+
+def test_shuffled_captions_move_every_caption_to_another_image():
+    from model.scripts.prompt_agreement import shuffled
+
+    for n in (2, 3, 10, 101):
+        perm = shuffled(n, seed=n)
+        assert sorted(perm.tolist()) == list(range(n)) and not bool((perm == torch.arange(n)).any())
+
+
+def test_classes_from_a_metadata_field(tmp_path):
+    from data import make_datamodule
+    from data.config import DataConfig
+
+    root = colour_squares(tmp_path / "colours", per_colour=4)
+    for name in COLOURS:  # one flat folder: the sub-folders can no longer give the classes
+        for png in (root / name).glob("*.png"):
+            png.rename(root / f"{name}-{png.name}")
+    lines = (root / "metadata.jsonl").read_text().replace('/', '-')
+    (root / "metadata.jsonl").write_text(lines)
+    dm = make_datamodule(DataConfig(name="folder", root=str(root), image_size=8, channels=3, batch_size=2,
+                                    label_field="colour", val_fraction=0.0))
+    dm.setup()
+    assert dm.class_names == ["blue", "green", "red"]
+    assert [dm.class_names[y] for y in dm._labels] == [p.split("/")[-1].split("-")[0] for p in dm._paths]
+    (root / "metadata.jsonl").write_text(lines.replace('"colour": "red"', '"colour": ""'))
+    with pytest.raises(UserError, match="4 images have no 'colour'"):
+        make_datamodule(DataConfig(name="folder", root=str(root), image_size=8, channels=3, batch_size=2,
+                                   label_field="colour")).setup()
+    with pytest.raises(UserError, match="data.label_field .* needs data.name folder and data.labels true"):
+        DataConfig(name="folder", root=str(root), labels=False, label_field="colour")
+
+
+@pytest.mark.slow
+def test_prompt_agreement_sits_between_chance_and_the_real_floor(text_run, tmp_path):
+    import json
+
+    from model.scripts import prompt_agreement, train_classifier
+
+    root = text_run.parents[3].parent / "colours"
+    clf = tmp_path / "colour.pt"
+    assert train_classifier.main(["-cfg", DIGITS, *text_run_args(root, tmp_path), "--data.labels", "true",
+                                  "--data.label_field", "colour", "--data.captions", "false", "--epochs", "3",
+                                  "--output", str(clf)]) == 0
+    assert prompt_agreement.main(["--load", str(text_run), "--classifier", str(clf), "--label-field", "colour",
+                                  "--cfg-scale", "0", "2", "--steps", "10", "--real-pool", "90",
+                                  "--output", str(tmp_path / "agreement")]) == 0
+    report = json.loads((tmp_path / "agreement" / "report.json").read_text())
+    assert report["floor"]["agreement"] == 1.0 and report["floor"]["chance"] < 0.6  # 3 colours: chance about 1/3
+    guided = report["scales"][1]
+    assert guided["agreement"] > guided["chance"] + 0.3, report["scales"]
+    from model.metrics.budget import FLOOR
+
+    assert [r["row"] for r in report["pixel_budget"]["rows"]] == ["w=0", "w=2", FLOOR]
+    assert (tmp_path / "agreement" / "grid.png").is_file()
+
+
+def test_latents_on_disk_keep_their_captions_and_a_text_model_trains_on_them(tmp_path):
+    import json
+
+    from data import make_datamodule
+    from data.config import DataConfig
+    from model.checkpoint import read_checkpoint
+    from model.main import main
+    from model.scripts.encode_latents import main as encode
+
+    root = colour_squares(tmp_path / "colours", per_colour=8)
+    colour = text_run_args(root, tmp_path / "runs", steps=2)
+    assert main(["-cfg", DIGITS, "--train-vae", "-n", "1", *colour, "--vae.trainer.max_steps", "2",
+                 "--vae.trainer.progress_bar", "false", "--vae.trainer.images_every_n_steps", "0"]) == 0
+    vae = tmp_path / "runs" / "digits-1" / "vae" / "checkpoints" / "last.ckpt"
+    assert encode(["-cfg", DIGITS, *colour, "--load-vae", str(vae), "--output", str(tmp_path / "lat"),
+                   "--shard-size", "10"]) == 0
+    meta = json.loads((tmp_path / "lat" / "meta.json").read_text())
+    texts = [t for s in meta["splits"]["train"]["shards"]
+             for t in torch.load(tmp_path / "lat" / s["file"], weights_only=True)["text"]]
+    images = make_datamodule(DataConfig(name="folder", root=str(root), image_size=8, channels=3, captions=True,
+                                        labels=False, batch_size=16))
+    assert meta["captions"] and texts == images.captions("train")  # every latent beside its own caption
+    latents = make_datamodule(DataConfig(name="latents", root=str(tmp_path / "lat"), captions=True, batch_size=4))
+    latents.setup()
+    assert [item[2] for item in latents.train_set] == texts
+    assert main(["-cfg", DIGITS, "--train-denoiser", "-n", "2", *colour, "--load-vae", str(vae),
+                 "--data.name", "latents", "--data.root", str(tmp_path / "lat"), "--denoiser.autoencoder", "vae",
+                 "--denoiser.unet.in_channels", "4"]) == 0
+    state = read_checkpoint(tmp_path / "runs" / "digits-2" / "denoiser" / "checkpoints" / "last.ckpt",
+                            expected="denoiser")["state_dict"]
+    assert "net.encoder.embed.weight" in state  # the byte encoder trained with the network
+    with pytest.raises(UserError, match="encoded without captions"):
+        meta["captions"] = False
+        (tmp_path / "lat" / "meta.json").write_text(json.dumps(meta))
+        make_datamodule(DataConfig(name="latents", root=str(tmp_path / "lat"), captions=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_reimagine_and_inpainting_follow_the_prompt(text_run, tmp_path, inpaint):
+    from PIL import Image
+
+    from model.scripts import reimagine
+
+    column = 4 if inpaint else 3  # DDIM's cell: original, (mask, masked input | noised), DDPM, DDIM
+    if inpaint:
+        Image.new("L", (8, 8), 255).save(tmp_path / "all.png")  # regenerate every pixel
+    colours = {}
+    for name in ("red", "blue"):
+        out = tmp_path / name
+        extra = ["--mask", str(tmp_path / "all.png")] if inpaint else ["--strengths", "1.0"]
+        assert reimagine.main(["--load", str(text_run), "--index", "0", "--ddim-steps", "10", "--cfg-scale", "2",
+                               "--prompt", f"a {name} square", "--output", str(out), *extra]) == 0
+        grid = np.asarray(Image.open(out / ("inpaint.png" if inpaint else "reimagine.png")).convert("RGB"))
+        x0 = 2 + column * 10
+        colours[name] = grid[2:10, x0: x0 + 8].reshape(-1, 3).mean(0)
+    assert colours["red"].argmax() == 0 and colours["blue"].argmax() == 2, colours

@@ -40,7 +40,8 @@ def tiny_clip(folder: Path, width: int = 32, max_length: int = 16) -> Path:
 
 
 def colour_squares(root: Path, per_colour: int = 30, size: int = 8) -> Path:
-    """Noisy squares of three colours, one class sub-folder each, captioned "a <colour> square" in metadata.jsonl."""
+    """Noisy squares of three colours, one class sub-folder each, captioned "a <colour> square" in metadata.jsonl
+    (with the colour in its field "colour")."""
     rng = np.random.default_rng(0)
     rows = []
     for name, rgb in COLOURS.items():
@@ -48,7 +49,7 @@ def colour_squares(root: Path, per_colour: int = 30, size: int = 8) -> Path:
         for i in range(per_colour):
             img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / name / f"{i}.png")
-            rows.append({"file_name": f"{name}/{i}.png", "text": f"a {name} square"})
+            rows.append({"file_name": f"{name}/{i}.png", "text": f"a {name} square", "colour": name})
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 

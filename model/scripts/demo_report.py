@@ -73,7 +73,7 @@ def nearest_distances(queries: Tensor, loader) -> Tensor:
     """For each query (N, C, H, W), the L2 distance (flattened pixels) to its nearest image in `loader` (N,)."""
     q = queries.flatten(1).double()  # (N, C*H*W)
     best = torch.full((len(q),), math.inf, dtype=torch.float64)
-    for x, _ in loader:
+    for x, *_ in loader:
         d = torch.cdist(q, x.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist")  # (N, B), exact
         best = torch.minimum(best, d.min(1).values)
     return best
@@ -81,7 +81,7 @@ def nearest_distances(queries: Tensor, loader) -> Tensor:
 
 def real_images(loader, shape: tuple[int, ...]) -> Tensor:
     """All images of a loader (N, *shape); (0, *shape) when it is empty (data.val_fraction 0)."""
-    batches = [x for x, _ in loader]
+    batches = [x for x, *_ in loader]
     return torch.cat(batches) if batches else torch.empty(0, *shape)
 
 

@@ -38,36 +38,40 @@ def make_parser():
 
 
 @torch.no_grad()
-def encode_batches(vae, dataset, batch_size: int, device: str, flip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(z, y) per batch on the CPU: the posterior mean of each (optionally mirrored) image."""
-    for x, y, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False):  # captions are not kept
+def encode_batches(vae, dataset, batch_size: int, device: str, flip: bool) -> Iterator[tuple]:
+    """(z, y, captions) per batch on the CPU: the posterior mean of each (optionally mirrored) image, its label and
+    its caption (an empty list without data.captions)."""
+    for x, y, *texts in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = x.flip(-1) if flip else x
-        yield vae.encode(x.to(device))[0].float().cpu(), y
+        yield vae.encode(x.to(device))[0].float().cpu(), y, list(texts[0]) if texts else []
 
 
 def write_split(out: Path, name: str, batches, shard_size: int, stats: torch.Tensor | None) -> list[dict]:
-    """Shards `<name>-<k>.pt` of at most shard_size items; adds (count, sum, sum of squares) per channel to stats."""
+    """Shards `<name>-<k>.pt` of at most shard_size items ({"z", "y"} and, with captions, "text": the caption of
+    every item, which the denoiser tokenizes as it reads them); adds (count, sum, sum of squares) per channel to
+    stats."""
     from model.checkpoint import atomic_torch_save
 
     shards = []
-    pending_z, pending_y = torch.empty(0), torch.empty(0, dtype=torch.long)
+    pending_z, pending_y, pending_text = torch.empty(0), torch.empty(0, dtype=torch.long), []
 
-    def write(z: torch.Tensor, y: torch.Tensor) -> None:
+    def write(z: torch.Tensor, y: torch.Tensor, text: list[str]) -> None:
         file = f"{name}-{len(shards):05d}.pt"
-        atomic_torch_save({"z": z.contiguous(), "y": y.clone()}, out / file)
+        atomic_torch_save({"z": z.contiguous(), "y": y.clone(), **({"text": text} if text else {})}, out / file)
         shards.append({"file": file, "items": len(z)})
 
-    for z, y in batches:
+    for z, y, text in batches:
         if stats is not None:
             flat = z.double().transpose(0, 1).flatten(1)  # (C, B*h*w)
             stats += torch.stack([torch.full_like(flat[:, 0], flat.shape[1]), flat.sum(1), flat.pow(2).sum(1)])
         pending_z = torch.cat([pending_z, z]) if len(pending_z) else z
         pending_y = torch.cat([pending_y, y])
+        pending_text += text
         while len(pending_z) >= shard_size:
-            write(pending_z[:shard_size], pending_y[:shard_size])
-            pending_z, pending_y = pending_z[shard_size:], pending_y[shard_size:]
+            write(pending_z[:shard_size], pending_y[:shard_size], pending_text[:shard_size])
+            pending_z, pending_y, pending_text = pending_z[shard_size:], pending_y[shard_size:], pending_text[shard_size:]
     if len(pending_z):
-        write(pending_z, pending_y)
+        write(pending_z, pending_y, pending_text)
     return shards
 
 
@@ -111,7 +115,7 @@ def main(argv: list[str]) -> int:
     f = vae_cfg.vae.net.downsample_factor
     meta = {"format": "latent-diffusion-lightning/latents-1", "vae_checkpoint": str(args.load_vae),
             "vae_digest": weights_digest(vae), "vae": to_dict(vae_cfg)["vae"], "data": to_dict(cfg)["data"],
-            "class_names": list(dm.class_names), "hflip": args.hflip,
+            "class_names": list(dm.class_names), "hflip": args.hflip, "captions": cfg.data.captions,
             "latent_shape": [vae_cfg.vae.net.latent_channels, cfg.data.image_size // f, cfg.data.image_size // f],
             "stats": {"mean": mean.tolist(), "std": std.tolist()},
             "splits": {"train": {"shards": shards, "items": sum(s["items"] for s in shards)},

@@ -99,7 +99,7 @@ def real_stats(fid, args, pipe, extractor: str, val_loader) -> tuple[int, str]:
     path = fidlib.stats_file(args.stats_cache, pipe.cfg.data, "val", ident)
     if fidlib.load_real_stats(fid, path):
         return fidlib.real_image_count(fid), f"cached {path}"
-    fidlib.update(fid, (x for x, _ in val_loader), real=True, extractor=extractor)
+    fidlib.update(fid, (x for x, *_ in val_loader), real=True, extractor=extractor)
     n_real = fidlib.real_image_count(fid)
     fidlib.save_real_stats(fid, path, {"extractor": ident, "images": n_real, "data": pipe.cfg.data.name})
     return n_real, f"computed, cached to {path}"

@@ -20,7 +20,8 @@ models: z0 = x). One seeded eps ~ N(0, I) is drawn, and for each strength s in [
   (exactly for a pixel model, the VAE reconstruction for a latent model).
 
 The condition is --class K on a class-conditional model, else the validation item's own label, else (a file) the
-null class, i.e. unconditional; --cfg-scale w applies classifier-free guidance. The predicted x0 is clamped to the
+null class, i.e. unconditional; a text model also takes --prompt (default: the empty prompt) and --negative-prompt;
+--cfg-scale w applies classifier-free guidance. The predicted x0 is clamped to the
 checkpoint's denoiser.diffusion.clip_limit, as `sample` does by default. Written to the output folder (default:
 `reimagine/` beside the checkpoint's `checkpoints/` folder):
 
@@ -117,6 +118,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the strength whose reverse process intermediates.png shows")
     p.add_argument("--class", dest="class_", type=int, default=None,
                    help="condition on class K (default: the validation item's label, else unconditional)")
+    p.add_argument("--prompt", default=None, help="a text model's prompt (default: the empty prompt)")
+    p.add_argument("--negative-prompt", "--negative_prompt", default=None,
+                   help="a text model's unconditional branch of guidance (default: the empty prompt)")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0,
                    help="classifier-free guidance w: (1+w)·cond − w·uncond")
     p.add_argument("--seed", type=int, default=0, help="seeds eps and the DDPM noise")
@@ -223,10 +227,13 @@ def inpaint_all(pipe, x: Tensor, mask: Tensor, samplers: list[Sampler], label: O
     z0 = encode(pipe, x)
     mask_z = latent_mask(mask, tuple(z0.shape[-2:])).to(z0)
     labels = None if label is None else torch.tensor([label])
+    prompts = prompt_kw(args)
+    c = pipe.condition(labels, prompts["prompts"], 1)
+    uncond = pipe.conditioner.unconditional(1, prompts["negative_prompts"], pipe.device)
     out = {}
     for sampler in samplers:
         spec = sampler.spec(pipe, sampler.ddim_steps, args.cfg_scale)
-        z = inpaint(pipe.denoiser.bind_spec(labels, spec, z0.device), z0, mask_z, pipe.schedule, spec,
+        z = inpaint(pipe.denoiser.bind_spec(c, spec, z0.device, uncond), z0, mask_z, pipe.schedule, spec,
                     resample=args.resample_steps, generator=torch.Generator().manual_seed(args.seed))
         image = to_image(pipe, z)
         out[sampler.name] = blend(image, x, mask) if args.blend else image
@@ -251,7 +258,7 @@ def run_inpainting(args, pipe, x: Tensor, label: Optional[int], why: str, source
     results = inpaint_all(pipe, x, mask, samplers, label, args)
     trip = to_image(pipe, encode(pipe, x))
     masked = x * (1 - mask)  # the region to regenerate shown mid-grey (0), as in the mask column
-    columns = [x, mask - 1, masked, *results.values()]
+    columns = [x, (mask - 1).expand_as(x), masked, *results.values()]  # the mask in as many channels as x
     save_grid(torch.cat(columns), out / "inpaint.png", nrow=len(columns))
     report = {"checkpoint": str(args.load), "image": source, "mask": str(args.mask), "condition": why,
               "class": label, "cfg_scale": args.cfg_scale, "seed": args.seed, "resample_steps": args.resample_steps,
@@ -267,6 +274,12 @@ def run_inpainting(args, pipe, x: Tensor, label: Optional[int], why: str, source
 
 
 # ----- shared ------------------------------------------------------------------------------------------------------
+def prompt_kw(args) -> dict:
+    """The prompt and negative prompt of one image, as `pipe.sample` takes them (None: the empty prompt)."""
+    return {"prompts": None if args.prompt is None else [args.prompt],
+            "negative_prompts": None if args.negative_prompt is None else [args.negative_prompt]}
+
+
 def refuse_toy(pipe) -> None:
     if pipe.points:
         raise UserError(f"this model (denoiser.network {pipe.cfg.denoiser.network}) draws points, no images to "
@@ -325,7 +338,8 @@ def generator_at(state: Tensor) -> torch.Generator:
 
 
 def denoise(pipe, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, labels: Optional[Tensor],
-            cfg_scale: float, ddpm_state: Tensor, keep: set[int]) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+            cfg_scale: float, ddpm_state: Tensor, keep: set[int],
+            prompts: Optional[dict] = None) -> tuple[Tensor, list[tuple[int, Tensor]]]:
     """Run `sampler` from x_T = z_t at t_start; the result and the states (t, x_t) at the times in `keep`."""
     frames = [(t_start, z_t)] if t_start in keep else []
     if t_start == 0:
@@ -337,13 +351,13 @@ def denoise(pipe, z_t: Tensor, t_start: int, sampler: Sampler, steps: int, label
             frames.append((t, x_t.detach().clone()))
 
     z0_hat = pipe.sample(1, labels, sampler.spec(pipe, steps, cfg_scale), generator=generator_at(ddpm_state),
-                         x_T=z_t, t_start=t_start, callback=keep_state)
+                         x_T=z_t, t_start=t_start, callback=keep_state, **(prompts or {}))
     return z0_hat, frames
 
 
 def reimagine_at(pipe, z0: Tensor, eps: Tensor, strength: float, samplers: list[Sampler],
                  labels: Optional[Tensor], cfg_scale: float, ddpm_state: Tensor,
-                 frames: int = 0) -> Reimagining:
+                 frames: int = 0, prompts: Optional[dict] = None) -> Reimagining:
     """Noise z0 once to z_t = q_sample(z0, t_s, eps) and denoise that z_t with every sampler.
 
     `frames` > 0 keeps about that many evenly spaced states of each sampler's trajectory (t_s and 0 included).
@@ -355,7 +369,7 @@ def reimagine_at(pipe, z0: Tensor, eps: Tensor, strength: float, samplers: list[
     for sampler in samplers:
         steps = sampler_steps(sampler, strength, t_start)
         keep = set(evenly_spaced(sampler_times(pipe.schedule, t_start, steps), frames)) if frames else set()
-        z0_hat, kept = denoise(pipe, z_t, t_start, sampler, steps, labels, cfg_scale, ddpm_state, keep)
+        z0_hat, kept = denoise(pipe, z_t, t_start, sampler, steps, labels, cfg_scale, ddpm_state, keep, prompts)
         result.steps[sampler.name] = steps
         result.z0_hat[sampler.name] = z0_hat
         result.frames[sampler.name] = kept
@@ -412,7 +426,8 @@ def reimagine_all(pipe, z0: Tensor, args, samplers: list[Sampler], label: Option
     results = {}
     for s in dict.fromkeys([*args.strengths, args.intermediates_strength]):  # each strength once, in order
         frames = STRIP_FRAMES if s == args.intermediates_strength else 0
-        results[s] = reimagine_at(pipe, z0, eps, s, samplers, labels, args.cfg_scale, ddpm_state, frames)
+        results[s] = reimagine_at(pipe, z0, eps, s, samplers, labels, args.cfg_scale, ddpm_state, frames,
+                                  prompt_kw(args))
     return results
 
 
@@ -439,6 +454,9 @@ def main(argv: list[str]) -> int:
     x, item_label, source = input_image(args, pipe.cfg.data)
     label, why = condition(args.class_, item_label, pipe.num_classes)
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
+    pipe.check_prompts(prompt_kw(args)["prompts"], prompt_kw(args)["negative_prompts"], 1)
+    if args.prompt is not None:
+        why = f"{why}, prompt {args.prompt!r}"
     if args.mask is not None:
         read_mask(args.mask, source_size(args, pipe.cfg.data), pipe.cfg.data)  # refuses a bad mask before writing
         run_inpainting(args, pipe, x.to(device), label, why, source, output_folder(args.output, args.load, "inpaint"))
@@ -452,7 +470,7 @@ def main(argv: list[str]) -> int:
     save_grid(comparison_grid(pipe, x, rows, samplers), out / "reimagine.png", nrow=2 + len(samplers))
     intermediates = write_intermediates(out, pipe, results[args.intermediates_strength], [DDPM, samplers[1].name])
     records = [strength_record(pipe, x, r) for r in rows]
-    report = {"checkpoint": str(args.load), "image": source, "condition": why, "class": label,
+    report = {"checkpoint": str(args.load), "image": source, "condition": why, "class": label, "prompt": args.prompt,
               "cfg_scale": args.cfg_scale, "seed": args.seed, "T": pipe.schedule.T,
               "columns": ["original", "noised", *[s.name for s in samplers]], "strengths": records,
               "intermediates": intermediates}

@@ -129,7 +129,7 @@ def validation_images(data, count: int) -> Tensor:
         raise UserError("the validation split is empty (data.val_fraction is 0); pass a -cfg with "
                         "data.val_fraction > 0")
     batches, have = [], 0
-    for x, _ in dm.val_dataloader():
+    for x, *_ in dm.val_dataloader():
         batches.append(x[: count - have])
         have += len(batches[-1])
         if have >= count:

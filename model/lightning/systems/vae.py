@@ -80,7 +80,7 @@ class VAESystem(System):
         x = batch[0]
         recon, kl, _, _, x_hat = self._losses(x)
         self.log_dict({"val/recon": recon.mean(), "val/kl": kl.mean(),
-                       "val/mse": (x_hat - x).pow(2).mean()}, sync_dist=True, prog_bar=False)
+                       "val/mse": (x_hat - x).pow(2).mean()}, sync_dist=True, prog_bar=False, batch_size=len(x))
 
     def configure_optimizers(self):
         """AdamW over the VAE and, when on, the discriminator as a second parameter group (its own rate and betas):
