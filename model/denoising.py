@@ -94,6 +94,9 @@ class Denoiser(nn.Module):
         """`denoise(x_t, level) -> (x0, eps)` for a sampler, with the labels and options fixed (checked once here);
         `guidance_at(σ)` replaces the constant scale where guidance depends on the noise level (an interval)."""
         self.check_options(c, guidance, clip_limit)
+        encode = getattr(self.net, "encode_prompt", None)  # a network with its own prompt encoder: encode once
+        if encode is not None:
+            c, uncond = encode(c), encode(uncond)
         if guidance_at is None:
             return lambda x_t, t: self(x_t, t, c, guidance, clip_limit, guidance_rescale, uncond)
 

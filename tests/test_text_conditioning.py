@@ -332,3 +332,20 @@ def test_reimagine_and_inpainting_follow_the_prompt(text_run, tmp_path, inpaint)
         x0 = 2 + column * 10
         colours[name] = grid[2:10, x0: x0 + 8].reshape(-1, 3).mean(0)
     assert colours["red"].argmax() == 0 and colours["blue"].argmax() == 2, colours
+
+
+def test_a_sampler_encodes_the_prompt_once_not_at_every_step():
+    from model import base
+    from model.denoising import Denoiser
+    from model.sampling import SamplerSpec
+
+    net, conditioner = prompted_unet(), Conditioner(0, ByteTokenizer(12))
+    calls = []
+    net.encoder.register_forward_hook(lambda *_: calls.append(1))
+    c, uncond = conditioner(None, ["a red heart", "flag: Japan"], 2), conditioner.unconditional(2)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    spec, schedule = SamplerSpec("ddim", steps=8, guidance=2.0), base.make_schedule("cosine", 100)
+    once = Denoiser(net, schedule, "v").sample(x_T, c, spec, uncond=uncond)
+    assert len(calls) == 2  # the prompt and the empty prompt, each once for all 8 steps
+    every_step = Denoiser(lambda x, t, cond: net(x, t, cond), schedule, "v").sample(x_T, c, spec, uncond=uncond)
+    assert len(calls) == 2 + 8 and torch.allclose(once, every_step, atol=1e-5)

@@ -24,7 +24,12 @@ class PromptedNetwork(nn.Module):
     def null_class(self):
         return self.net.null_class
 
-    def forward(self, x: Tensor, t: Tensor, c=None) -> Tensor:
+    def encode_prompt(self, c):
+        """c with its tokens replaced by their context; anything else unchanged. A sampler binds the encoded
+        prompt once, so the encoder does not run again at every step."""
         if isinstance(c, Condition) and c.tokens is not None:
-            c = replace(c, tokens=None, context=self.encoder(c.tokens))
-        return self.net(x, t, c)
+            return replace(c, tokens=None, context=self.encoder(c.tokens))
+        return c
+
+    def forward(self, x: Tensor, t: Tensor, c=None) -> Tensor:
+        return self.net(x, t, self.encode_prompt(c))

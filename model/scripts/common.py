@@ -86,23 +86,28 @@ def evenly_spaced(items: list, count: int) -> list:
     return [items[i] for i in idx]
 
 
-def add_sampler_arguments(p, eta: bool = True) -> None:
+CHECKPOINT_DEFAULTS = {"sampler": "the checkpoint's sampler",
+                       "steps": "all T for ddpm, the checkpoint's sample_steps for the others",
+                       "spacing": "the checkpoint's sample_spacing"}
+
+
+def add_sampler_arguments(p, eta: bool = True, defaults: Optional[dict[str, str]] = None) -> None:
     """--sampler, its shorthand --ddim, --steps, --spacing (and --eta) as the sampling commands take them; each
-    defaults to the checkpoint's config (`denoiser.diffusion`)."""
+    defaults to the checkpoint's config (`denoiser.diffusion`), or to what `defaults` (flag → text) says."""
+    said = {**CHECKPOINT_DEFAULTS, **(defaults or {})}
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="; ".join(f"{name}: {info.display} ({info.paper})" for name, info in SAMPLERS.items())
-                   + " (default: the checkpoint's sampler)")
+                   + f" (default: {said['sampler']})")
     p.add_argument("--ddim", action="store_true", help="shorthand for --sampler ddim")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: all T for ddpm, the checkpoint's sample_steps for the others)")
-    add_spacing_argument(p)
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {said['steps']})")
+    add_spacing_argument(p, said["spacing"])
     if eta:
         p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (0 = deterministic)")
 
 
-def add_spacing_argument(p) -> None:
+def add_spacing_argument(p, default: str = CHECKPOINT_DEFAULTS["spacing"]) -> None:
     p.add_argument("--spacing", choices=list(GRIDS), default=None,
-                   help="the grid of noise levels from T to 0 (default: the checkpoint's sample_spacing)")
+                   help=f"the grid of noise levels from T to 0 (default: {default})")
 
 
 def chosen_sampler(args, default: Optional[str] = None) -> Optional[str]:

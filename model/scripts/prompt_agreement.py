@@ -54,7 +54,7 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def held_out(pipe, field: str, max_prompts, seed: int, root=None):
+def held_out_captions(pipe, field: str, max_prompts, seed: int, root=None):
     """The data module with classes from `field`, and the held-out (images, classes, captions), a seeded subset."""
     from data import make_datamodule
 
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
     check(pipe, args)
     clf, meta = load_classifier(args.classifier)
     clf = clf.to(device)
-    dm, real, y, texts = held_out(pipe, args.label_field, args.max_prompts, args.seed, args.data_root)
+    dm, real, y, texts = held_out_captions(pipe, args.label_field, args.max_prompts, args.seed, args.data_root)
     if clf.num_classes != dm.num_classes:
         raise UserError(f"the classifier has {clf.num_classes} classes but {args.label_field!r} gives "
                         f"{dm.num_classes}; train it with --data.label_field {args.label_field}")

@@ -27,8 +27,7 @@ from model.scripts.common import add_sampler_arguments, output_folder, resolve_d
 from model.writes import save_npz
 
 DEFAULTS = dict(sampler="dpmpp_2m", sample_steps=25, sample_spacing="uniform", clip_limit=None, guidance_rescale=0.0)
-DEFAULT_HELP = {"sampler": " (default: dpmpp_2m)", "steps": " (default: 25; all T for ddpm)",
-                "spacing": " (default: uniform, diffusers' 'trailing' spacing)"}
+DEFAULT_HELP = {"sampler": "dpmpp_2m", "steps": "25; all T for ddpm", "spacing": "uniform, diffusers' 'trailing' spacing"}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -39,10 +38,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several); one row each")
     p.add_argument("--negative-prompt", "--negative_prompt", default=None,
                    help="the unconditional branch of guidance (default: the empty prompt)")
-    add_sampler_arguments(p)
-    for action in p._actions:  # the shared help names a checkpoint's defaults; a folder has these instead
-        if action.dest in DEFAULT_HELP:
-            action.help = action.help.split(" (default:")[0] + DEFAULT_HELP[action.dest]
+    add_sampler_arguments(p, defaults=DEFAULT_HELP)  # a folder has these defaults, not a checkpoint's
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--cfg-scale", "--cfg_scale", type=float, default=6.5,
                        help="classifier-free guidance w of this package: (1+w)·cond − w·uncond; diffusers' "
