@@ -20,8 +20,16 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     return optim.final_lr_fraction + (1.0 - optim.final_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def fused_fits(params: list) -> bool:
+    """torch's fused AdamW (one kernel for all tensors) runs on CPU and CUDA floats; elsewhere the per-tensor loop."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return bool(tensors) and all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
+
+
 def adamw_with_warmup(params, optim: OptimConfig, max_steps: int) -> dict[str, Any]:
-    """AdamW and a per-step LambdaLR following `lr_factor`."""
-    opt = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    """AdamW and a per-step LambdaLR following `lr_factor`; fused when optim.fused asks and the device has it."""
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+                            fused=optim.fused and fused_fits(params))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, optim, max_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

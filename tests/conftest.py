@@ -38,7 +38,7 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """Checkpoints of three tiny runs trained for a few steps (not converged; the tests check the plumbing):
 
     - "vae", "latent", "latent_run": digits 16x16, VAE + class-conditional latent denoiser (4 steps each),
-      with metrics.csv logged every step;
+      with metrics.csv logged every step and both stages profiled (trainer.profile);
     - "pixel": a class-conditional pixel-space denoiser on the same digits (no autoencoder);
     - "toy": the 2-D toy (MLP on points), T = 100 so that full DDPM runs are quick.
     """
@@ -47,7 +47,8 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_runs")
     common = ["--output_dir", str(root), *tiny(val_every=2, log_every=1)]
     assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", *common,
-                 "--vae.trainer.max_steps", "4", "--denoiser.trainer.max_steps", "4"]) == 0
+                 "--vae.trainer.max_steps", "4", "--denoiser.trainer.max_steps", "4",
+                 "--vae.trainer.profile", "true", "--denoiser.trainer.profile", "true"]) == 0
     assert main(["-cfg", DIGITS, "--train-denoiser", "-n", "2", *common, "--denoiser.autoencoder", "none",
                  "--denoiser.unet.in_channels", "1", "--denoiser.diffusion.cache_latents", "false",
                  "--denoiser.trainer.max_steps", "2"]) == 0

@@ -8,8 +8,14 @@ import importlib
 import pytest
 
 from benchmarks import common
+from tiny import tiny
 
 SMALL = {  # the smallest arguments that still run every table of the benchmark
+    "demo_profile": ["--output", "{tmp}/runs", "--", *tiny(val_every=2), "--vae.trainer.max_steps", "2",
+                     "--denoiser.trainer.max_steps", "2"],
+    "peer_equal_time": ["--output", "{tmp}/runs", "--per-class", "2", "--peer-seconds", "2", "--peer-dim", "8",
+                        "--peer-mults", "1", "2", "--", *tiny(val_every=2), "--vae.trainer.max_steps", "2",
+                        "--denoiser.trainer.max_steps", "2"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
     "memory_knobs": ["--repeats", "1", "--warmup", "0", "--vae-batch", "2", "--unet-batch", "2", "--knobs", "fp32"],
     "sampler_overhead": ["--repeats", "1", "--warmup", "0", "--ddpm-steps", "10", "--batch-sizes", "1",
@@ -27,7 +33,8 @@ def test_every_benchmark_is_listed():
     import benchmarks
 
     names = {m.name for m in pkgutil.iter_modules(benchmarks.__path__)} - {"common"}
-    assert names == set(SMALL) | {"quality_per_step"}  # quality_per_step: tests/test_quality_per_step.py
+    # quality_per_step: tests/test_quality_per_step.py; demo_seeds reads reports: tests/test_demo_seeds.py
+    assert names == set(SMALL) | {"quality_per_step", "demo_seeds"}
 
 
 @pytest.mark.slow

@@ -104,6 +104,7 @@ def test_train_cli(tmp_path, capsys):
     assert meta["config_name"] == "digits" and meta["train_items"] == 180 and 0 <= meta["val_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_demo_report(tmp_path, capsys):
     from model.main import main as train_main
     from model.scripts.demo_report import main as report_main

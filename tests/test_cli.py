@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "config" / "digits.json")
 
 
+@pytest.mark.slow
 def test_print_config_shows_overrides():
     out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--denoiser.diffusion.T", "321",
                           "--print_config"], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -26,6 +27,7 @@ def test_print_config_shows_overrides():
     assert "latent_channels: 4" in out.stdout  # a value from the file itself
 
 
+@pytest.mark.slow
 def test_cli_exit_code_from_shell(tmp_path):
     """The real process exits with 2 and prints no traceback (the entry point, not just main())."""
     out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "-1"],
@@ -34,6 +36,7 @@ def test_cli_exit_code_from_shell(tmp_path):
     assert "Traceback" not in out.stderr and out.stderr.strip().startswith("error: ")
 
 
+@pytest.mark.slow
 def test_debug_flag_shows_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "-1",
                           "--debug"], capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 DRAW = """
@@ -25,6 +26,7 @@ def draw(ckpt, path, threads: int) -> dict:
     return torch.load(path)
 
 
+@pytest.mark.slow
 def test_the_same_seed_and_threads_give_the_same_samples_in_any_process(tiny_runs, tmp_path):
     a = draw(tiny_runs["latent"], tmp_path / "a.pt", threads=2)
     b = draw(tiny_runs["latent"], tmp_path / "b.pt", threads=2)

@@ -62,6 +62,16 @@ def test_the_error_budget_scores_every_scale_the_round_trip_and_the_floor(evalua
     assert budget == report(evaluated["second"])["pixel_budget"]  # the same seed: the same figures
     md = (evaluated["first"] / "evaluation.md").read_text()
     assert "## Error budget on pixel features" in md and "| samples w=3 |" in md
+    assert "(l2 loss on the v target," in md
+
+
+def test_the_loss_table_names_the_objective_it_was_trained_on():
+    from model.scripts.evaluate import markdown
+
+    base = {"denoiser": "d", "sampler": "s", "num_samples": 1, "seed": 0, "loss_per_timestep": [], "loss": "l2",
+            "parametrisation": "v"}
+    assert "(l2 loss on the v target," in markdown({**base, "objective": "vp"})
+    assert "(l2 loss on the flow objective's target," in markdown({**base, "objective": "flow"})  # not "v target"
 
 
 def test_dpm_solver_samples_through_the_same_command(tiny_runs, tmp_path):

@@ -60,6 +60,7 @@ def test_the_export_samples_exactly_like_its_checkpoint_and_through_sample(expor
     assert sorted(p.name for p in exported.iterdir())[0] == "README.md" and len(list(exported.iterdir())) == 4
 
 
+@pytest.mark.slow
 def test_an_export_loads_and_samples_in_a_process_that_never_imports_lightning(exported):
     code = (f"import sys\nfrom model.pipeline import LatentDiffusionPipeline\n"
             f"pipe = LatentDiffusionPipeline.from_pretrained({str(exported)!r})\n"
@@ -131,6 +132,7 @@ def test_push_to_hub_uploads_the_folder_or_says_in_one_line_what_to_do(tiny_runs
         assert (tmp_path / "e" / "denoiser.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_push_to_hub_offline_for_real(tiny_runs, tmp_path):
     import os
 

@@ -33,6 +33,7 @@ def logged(stage_dir: Path, key: str) -> list[float]:
 # ---- NaN / Inf -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_steps_are_skipped_and_never_reach_weights_ema_or_checkpoints(tmp_path, monkeypatch):
     real = DenoiserSystem.loss_at
 
@@ -209,6 +210,7 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path):
 # ---- reproducibility --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss_curve_and_weights(tmp_path):
     for n in ("1", "2"):
         assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", n, "--output_dir", str(tmp_path),

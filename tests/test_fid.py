@@ -91,6 +91,7 @@ def inception_weights(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_inception_path_runs_offline_through_torchmetrics(inception_weights):
     """The standard extractor from a local file: 64-d features (the first pool; random deeper features collapse)."""
     real = digits_like(16, seed=3)

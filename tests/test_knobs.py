@@ -86,3 +86,28 @@ def test_the_compiled_vae_gives_the_same_outputs_and_gradients():
     vae = vae_twin()
     vae.compile()
     assert_same(vae_outputs_and_grads(vae), plain, tol=1e-5)
+
+
+def test_the_fused_adamw_takes_the_per_tensor_loops_steps():
+    """optim.fused picks torch's fused AdamW on a CPU: from the same gradients, the loop's steps."""
+    from model.config import OptimConfig
+    from model.optim import adamw_with_warmup
+
+    nets = {"fused": twin(CFG), "loop": twin(CFG)}
+    fused = adamw_with_warmup(nets["fused"].parameters(), OptimConfig(lr=1e-2, warmup_steps=1, fused=True),
+                              10)["optimizer"]
+    assert not adamw_with_warmup(twin(CFG).parameters(), OptimConfig(), 10)["optimizer"].defaults["fused"]
+    loop = torch.optim.AdamW(nets["loop"].parameters(), lr=1e-2, betas=fused.defaults["betas"],
+                             weight_decay=fused.defaults["weight_decay"], foreach=False)
+    assert fused.defaults["fused"] is True
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in nets["loop"].parameters()]
+        for name, opt in (("fused", fused), ("loop", loop)):
+            for p, grad in zip(nets[name].parameters(), grads):
+                p.grad = grad.clone()
+            opt.step()
+    moved = max((a - b).abs().max() for a, b in zip(nets["fused"].parameters(), twin(CFG).parameters()))
+    assert moved > 1e-3  # the steps moved the weights: equal weights below mean equal updates
+    for a, b in zip(nets["fused"].parameters(), nets["loop"].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -38,6 +38,7 @@ def test_the_latents_folder_holds_shards_stats_and_the_vae_digest(vae_and_latent
     torch.testing.assert_close(z.double().mean(dim=(0, 2, 3)), torch.tensor(meta["stats"]["mean"], dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_training_from_disk_latents_equals_the_in_memory_cache_bit_for_bit(vae_and_latents, tmp_path):
     vae_path, lat = vae_and_latents
     common = [*DENOISER, "--load-vae", str(vae_path)]
@@ -51,6 +52,7 @@ def test_training_from_disk_latents_equals_the_in_memory_cache_bit_for_bit(vae_a
         assert torch.equal(value, b["state_dict"][name]), name
 
 
+@pytest.mark.slow
 def test_a_run_on_disk_latents_resumes_exactly(vae_and_latents, tmp_path):
     vae_path, lat = vae_and_latents
     common = [*DENOISER, "--load-vae", str(vae_path), "--data.name", "latents", "--data.root", str(lat)]

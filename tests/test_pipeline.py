@@ -121,6 +121,7 @@ def test_pipeline_call_refuses_bad_arguments(pipe, kwargs, needle):
         pipe(steps=2, **kwargs)
 
 
+@pytest.mark.slow
 def test_sampling_in_a_fresh_process_never_imports_lightning(tiny_runs):
     code = (f"import sys\nfrom model.pipeline import LatentDiffusionPipeline\n"
             f"pipe = LatentDiffusionPipeline.from_pretrained({str(tiny_runs['latent'])!r})\n"

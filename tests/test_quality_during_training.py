@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 
 from model.classifier import SmallCNN, save_classifier
@@ -11,6 +12,7 @@ from model.main import main
 from tiny import DIGITS, tiny
 
 
+@pytest.mark.slow
 def test_quality_is_logged_during_training_and_best_ckpt_follows_it(tmp_path, capsys):
     clf = save_classifier(tmp_path / "clf.pt", SmallCNN(1, 10, 16, width=8), {})
     assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path),

@@ -30,7 +30,11 @@ def pipe(request, one_thread) -> LatentDiffusionPipeline:
     return LatentDiffusionPipeline.from_pretrained(FIXTURES / request.param)
 
 
-@pytest.mark.parametrize("name,kwargs", CASES, ids=[name for name, _ in CASES])
+LONG = {"ddpm-1000"}  # a thousand network calls: the slow tier draws it
+
+
+@pytest.mark.parametrize("name,kwargs", [pytest.param(name, kwargs, id=name, marks=[pytest.mark.slow] * (name in LONG))
+                                         for name, kwargs in CASES])
 def test_every_sampler_draws_the_reference_samples(pipe, reference, name, kwargs):
     _, z = pipe.generate(len(LABELS), LABELS, seed=0, **kwargs)
     torch.testing.assert_close(z, reference[name], **TOLERANCE)

@@ -384,6 +384,7 @@ def write_mask(path, array) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_the_inpaint_command_writes_its_grid_and_blends_on_request(tiny_runs, tmp_path, capsys):
     mask = write_mask(tmp_path / "m.png", np.where(np.arange(16)[None, :] >= 8, 255, 0).repeat(16, 0))
     base_args = ["--load", str(tiny_runs["latent"]), "--index", "0", "--mask", mask, "--ddim-steps", "3"]

@@ -179,6 +179,7 @@ def test_config_with_other_channels_is_refused(capsys, vae_ckpt, tmp_path):
                                   "--output", str(tmp_path)], "channels")
 
 
+@pytest.mark.slow
 def test_the_round_trip_budget_sits_on_the_floor_for_an_identity_vae_and_above_it_for_a_5_step_one(
         vae_ckpt, tmp_path, monkeypatch, capsys):
     assert sample_vae.main(["--load", str(vae_ckpt), "--output", str(tmp_path / "a"), "--budget", "80"]) == 0

@@ -104,6 +104,7 @@ def train_losses(out: Path, n: str, stage: str) -> list[tuple[int, str]]:
         return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path):
     """Run 2 stops the VAE at step 6 (a validation step) and the denoiser at 5, and resumes both to 12 (the VAE by
     --auto-resume, the denoiser on cached latents by --load): weights, EMA, AdamW state and the logged loss curve
@@ -123,6 +124,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path)
         assert [step for step, _ in curve] == list(range(12)) and curve == train_losses(tmp_path, "1", stage)
 
 
+@pytest.mark.slow
 def test_a_vae_with_its_discriminator_resumes_exactly_across_the_switch_on(tmp_path):
     """The discriminator and its AdamW moments live in last.ckpt: stopped before vae.disc.start_step and resumed past
     it, the run ends bit-equal to the uninterrupted one."""
@@ -150,6 +152,7 @@ def test_auto_resume_skips_finished_stages(tmp_path, capsys):
     assert before == {stage: (ckpts / stage / "checkpoints" / "last.ckpt").stat().st_mtime_ns for stage in before}
 
 
+@pytest.mark.slow
 def test_accumulation_counts_optimiser_steps_and_resumes_at_a_step_boundary(tmp_path):
     """accumulate_grad_batches 2: 6 optimiser steps read 11 batches (7 per epoch of 108 images; Lightning closes an
     epoch's odd last batch with a step of its own); stopped at 3 and resumed, the same state."""
@@ -261,6 +264,7 @@ def test_two_nodes_with_one_task_each_end_with_equal_weights(tmp_path):
     assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # two ranks, each with its own noise
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):
     """precision bf16-mixed: the forward pass runs in bfloat16 (the first loss differs from float32's by rounding
     only), while the weights, EMA and checkpoint stay float32."""

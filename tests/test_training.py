@@ -268,6 +268,7 @@ def test_toy_reaches_chamfer_bound(tmp_path, capsys, objective):
     assert (tmp_path / "toy" / "grid.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger,marker", [("tensorboard", "events.out.tfevents"), ("wandb", "offline-run")])
 def test_other_loggers_work_offline(tmp_path, monkeypatch, logger, marker):
     """TensorBoard and wandb (offline, no account) are a config switch away; both write their files locally."""
@@ -280,6 +281,7 @@ def test_other_loggers_work_offline(tmp_path, monkeypatch, logger, marker):
     assert any(marker in str(p) for p in (tmp_path / "digits-1" / "vae").rglob("*")), logger
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_wandb_run_and_grids_reach_the_loggers(tmp_path, monkeypatch):
     """The W&B run id is kept in the stage folder and a resumed start asks W&B for the same run; the reconstruction
     grids go to W&B and TensorBoard as well as to PNGs."""

@@ -25,6 +25,7 @@ from model.lightning.callbacks.progress import StepProgressBar
 from model.lightning.callbacks.same_weights import SameWeightsOnEveryRank
 from model.lightning.callbacks.continuous_logs import ContinuousLogs
 from model.lightning.callbacks.rng_state import RNGState
+from model.lightning.profile import stage_profiler, write_profile
 from model.lightning.slurm import cluster_plugins, job_id, requeue
 from model.run_folder import check_stage_folder
 
@@ -92,9 +93,9 @@ def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Cal
 
 
 def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
-                 extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+                 extra_callbacks: list[pl.Callback], profiler=None) -> pl.Trainer:
     try:
-        return build_trainer(tc, folder, monitor, logger, extra_callbacks)
+        return build_trainer(tc, folder, monitor, logger, extra_callbacks, profiler)
     except (MisconfigurationException, ImportError, ValueError, TypeError, RuntimeError) as err:  # "gpu" on a CPU
         raise UserError(f"the trainer settings do not work on this machine ({str(err).splitlines()[0][:160]}); "
                         f"check trainer.accelerator, trainer.devices and trainer.strategy (\"auto\" fits any "
@@ -102,7 +103,7 @@ def make_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
 
 
 def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
-                  extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+                  extra_callbacks: list[pl.Callback], profiler=None) -> pl.Trainer:
     devices = tc.devices if not tc.devices.isdigit() else int(tc.devices)
     return pl.Trainer(
         max_steps=tc.max_steps,
@@ -126,6 +127,7 @@ def build_trainer(tc: TrainerConfig, folder: Path, monitor: str, logger,
         num_nodes=tc.num_nodes,
         strategy=tc.strategy,
         deterministic=tc.deterministic,
+        profiler=profiler,
     )
 
 
@@ -208,7 +210,8 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     stop = GracefulStop()
     callbacks = [stop, RNGState(cfg.seed), SameWeightsOnEveryRank(), ContinuousLogs(), *quality_callbacks(stage, cfg)]
     logger = make_logger(tc, stage_dir, f"{cfg.name}-{folder.name}-{stage}", checkpoint_step(load) if load else None)
-    trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks)
+    profiler = stage_profiler(tc, stage_dir)
+    trainer = make_trainer(tc, stage_dir, monitor, logger, callbacks, profiler)
     write_json(cfg, folder / "config.json")  # after the last check that can refuse the run: nothing written before
     if trainer.is_global_zero:
         print(describe_batch(stage, cfg, tc, trainer.world_size, system), flush=True)
@@ -220,8 +223,11 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     interrupted = stop.interrupted(trainer.global_step, str(last), requeued=requeue_after(stop, trainer))
     if interrupted is not None:
         raise interrupted
+    wall_s = time.perf_counter() - start
     if trainer.is_global_zero:
-        print(f"{stage}: trained to step {trainer.global_step} in {time.perf_counter() - start:.0f} s")
+        if profiler is not None:
+            write_profile(profiler, stage_dir, wall_s)
+        print(f"{stage}: trained to step {trainer.global_step} in {wall_s:.0f} s")
     return last
 
 

@@ -195,7 +195,7 @@ def loss_table(args, pipe, dm, out: Path) -> dict[str, Any]:
     writer.writerows([t, f"{float(pipe.schedule.alpha_bar[t]):.6g}", f"{loss:.6g}"] for t, loss in zip(timesteps, losses))
     write_text(out / "loss_per_timestep.csv", text.getvalue())
     return {"loss_per_timestep": [{"t": t, "loss": loss} for t, loss in zip(timesteps, losses)],
-            "loss": pipe.diff.loss, "parametrisation": pipe.diff.parametrisation}
+            "loss": pipe.diff.loss, "parametrisation": pipe.diff.parametrisation, "objective": pipe.diff.objective}
 
 
 def sampler_text(args, pipe) -> str:
@@ -241,8 +241,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"| {describe_sampler(c['sampler'], c['steps'])} | {c['chamfer_distance']:.4f} |"
                   for c in report["chamfer"]]
         lines += ["", "![samples over the data](chamfer.png)"]
-    lines += ["", f"## Validation loss per timestep ({report['loss']} loss on the {report['parametrisation']} target, "
-              f"EMA network, fixed noise)", "", "| t | loss |", "|---|---|"]
+    objective = report.get("objective", "vp")  # flow and edm have their own targets; vp's is the parametrisation
+    target = f"the {report['parametrisation']} target" if objective == "vp" else f"the {objective} objective's target"
+    lines += ["", f"## Validation loss per timestep ({report['loss']} loss on {target}, EMA network, fixed noise)", "",
+              "| t | loss |", "|---|---|"]
     lines += [f"| {r['t']} | {r['loss']:.5f} |" for r in report["loss_per_timestep"]]
     return "\n".join(lines) + "\n"
 

@@ -150,7 +150,8 @@ class DenoiserSystem(System):
         super().optimizer_step(*args, **kwargs)
         # After every real optimiser step (not every micro-batch under accumulation); identical on all DDP ranks
         # because the weights are.
-        ema_update(self.ema, self.net, ema_decay_at(self.global_step, self.diff.ema_decay))
+        with self.trainer.profiler.profile("ema_update"):  # its own line in trainer.profile's table
+            ema_update(self.ema, self.net, ema_decay_at(self.global_step, self.diff.ema_decay))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """The EMA network's loss at fixed timesteps with fixed noise (seeded by the batch index), and their mean."""
