@@ -106,24 +106,56 @@ def peer_samples(ema: nn.Module, labels: Tensor, seed: int, batch_size: int) -> 
     return torch.cat(out) * 2 - 1  # [0, 1] -> [-1, 1], as ours
 
 
-def scores(name: str, x: Tensor, labels: Tensor, clf, d: Tensor, d_held: Tensor) -> dict[str, Any]:
-    from model.evaluation import predict
-
-    row: dict[str, Any] = {"model": name}
-    if clf is not None:
-        row["class accuracy"] = float((predict(clf, x, "cpu") == labels).float().mean())
-    row["NN / held-out"] = float(d.median() / d_held.median())
-    return row
-
-
 def budget_columns(budget: dict[str, Any], row: str) -> dict[str, Any]:
     from model.metrics.budget import FLOOR, floor_ratio
 
-    means = {r["row"]: r for r in budget["rows"]}
-    floor = means[FLOOR]
+    rows = {r["row"]: r for r in budget["rows"]}
+    mine, floor = rows[row], rows[FLOOR]
     return {"pixel FD (× floor)": floor_ratio(budget, row),
-            "precision (floor's)": f"{means[row]['precision']['mean']:.3f} ({floor['precision']['mean']:.3f})",
-            "recall (floor's)": f"{means[row]['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})"}
+            "precision (floor's)": f"{mine['precision']['mean']:.3f} ({floor['precision']['mean']:.3f})",
+            "recall (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})"}
+
+
+def training_data(run: Path):
+    """Our run's resolved config and its data module at the denoiser's batch size (what the peer trains on)."""
+    from data import make_datamodule
+    from model.cli_config import from_dict
+
+    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    batch = cfg.denoiser.trainer.batch_size or cfg.data.batch_size
+    dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=batch))
+    dm.prepare_data()
+    dm.setup("fit")
+    return cfg, dm
+
+
+def both_samples(pipe, ema: nn.Module, labels: Tensor, seed: int) -> dict[str, Tensor]:
+    """Ours and the peer's samples of `labels` at w = 0, DDIM-25, in [-1, 1]."""
+    from model.evaluation import generate
+    from model.sampling import SamplerSpec
+
+    spec = SamplerSpec.from_config(pipe.diff, sampler="ddim", steps=25, spacing=pipe.diff.sample_spacing, guidance=0.0)
+    return {"ours (latent)": generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250),
+            "peer (pixel)": peer_samples(ema, labels, seed, 250)}
+
+
+def judged(samples: dict[str, Tensor], labels: Tensor, pipe, dm, clf, seed: int) -> tuple[list[dict], dict]:
+    """Per model: class accuracy (with a classifier), the copy ratio and the error budget's columns."""
+    from model.evaluation import pixel_budget, pixel_size, predict
+    from model.metrics.budget import PixelProtocol
+    from model.scripts.demo_report import nearest_distances, real_images
+
+    held = real_images(dm.val_dataloader(), dm.data_shape)
+    d = nearest_distances(torch.cat([*samples.values(), held]), dm.train_dataloader())
+    d_held = d[len(samples) * len(labels):].median()
+    budget = pixel_budget(pipe, dm, samples, PixelProtocol(size=pixel_size(dm), seed=seed), 10_000, 250)
+    rows = []
+    for (name, x), d_x in zip(samples.items(), d.split(len(labels))):
+        row: dict[str, Any] = {"model": name}
+        if clf is not None:
+            row["class accuracy"] = float((predict(clf, x, "cpu") == labels).float().mean())
+        rows.append({**row, "NN / held-out": float(d_x.median() / d_held), **budget_columns(budget, name)})
+    return rows, budget
 
 
 @cli_entry
@@ -139,54 +171,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="after --: overrides for our main command, as on its command line")
     args = parse(p, argv)
     peer_classes()  # a missing peer fails before anything trains
-    from data import make_datamodule
     from model.classifier import load_classifier
-    from model.cli_config import from_dict
-    from model.evaluation import generate, pixel_budget, pixel_size
-    from model.metrics.budget import PixelProtocol
+    from model.metrics.budget import ROUND_TRIP, floor_ratio
     from model.pipeline import LatentDiffusionPipeline
-    from model.sampling import SamplerSpec
-    from model.scripts.demo_report import nearest_distances, real_images
 
+    clf = load_classifier(args.classifier)[0] if args.classifier else None
     report = Report(NAME, args.device)
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
     run, ours_s = train_ours(args, out)
-    cfg = from_dict(json.loads((run / "config.json").read_text()))
-    dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=cfg.denoiser.trainer.batch_size or cfg.data.batch_size))
-    dm.prepare_data()
-    dm.setup("fit")
+    cfg, dm = training_data(run)
+    peer_s = args.peer_seconds or ours_s
     torch.manual_seed(args.seed)
-    ema, steps = train_peer(make_peer(cfg, args), dm.train_dataloader(), args.peer_seconds or ours_s, args.peer_lr)
+    ema, steps = train_peer(make_peer(cfg, args), dm.train_dataloader(), peer_s, args.peer_lr)
 
     pipe = LatentDiffusionPipeline.from_pretrained(run / "denoiser" / "checkpoints" / "last.ckpt")
     labels = torch.arange(pipe.num_classes).repeat_interleave(args.per_class)
-    spec = SamplerSpec.from_config(pipe.diff, sampler="ddim", steps=25, spacing=pipe.diff.sample_spacing, guidance=0.0)
-    samples = {"ours (latent)": generate(pipe, len(labels), labels, spec, seed=args.seed, batch_size=250),
-               "peer (pixel)": peer_samples(ema, labels, args.seed, 250)}
-    held = real_images(dm.val_dataloader(), dm.data_shape)
-    d = nearest_distances(torch.cat([*samples.values(), held]), dm.train_dataloader())
-    d_rows = d[: 2 * len(labels)].split(len(labels))
-    budget = pixel_budget(pipe, dm, samples, PixelProtocol(size=pixel_size(dm), seed=args.seed), 10_000, 250)
-    clf = load_classifier(args.classifier)[0] if args.classifier else None
-    rows = []
-    for (name, x), d_x, (what, seconds, n) in zip(samples.items(), d_rows, (
-            ("both stages", ours_s, f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}"),
-            ("training steps", args.peer_seconds or ours_s, str(steps)))):
-        rows.append({**scores(name, x, labels, clf, d_x, d[2 * len(labels):]), **budget_columns(budget, name),
-                     "training s": seconds, "trained": what, "steps": n})
+    rows, budget = judged(both_samples(pipe, ema, labels, args.seed), labels, pipe, dm, clf, args.seed)
+    rows[0].update({"training s": ours_s, "trained": "both stages",
+                    "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}"})
+    rows[1].update({"training s": peer_s, "trained": "training steps", "steps": str(steps)})
+    protocol = budget["protocol"]
     report.table(f"Our demo and the pixel-space peer at equal wall time ({args.config}, DDIM-25, w = 0, "
                  f"{len(labels)} samples each)", rows,
-                 note=f"pixel metrics: {budget['protocol']['features']}; mean over {budget['protocol']['draws']} draws; "
-                      f"our VAE's round trip scores {floor_ratio_of(budget):.2f}x the floor")
+                 note=f"pixel metrics: {protocol['features']}; mean over {protocol['draws']} draws; our VAE's round "
+                      f"trip scores {floor_ratio(budget, ROUND_TRIP):.2f}x the floor")
     report.save()
     return 0
-
-
-def floor_ratio_of(budget: dict[str, Any]) -> float:
-    from model.metrics.budget import ROUND_TRIP, floor_ratio
-
-    return floor_ratio(budget, ROUND_TRIP)
 
 
 if __name__ == "__main__":
