@@ -105,6 +105,16 @@ class Timing:
         return min(self.seconds)
 
 
+def timed_process(args: list[str]) -> float:
+    """Wall seconds of `python <args>` in a fresh process (as a user runs a command), its output discarded."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so perf_counter sees it; a no-op on the CPU."""
     if device.type == "cuda":

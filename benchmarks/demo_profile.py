@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Report, make_parser, parse
+from benchmarks.common import Report, make_parser, parse, timed_process
 from model.errors import cli_entry
 from model.lightning.profile import PROFILE_FILE
 
@@ -56,12 +53,6 @@ def stage_parts(profile: dict[str, Any]) -> dict[str, float]:
     return parts
 
 
-def timed_run(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, *cmd], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
 def rows_of(profiles: dict[str, dict[str, Any]], main_s: float, sample_s: float) -> list[dict[str, Any]]:
     wall = main_s + sample_s
     rows = []
@@ -86,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
     run = out / f"{Path(args.config).stem}-1"  # the run folder is named after the config file
-    main_s = timed_run(["-m", "model.main", "-cfg", args.config, "--train-vae", "--train-denoiser", "-n", "1",
+    main_s = timed_process(["-m", "model.main", "-cfg", args.config, "--train-vae", "--train-denoiser", "-n", "1",
                         "--output_dir", str(out), "--vae.trainer.profile", "true",
                         "--denoiser.trainer.profile", "true", *args.overrides])
-    sample_s = timed_run(["-m", "model.scripts.sample", "--load", str(run / "denoiser" / "checkpoints" / "last.ckpt"),
+    sample_s = timed_process(["-m", "model.scripts.sample", "--load", str(run / "denoiser" / "checkpoints" / "last.ckpt"),
                           "--ddim", "--steps", "25", "--per-class", "8"])
     profiles = {s: json.loads((run / s / PROFILE_FILE).read_text()) for s in STAGES}
     report.table(f"Where the main command's time goes ({args.config})", rows_of(profiles, main_s, sample_s),

@@ -18,11 +18,8 @@ Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import Report, make_parser, parse
+from benchmarks.common import Report, make_parser, parse, timed_process
 from model.errors import UserError, cli_entry
 
 NAME = "peer_equal_time"
@@ -47,10 +44,9 @@ def peer_classes():
 
 def train_ours(args, out: Path) -> tuple[Path, float]:
     """The README's main command in a fresh process; its run folder and wall seconds."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "model.main", "-cfg", args.config, "--train-vae", "--train-denoiser",
-                    "-n", "1", "--output_dir", str(out), *args.overrides], check=True, stdout=subprocess.DEVNULL)
-    return out / f"{Path(args.config).stem}-1", time.perf_counter() - start
+    seconds = timed_process(["-m", "model.main", "-cfg", args.config, "--train-vae", "--train-denoiser", "-n", "1",
+                             "--output_dir", str(out), *args.overrides])
+    return out / f"{Path(args.config).stem}-1", seconds
 
 
 def unguided_sampling_fixed(unet: nn.Module) -> None:
@@ -118,15 +114,11 @@ def budget_columns(budget: dict[str, Any], row: str) -> dict[str, Any]:
 
 def training_data(run: Path):
     """Our run's resolved config and its data module at the denoiser's batch size (what the peer trains on)."""
-    from data import make_datamodule
     from model.cli_config import from_dict
+    from model.lightning.trainer import stage_data
 
     cfg = from_dict(json.loads((run / "config.json").read_text()))
-    batch = cfg.denoiser.trainer.batch_size or cfg.data.batch_size
-    dm = make_datamodule(dataclasses.replace(cfg.data, batch_size=batch))
-    dm.prepare_data()
-    dm.setup("fit")
-    return cfg, dm
+    return cfg, stage_data(cfg, cfg.denoiser.trainer)
 
 
 def both_samples(pipe, ema: nn.Module, labels: Tensor, seed: int) -> dict[str, Tensor]:
