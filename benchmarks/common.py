@@ -305,3 +305,19 @@ def denoise_of(net: nn.Module, schedule: base.Schedule, c: Optional[Tensor]):
 
     classes = getattr(getattr(net, "cfg", None), "num_classes", 0)
     return Denoiser(net, schedule, "v", num_classes=classes).bind(c if classes else None)
+
+
+def peer_update(net, ema, opt, loss, step: int, lr: float) -> None:
+    """One optimiser step of a peer model as the peer benchmarks train them: AdamW's rate warmed up over 100 steps,
+    the gradient-norm clip at 1, then the EMA of the weights with our decay warm-up (model.ema)."""
+    from torch import nn
+
+    from model.ema import ema_decay_at, ema_update
+
+    for group in opt.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / 100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, net, ema_decay_at(step, 0.999))

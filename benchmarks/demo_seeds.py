@@ -1,37 +1,69 @@
-"""The demo's quality as a distribution over training seeds: one row per run's sample report
+"""The demo's quality as a distribution over training seeds: per feature space one row per run's sample report
 (`model.scripts.demo_report`), then their mean ± std, then the recipe's bounds, each checked on every seed.
 
     python -m benchmarks.demo_seeds runs/digits-1 runs/digits-2 runs/digits-3 [--cfg-scale 0]
+    python -m benchmarks.demo_seeds runs/emoji-1 runs/emoji-2 runs/emoji-3 --bounds emoji
 
 Each run folder needs denoiser/report/report.json; `main_wall_s` beside it (written by scripts/demo_benchmark.sh)
-adds the main command's wall time. Every figure is the run's error budget at one guidance scale w: the samples' pixel
-FD over the real floor's, their precision and recall over the floor's (1 = as good as real images), the class
-accuracy, and the memorisation ratio (median distance to the nearest training image over held-out images').
+adds the main command's wall time. Every figure is the run's error budget at one guidance scale w: in each feature
+space (pixels at each compared size, the classifier's features), the samples' FD over the real floor's, their
+precision and recall over the floor's (1 = as good as real images); then the class accuracy beside the classifier's
+on held-out real images, and the memorisation ratio (median distance to the nearest training image over held-out
+images').
 """
 from __future__ import annotations
 
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from benchmarks.common import Report
 from model.errors import ArgParser, UserError, cli_entry
 from model.metrics.budget import FLOOR, ROUND_TRIP
+from model.scripts.demo_report import all_budgets
 
 NAME = "demo_seeds"
-# (column, test, text): what the recipe promises for w = 0; every seed must pass all but the mean bound
-BOUNDS = [
-    ("FD / floor", lambda v: max(v) <= 1.25, "every seed's pixel FD <= 1.25x the floor's"),
-    ("FD / floor", lambda v: statistics.fmean(v) <= 1.15, "mean pixel FD <= 1.15x the floor's"),
-    ("recall / floor", lambda v: min(v) >= 0.93, "every seed's recall >= 0.93x the floor's"),
-    ("class accuracy", lambda v: min(v) >= 0.99, "every seed's class accuracy >= 99%"),
-]
+CLASSES = "class"  # the table of class accuracy, the copy check and the wall time
 
 
-def run_row(folder: Path, w: float) -> dict[str, Any]:
+def at_most(bound: float) -> Callable[[list[float]], bool]:
+    return lambda values: max(values) <= bound
+
+
+def at_least(bound: float) -> Callable[[list[float]], bool]:
+    return lambda values: min(values) >= bound
+
+
+def emoji_space_bounds(space: str) -> list[tuple]:
+    return [(space, "FD / floor", at_most(1.5), f"every seed's {space} FD <= 1.5x the floor's"),
+            (space, "precision / floor", at_least(0.9), f"every seed's {space} precision >= 0.9x the floor's"),
+            (space, "recall / floor", at_least(0.9), f"every seed's {space} recall >= 0.9x the floor's")]
+
+
+# What each recipe promises for w = 0, as (table, column, test over the runs' values, text); a bound is met only
+# when every seed meets it, except where the text says mean.
+BOUNDS = {
+    "digits": [
+        ("pixels 8", "FD / floor", at_most(1.25), "every seed's pixel FD <= 1.25x the floor's"),
+        ("pixels 8", "FD / floor", lambda v: statistics.fmean(v) <= 1.15, "mean pixel FD <= 1.15x the floor's"),
+        ("pixels 8", "recall / floor", at_least(0.93), "every seed's recall >= 0.93x the floor's"),
+        (CLASSES, "class accuracy", at_least(0.99), "every seed's class accuracy >= 99%"),
+    ],
+    "emoji": [
+        *emoji_space_bounds("pixels 16"), *emoji_space_bounds("pixels 32"),
+        (CLASSES, "held-out - class accuracy", at_most(0.05),
+         "every seed's class accuracy within 5 points of held-out real images'"),
+        (CLASSES, "NN / held-out", at_least(0.95),
+         "every seed's nearest-training-image distance >= 0.95x held-out images'"),
+    ],
+}
+
+
+def read_report(folder: Path, w: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's sample report and its entry for guidance scale w."""
     path = folder / "denoiser" / "report" / "report.json"
     if not path.is_file():
         raise UserError(f"{path} does not exist; run model.scripts.demo_report on {folder} first")
@@ -39,20 +71,40 @@ def run_row(folder: Path, w: float) -> dict[str, Any]:
     scale = next((s for s in report["scales"] if s["cfg_scale"] == w), None)
     if scale is None:
         raise UserError(f"{path} has no samples at w = {w:g}; run demo_report with --cfg-scale {w:g}")
-    rows = {r["row"]: r for r in report["pixel_budget"]["rows"]}
+    return report, scale
+
+
+def space_row(folder: Path, budget: dict[str, Any], w: float) -> dict[str, Any]:
+    """One run's figures in one feature space, each over the floor's."""
+    rows = {r["row"]: r for r in budget["rows"]}
     samples, floor = rows[f"samples w={w:g}"], rows[FLOOR]
-    row = {"run": folder.name,
-           "FD / floor": samples["pixel_fd"]["mean"] / floor["pixel_fd"]["mean"],
-           "precision / floor": samples["precision"]["mean"] / floor["precision"]["mean"],
-           "recall / floor": samples["recall"]["mean"] / floor["recall"]["mean"],
-           "class accuracy": scale["accuracy"],
-           "NN / held-out": scale["nn_distance_ratio"]}
+    row = {"run": folder.name, **{f"{name} / floor": samples[metric]["mean"] / floor[metric]["mean"]
+                                  for name, metric in (("FD", "pixel_fd"), ("precision", "precision"),
+                                                       ("recall", "recall"))}}
     if ROUND_TRIP in rows:
         row["round trip FD / floor"] = rows[ROUND_TRIP]["pixel_fd"]["mean"] / floor["pixel_fd"]["mean"]
+    return row
+
+
+def class_row(folder: Path, report: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]:
+    """One run's class accuracy beside the classifier's on held-out real images, the copy check, the wall time."""
+    row = {"run": folder.name, "class accuracy": scale["accuracy"]}
+    held = (report.get("held_out") or {}).get("accuracy", report.get("classifier_val_accuracy"))
+    if held is not None:
+        row["held-out accuracy"] = held
+        row["held-out - class accuracy"] = held - scale["accuracy"]
+    row["NN / held-out"] = scale["nn_distance_ratio"]
     wall = folder / "main_wall_s"
     if wall.is_file():
         row["main command s"] = float(wall.read_text())
     return row
+
+
+def run_tables(folder: Path, w: float) -> dict[str, dict[str, Any]]:
+    """{table: row} of one run: one per feature space of its report, then CLASSES."""
+    report, scale = read_report(folder, w)
+    tables = {space: space_row(folder, budget, w) for space, budget in all_budgets(report).items()}
+    return {**tables, CLASSES: class_row(folder, report, scale)}
 
 
 def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -66,10 +118,13 @@ def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+def verdicts(tables: dict[str, list[dict[str, Any]]], recipe: str) -> list[str]:
     lines = []
-    for column, test, text in BOUNDS:
-        values = [r[column] for r in rows]
+    for table, column, test, text in BOUNDS[recipe]:
+        values = [r[column] for r in tables.get(table, []) if column in r]
+        if not values:
+            lines.append(f"not measured: {text} (no {table} {column} in the reports)")
+            continue
         lines.append(f"{'met' if test(values) else 'MISSED'}: {text} (runs: {', '.join(f'{v:.3f}' for v in values)})")
     return lines
 
@@ -79,12 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgParser(prog="python -m benchmarks.demo_seeds", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (runs/digits-1 ...), one per training seed")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0, help="guidance scale w to read (0)")
+    p.add_argument("--bounds", choices=sorted(BOUNDS), default="digits", help="the recipe whose bounds to check")
     args = p.parse_args(argv)
     report = Report(NAME, torch.device("cpu"))  # the header names the machine the figures are read on
-    rows = [run_row(Path(folder), args.cfg_scale) for folder in args.runs]
-    note = "\n".join(verdicts(rows)) if args.cfg_scale == 0 else ""
-    report.table(f"The demo over {len(rows)} training runs, DDIM-25 at w = {args.cfg_scale:g}",
-                 [*rows, spread(rows)], note=note)
+    per_run = [run_tables(Path(folder), args.cfg_scale) for folder in args.runs]
+    tables = {name: [run[name] for run in per_run if name in run] for name in per_run[0]}
+    for name, rows in tables.items():
+        what = "class accuracy, copy check and wall time" if name == CLASSES else f"{name} features"
+        report.table(f"The demo over {len(rows)} training runs, DDIM-25 at w = {args.cfg_scale:g}: {what}",
+                     [*rows, spread(rows)])
+    if args.cfg_scale == 0:
+        print("\n" + "\n".join(verdicts(tables, args.bounds)))
     report.save()
     return 0
 

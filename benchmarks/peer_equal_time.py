@@ -1,8 +1,11 @@
-"""Our demo against a pixel-space peer given the same wall time: lucidrains' denoising-diffusion-pytorch (PyPI
-2.3.4; its classifier-free-guidance UNet and GaussianDiffusion, v-objective, DDIM-25), both scored the same way.
+"""Our demo against peers given the same wall time: lucidrains' denoising-diffusion-pytorch in pixel space (PyPI
+2.3.4; its classifier-free-guidance UNet and GaussianDiffusion, v-objective, DDIM-25) for our two stages' time, and
+a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored the same way.
 
     python -m benchmarks.peer_equal_time [--config config/digits.json] [--classifier runs/classifiers/digits.pt] \
-        [--per-class 50] [-- <overrides for our main command>]
+        [--per-class 50] [--pixel-size 8] [-- <overrides for our main command>]
+    python -m benchmarks.peer_equal_time --config config/emoji.json --classifier runs/classifiers/emoji.pt \
+        --pixel-size 16 32 --output runs/bench-peer-emoji
 
 1. Trains our demo with the README's main command (both stages, a fresh process) and times it.
 2. Trains the peer in this process on the same training split, at the same image size and batch, for that many
@@ -10,9 +13,12 @@
    its `Unet(dim, dim_mults, channels, num_classes, cond_drop_prob = our p_uncond)` and `GaussianDiffusion(
    objective="pred_v", beta_schedule="cosine", sampling_timesteps=25, ddim_sampling_eta=0)`, AdamW with a 100-step
    warm-up, the global gradient-norm clip at 1 and an EMA of the weights (our decay warm-up) that it samples from.
-3. Draws `--per-class` samples of every class from each at w = 0 (the peer's cond_scale = 1), DDIM-25, and scores
-   both with our error budget on pixel features (beside our VAE's round trip and the real floor), the digits
-   classifier's accuracy and the nearest-training-image distance over held-out images'.
+3. Trains the latent peer (`benchmarks.latent_peer`) on our run's VAE latents for our denoiser stage's training
+   time (the last `val/elapsed_s` its quality evaluations logged, or `--latent-peer-seconds`).
+4. Draws `--per-class` samples of every class from each at w = 0 (the peer's cond_scale = 1), DDIM-25, and scores
+   them with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every
+   `--pixel-size` and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
+   nearest-training-image distance over held-out images'.
 Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run it alone on the machine.
 """
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import Report, make_parser, parse, timed_process
+from benchmarks.common import Report, make_parser, parse, peer_update, timed_process
 from model.errors import UserError, cli_entry
 
 NAME = "peer_equal_time"
@@ -72,7 +78,6 @@ def make_peer(cfg, args) -> nn.Module:
 def train_peer(peer: nn.Module, loader, seconds: float, lr: float) -> tuple[nn.Module, int]:
     """Training steps until `seconds` have passed; returns the EMA copy and the number of steps."""
     from data.captions import batch_parts
-    from model.ema import ema_decay_at, ema_update
 
     ema = copy.deepcopy(peer).requires_grad_(False)
     opt = torch.optim.AdamW(peer.parameters(), lr=lr)
@@ -82,16 +87,20 @@ def train_peer(peer: nn.Module, loader, seconds: float, lr: float) -> tuple[nn.M
             if time.perf_counter() - start >= seconds:
                 break
             x, y, _ = batch_parts(batch)
-            for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / 100)
             loss = peer((x + 1) / 2, classes=y)  # the peer takes images in [0, 1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
-            opt.step()
-            ema_update(ema, peer, ema_decay_at(step, 0.999))
+            peer_update(peer, ema, opt, loss, step, lr)
             step += 1
     return ema.eval(), step
+
+
+def grid_of(name: str, x: Tensor, labels: Tensor, held: tuple[Tensor, Tensor], out: Path, per_class: int = 10) -> None:
+    """real_vs_<model>.png in `out`: per class, held-out real images (left) beside the model's samples (right)."""
+    from model.images import save_grid
+    from model.scripts.demo_report import side_by_side
+
+    keep = min(per_class, int(torch.bincount(labels).min()))
+    slug = name.split(" ")[0].lower()
+    save_grid(side_by_side(*held, x, labels, keep), out / f"real_vs_{slug}.png", nrow=2 * keep + 1)
 
 
 @torch.no_grad()
@@ -102,14 +111,17 @@ def peer_samples(ema: nn.Module, labels: Tensor, seed: int, batch_size: int) -> 
     return torch.cat(out) * 2 - 1  # [0, 1] -> [-1, 1], as ours
 
 
-def budget_columns(budget: dict[str, Any], row: str) -> dict[str, Any]:
+def budget_columns(budget: dict[str, Any], row: str, space: str, several: bool) -> dict[str, Any]:
+    """A row's FD over the floor's, precision and recall beside the floor's, in one feature space (named in the
+    columns when the table holds several)."""
     from model.metrics.budget import FLOOR, floor_ratio
 
     rows = {r["row"]: r for r in budget["rows"]}
     mine, floor = rows[row], rows[FLOOR]
-    return {"pixel FD (× floor)": floor_ratio(budget, row),
-            "precision (floor's)": f"{mine['precision']['mean']:.3f} ({floor['precision']['mean']:.3f})",
-            "recall (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})"}
+    tag = f" {space}" if several else ""
+    return {f"FD{tag} (× floor)": floor_ratio(budget, row),
+            f"precision{tag} (floor's)": f"{mine['precision']['mean']:.3f} ({floor['precision']['mean']:.3f})",
+            f"recall{tag} (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})"}
 
 
 def training_data(run: Path):
@@ -121,33 +133,51 @@ def training_data(run: Path):
     return cfg, stage_data(cfg, cfg.denoiser.trainer)
 
 
-def both_samples(pipe, ema: nn.Module, labels: Tensor, seed: int) -> dict[str, Tensor]:
-    """Ours and the peer's samples of `labels` at w = 0, DDIM-25, in [-1, 1]."""
+OURS, PEER, LATENT_PEER = "ours (latent)", "peer (pixel)", "diffusers UNet2DModel (our latents)"
+
+
+def our_samples(pipe, labels: Tensor, seed: int) -> Tensor:
+    """Our samples of `labels` at w = 0, DDIM-25, in [-1, 1]."""
     from model.evaluation import generate
     from model.sampling import SamplerSpec
 
     spec = SamplerSpec.from_config(pipe.diff, sampler="ddim", steps=25, spacing=pipe.diff.sample_spacing, guidance=0.0)
-    return {"ours (latent)": generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250),
-            "peer (pixel)": peer_samples(ema, labels, seed, 250)}
+    return generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250)
 
 
-def judged(samples: dict[str, Tensor], labels: Tensor, pipe, dm, clf, seed: int) -> tuple[list[dict], dict]:
-    """Per model: class accuracy (with a classifier), the copy ratio and the error budget's columns."""
-    from model.evaluation import pixel_budget, pixel_size, predict
-    from model.metrics.budget import PixelProtocol
-    from model.scripts.demo_report import nearest_distances, real_images
+def denoiser_seconds(run: Path) -> float:
+    """Our denoiser stage's training time: the wall time its last quality evaluation logged."""
+    import csv
 
-    held = real_images(dm.val_dataloader(), dm.data_shape)
+    path = run / "denoiser" / "logs" / "metrics.csv"
+    times = [float(r["val/elapsed_s"]) for r in csv.DictReader(open(path)) if r.get("val/elapsed_s")] \
+        if path.is_file() else []
+    if not times:
+        raise UserError(f"{path} holds no val/elapsed_s (the config evaluates no quality during training); pass "
+                        f"--latent-peer-seconds")
+    return times[-1]
+
+
+def judged(samples: dict[str, Tensor], labels: Tensor, pipe, dm, held: Tensor, clf,
+           protocols: list) -> tuple[list[dict], dict]:
+    """Per model: class accuracy (with a classifier), the copy ratio against the held-out images `held` and every
+    error budget's columns."""
+    from model.evaluation import model_budgets, predict
+    from model.scripts.demo_report import nearest_distances
+
     d = nearest_distances(torch.cat([*samples.values(), held]), dm.train_dataloader())
     d_held = d[len(samples) * len(labels):].median()
-    budget = pixel_budget(pipe, dm, samples, PixelProtocol(size=pixel_size(dm), seed=seed), 10_000, 250)
+    budgets = model_budgets(pipe, dm, samples, protocols, 10_000, 250, classifier=clf)
     rows = []
     for (name, x), d_x in zip(samples.items(), d.split(len(labels))):
         row: dict[str, Any] = {"model": name}
         if clf is not None:
             row["class accuracy"] = float((predict(clf, x, "cpu") == labels).float().mean())
-        rows.append({**row, "NN / held-out": float(d_x.median() / d_held), **budget_columns(budget, name)})
-    return rows, budget
+        row["NN / held-out"] = float(d_x.median() / d_held)
+        for space, budget in budgets.items():
+            row.update(budget_columns(budget, name, space, len(budgets) > 1))
+        rows.append(row)
+    return rows, budgets
 
 
 @cli_entry
@@ -160,12 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-mults", type=int, nargs="+", default=[1, 2, 4], help="its dim_mults (1 2 4)")
     p.add_argument("--peer-lr", type=float, default=1e-3, help="its AdamW learning rate (1e-3)")
     p.add_argument("--peer-seconds", type=float, default=None, help="its training time (default: our main command's)")
+    p.add_argument("--latent-peer-seconds", type=float, default=None,
+                   help="the diffusers UNet's training time (default: our denoiser stage's)")
+    p.add_argument("--pixel-size", type=int, nargs="+", default=None,
+                   help="sides the pixel budget compares at (default: the data's native size, else <= 32)")
     p.add_argument("overrides", nargs="*", help="after --: overrides for our main command, as on its command line")
     args = parse(p, argv)
     peer_classes()  # a missing peer fails before anything trains
+    from benchmarks import latent_peer
     from model.classifier import load_classifier
-    from model.metrics.budget import ROUND_TRIP, floor_ratio
+    from model.evaluation import pixel_size
+    from model.metrics.budget import ROUND_TRIP, PixelProtocol, floor_ratio
     from model.pipeline import LatentDiffusionPipeline
+    from model.scripts.demo_report import held_out_set
 
     clf = load_classifier(args.classifier)[0] if args.classifier else None
     report = Report(NAME, args.device)
@@ -178,16 +215,29 @@ def main(argv: list[str] | None = None) -> int:
     ema, steps = train_peer(make_peer(cfg, args), dm.train_dataloader(), peer_s, args.peer_lr)
 
     pipe = LatentDiffusionPipeline.from_pretrained(run / "denoiser" / "checkpoints" / "last.ckpt")
+    latent_s = args.latent_peer_seconds or denoiser_seconds(run)
+    latents, latent_labels = latent_peer.training_latents(pipe, dm.train_dataloader())
+    unet = latent_peer.make_unet(tuple(latents.shape[1:]), pipe.num_classes, cfg.denoiser.unet.base_channels)
+    latent_ema, latent_steps = latent_peer.train(
+        unet, latents, latent_labels, latent_s, batch_size=cfg.denoiser.trainer.batch_size, lr=cfg.denoiser.optim.lr,
+        p_uncond=cfg.denoiser.diffusion.p_uncond, num_classes=pipe.num_classes, seed=args.seed)
+
     labels = torch.arange(pipe.num_classes).repeat_interleave(args.per_class)
-    rows, budget = judged(both_samples(pipe, ema, labels, args.seed), labels, pipe, dm, clf, args.seed)
+    samples = {OURS: our_samples(pipe, labels, args.seed), PEER: peer_samples(ema, labels, args.seed, 250),
+               LATENT_PEER: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), args.seed)}
+    protocols = [PixelProtocol(size=size, seed=args.seed) for size in args.pixel_size or [pixel_size(dm)]]
+    held = held_out_set(dm)
+    rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols)
     rows[0].update({"training s": ours_s, "trained": "both stages",
                     "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}"})
     rows[1].update({"training s": peer_s, "trained": "training steps", "steps": str(steps)})
-    protocol = budget["protocol"]
-    report.table(f"Our demo and the pixel-space peer at equal wall time ({args.config}, DDIM-25, w = 0, "
-                 f"{len(labels)} samples each)", rows,
-                 note=f"pixel metrics: {protocol['features']}; mean over {protocol['draws']} draws; our VAE's round "
-                      f"trip scores {floor_ratio(budget, ROUND_TRIP):.2f}x the floor")
+    rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps)})
+    notes = [f"{space}: {b['protocol']['features']}; mean over {b['protocol']['draws']} draws; our VAE's round trip "
+             f"scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor" for space, b in budgets.items()]
+    report.table(f"Our demo and its peers at equal wall time ({args.config}, DDIM-25, w = 0, "
+                 f"{len(labels)} samples each)", rows, note="\n".join(notes))
+    for name, x in samples.items():  # real held-out images beside each model's samples, class by class
+        grid_of(name, x, labels, held, out)
     report.save()
     return 0
 

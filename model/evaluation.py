@@ -98,23 +98,57 @@ def round_trip(pipe, images: Tensor, batch_size: int) -> Optional[Tensor]:
     return torch.cat([pipe.decode(pipe.encode(x)).cpu() for x in images.split(batch_size)])
 
 
-def real_budget(dm, samples: dict[str, Tensor], protocol, pool_size: int, autoencode=None,
-                n: Optional[int] = None, flag: str = "--num_samples") -> dict:
-    """The error budget (model.metrics.budget) of sample sets, possibly none, against the data's real images on
-    pixel features; `autoencode` maps images to their VAE round trip (None: no round-trip row); n defaults to the
-    samples' count, and `flag` is the option a too large n is fixed with."""
-    from model.metrics.budget import check_sizes, error_budget
+DOMAIN_FEATURES = ("the classifier's penultimate layer ({dim} values) of uint8 images at {size}x{size}, as they are "
+                   "(no projection); a classifier keeps what tells the classes apart and may miss the rest")
+
+
+@torch.no_grad()
+def classifier_vectors(clf, images: Tensor, device: str, batch_size: int = 500) -> Tensor:
+    """The classifier's penultimate features (N, D) float64 of [-1, 1] images, read from their uint8 quantisation as
+    the pixel metrics read them (`model.metrics.fid.ClassifierFeatures`)."""
+    from model.metrics.fid import ClassifierFeatures, images_to_uint8
+
+    extractor = ClassifierFeatures(clf).to(device)
+    return torch.cat([extractor(images_to_uint8(x).to(device)).double().cpu() for x in images.split(batch_size)])
+
+
+def real_budgets(dm, samples: dict[str, Tensor], protocols: list, pool_size: int, autoencode=None,
+                 n: Optional[int] = None, flag: str = "--num_samples", classifier=None,
+                 device: str = "cpu") -> dict[str, dict]:
+    """The error budgets (model.metrics.budget) of sample sets, possibly none, against the data's real images:
+    one on pixel features per protocol ("pixels 16", "pixels 32", ...), and with a classifier one on its
+    penultimate features ("domain"). Every budget draws its floors from the same real pool (the first protocol's
+    seed). `autoencode` maps images to their VAE round trip (None: no round-trip row); n defaults to the samples'
+    count, and `flag` is the option a too large n is fixed with."""
+    from model.metrics.budget import DOMAIN, check_sizes, error_budget
     from model.metrics.pixel import pixel_vectors
 
-    pool = real_pool(dm, pool_size, protocol.seed)
+    pool = real_pool(dm, pool_size, protocols[0].seed)
     n = n if n is not None else len(next(iter(samples.values())))
     check_sizes(len(pool), n, flag=flag)
-    vectors = {name: pixel_vectors(x, protocol.size) for name, x in samples.items()}
-    trip = pixel_vectors(autoencode(pool), protocol.size) if autoencode is not None else None
-    return error_budget(pixel_vectors(pool, protocol.size), vectors, protocol, trip, n=n)
+    trip = autoencode(pool) if autoencode is not None else None
+    spaces = [(f"pixels {p.size}", p, lambda x, s=p.size: pixel_vectors(x, s), None) for p in protocols]
+    if classifier is not None:
+        described = DOMAIN_FEATURES.format(dim=classifier.feature_dim, size=classifier.image_size)
+        spaces.append((DOMAIN, protocols[0], lambda x: classifier_vectors(classifier, x, device), described))
+    return {name: error_budget(vectors(pool), {k: vectors(x) for k, x in samples.items()}, protocol,
+                               vectors(trip) if trip is not None else None, n=n, features=described)
+            for name, protocol, vectors, described in spaces}
+
+
+def real_budget(dm, samples: dict[str, Tensor], protocol, pool_size: int, autoencode=None,
+                n: Optional[int] = None, flag: str = "--num_samples") -> dict:
+    """`real_budgets` on the pixel features of one protocol."""
+    return real_budgets(dm, samples, [protocol], pool_size, autoencode, n, flag)[f"pixels {protocol.size}"]
+
+
+def model_budgets(pipe, dm, samples: dict[str, Tensor], protocols: list, pool_size: int, batch_size: int,
+                  classifier=None, device: str = "cpu") -> dict[str, dict]:
+    """`real_budgets` of a model's samples, with the round trip through the model's VAE (latent models)."""
+    autoencode = None if pipe.autoencoder is None else (lambda x: round_trip(pipe, x, batch_size))
+    return real_budgets(dm, samples, protocols, pool_size, autoencode, classifier=classifier, device=device)
 
 
 def pixel_budget(pipe, dm, samples: dict[str, Tensor], protocol, pool_size: int, batch_size: int) -> dict:
-    """`real_budget` of a model's samples, with the round trip through the model's VAE (latent models)."""
-    autoencode = None if pipe.autoencoder is None else (lambda x: round_trip(pipe, x, batch_size))
-    return real_budget(dm, samples, protocol, pool_size, autoencode)
+    """`model_budgets` on the pixel features of one protocol."""
+    return model_budgets(pipe, dm, samples, [protocol], pool_size, batch_size)[f"pixels {protocol.size}"]

@@ -88,3 +88,28 @@ def loss_panels(panels: dict[str, dict[str, Series]], path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     return _save_figure(plt, fig, path)
+
+
+QUALITY_PANELS = (("pixel_fd", "pixel FD / floor's"), ("precision", "precision / floor's"),
+                  ("recall", "recall / floor's"))
+
+
+def quality_panels(runs: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
+    """Sample quality over training, each metric over its floor (1 = as good as real images): one column per metric,
+    against wall seconds (top row) and optimiser steps (bottom row), one line per run.
+
+    runs: label -> {"step", "elapsed_s", "pixel_fd", "precision", "recall"} arrays, the metrics already as ratios.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(QUALITY_PANELS), figsize=(4.5 * len(QUALITY_PANELS), 7.2), squeeze=False)
+    for row, (x_key, xlabel) in enumerate((("elapsed_s", "wall seconds since training started"),
+                                           ("step", "optimiser step"))):
+        for ax, (metric, title) in zip(axes[row], QUALITY_PANELS):
+            for label, series in runs.items():
+                ax.plot(series[x_key], series[metric], marker="o", ms=3, label=label)
+            ax.axhline(1.0, color="k", lw=0.8, ls="--", label="real floor")
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return _save_figure(plt, fig, path)

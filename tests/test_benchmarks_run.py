@@ -14,6 +14,7 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
     "demo_profile": ["--output", "{tmp}/runs", "--", *tiny(val_every=2), "--vae.trainer.max_steps", "2",
                      "--denoiser.trainer.max_steps", "2"],
     "peer_equal_time": ["--output", "{tmp}/runs", "--per-class", "2", "--peer-seconds", "2", "--peer-dim", "8",
+                        "--latent-peer-seconds", "2", "--pixel-size", "8", "16", "--classifier", "{tmp}/clf.pt",
                         "--peer-mults", "1", "2", "--", *tiny(val_every=2), "--vae.trainer.max_steps", "2",
                         "--denoiser.trainer.max_steps", "2"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
@@ -33,14 +34,18 @@ def test_every_benchmark_is_listed():
     import benchmarks
 
     names = {m.name for m in pkgutil.iter_modules(benchmarks.__path__)} - {"common"}
-    # quality_per_step: tests/test_quality_per_step.py; demo_seeds reads reports: tests/test_demo_seeds.py
-    assert names == set(SMALL) | {"quality_per_step", "demo_seeds"}
+    # quality_per_step: tests/test_quality_per_step.py; demo_seeds reads reports: tests/test_demo_seeds.py;
+    # latent_peer is a part of peer_equal_time: tests/test_latent_peer.py
+    assert names == set(SMALL) | {"quality_per_step", "demo_seeds", "latent_peer"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    from model.classifier import SmallCNN, save_classifier
+
+    save_classifier(tmp_path / "clf.pt", SmallCNN(1, 10, 16, width=4), {})  # untrained: any accuracy
     module = importlib.import_module(f"benchmarks.{name}")
     assert module.main([a.replace("{tmp}", str(tmp_path)) for a in SMALL[name]]) == 0
     rows = list(csv.DictReader(open(tmp_path / "results" / f"{name}.csv")))

@@ -122,7 +122,7 @@ def test_demo_report(tmp_path, capsys):
     capsys.readouterr()
 
     assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "2", "--steps", "2",
-                        "--cfg-scale", "0", "1"]) == 0
+                        "--cfg-scale", "0", "1", "--pixel-size", "8", "16"]) == 0
     out = tmp_path / "digits-1" / "denoiser" / "report"
     report = json.loads((out / "report.json").read_text())
     assert [s["cfg_scale"] for s in report["scales"]] == [0.0, 1.0]
@@ -132,10 +132,15 @@ def test_demo_report(tmp_path, capsys):
         assert s["median_nn_distance"] > 0
     assert report["held_out_items"] == 20 and report["train_items"] == 180
     assert report["held_out_median_nn_distance"] > 0
+    assert 0 <= report["held_out"]["accuracy"] <= 1 and len(report["held_out"]["per_class_accuracy"]) == 10
     assert (out / "report.md").read_text().startswith("# Sample report")
     budget = report["pixel_budget"]
     assert [r["row"] for r in budget["rows"]] == ["samples w=0", "samples w=1", "VAE round trip", "real floor"]
     assert budget["protocol"]["n"] == 20 and budget["protocol"]["real_pool"] == 200
+    assert list(report["budgets"]) == ["pixels 8", "pixels 16", "domain"] and report["budgets"]["pixels 8"] == budget
+    assert report["budgets"]["domain"]["protocol"]["features"].startswith("the classifier's penultimate layer (16")
+    assert [line for line in (out / "report.md").read_text().splitlines() if line.startswith("### ")] == [
+        "### pixels 8", "### pixels 16", "### domain"]
     from PIL import Image
 
     assert Image.open(out / "real_vs_samples_w0.png").size == (21 * 18 + 2, 10 * 18 + 2)  # 10 real | 10 samples

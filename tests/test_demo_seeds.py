@@ -14,14 +14,22 @@ def stats(mean: float) -> dict[str, float]:
     return {"mean": mean, "std": 0.0}
 
 
-def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: int):
-    folder = root / name
-    (folder / "denoiser" / "report").mkdir(parents=True)
-    rows = [{"row": "samples w=0", "pixel_fd": stats(fd), "precision": stats(0.9), "recall": stats(recall)},
+def budget(size, fd: float, recall: float, precision: float = 0.9) -> dict:
+    rows = [{"row": "samples w=0", "pixel_fd": stats(fd), "precision": stats(precision), "recall": stats(recall)},
             {"row": "VAE round trip", "pixel_fd": stats(0.11), "precision": stats(0.9), "recall": stats(0.9)},
             {"row": "real floor", "pixel_fd": stats(0.1), "precision": stats(0.9), "recall": stats(0.9)}]
+    return {"protocol": {"size": size}, "rows": rows}
+
+
+def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: int, budgets=None):
+    """A run folder with a sample report: one pixel budget at 8 px (as reports were first written) unless
+    `budgets` gives several."""
+    folder = root / name
+    (folder / "denoiser" / "report").mkdir(parents=True)
     report = {"scales": [{"cfg_scale": 0.0, "accuracy": accuracy, "nn_distance_ratio": 1.0}],
-              "pixel_budget": {"rows": rows}}
+              "pixel_budget": budget(8, fd, recall), "classifier_val_accuracy": 0.6}
+    if budgets:
+        report["budgets"] = budgets
     (folder / "denoiser" / "report" / "report.json").write_text(json.dumps(report))
     (folder / "main_wall_s").write_text(f"{wall}\n")
     return str(folder)
@@ -35,8 +43,9 @@ def test_rows_are_ratios_to_the_floor_and_a_bound_missed_by_one_seed_is_missed(t
     out = capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))
     assert [float(r["FD / floor"]) for r in rows[:2]] == [pytest.approx(1.0), pytest.approx(1.3)]
-    assert float(rows[0]["round trip FD / floor"]) == pytest.approx(1.1) and rows[1]["main command s"] == "110.0"
+    assert float(rows[0]["round trip FD / floor"]) == pytest.approx(1.1) and rows[4]["main command s"] == "110.0"
     assert rows[2]["FD / floor"] == "1.150 ± 0.212"  # mean ± sample std of 1.0 and 1.3
+    assert "pixels 8 features" in rows[0]["table"] and "class accuracy" in rows[3]["table"]
     assert "MISSED: every seed's pixel FD <= 1.25x" in out and "met: mean pixel FD <= 1.15x" in out
     assert "met: every seed's recall >= 0.93x" in out and "met: every seed's class accuracy >= 99%" in out
 
@@ -44,3 +53,31 @@ def test_rows_are_ratios_to_the_floor_and_a_bound_missed_by_one_seed_is_missed(t
 def test_a_run_without_its_report_is_one_line(tmp_path, capsys):
     assert demo_seeds.main([str(tmp_path / "digits-9")]) == 2
     assert "run model.scripts.demo_report" in capsys.readouterr().err
+
+
+def test_the_emoji_bounds_read_every_feature_space_and_the_held_out_accuracy(tmp_path, monkeypatch, capsys):
+    """The RGB recipe's bounds hold at both pixel sizes, and class accuracy is judged beside the classifier's
+    accuracy on held-out real images (0.6 here), not against a fixed share."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    spaces = {"pixels 16": budget(16, 0.14, 0.9), "pixels 32": budget(32, 0.16, 0.9, precision=0.8),
+              "domain": budget(None, 0.3, 0.5)}
+    runs = [fake_run(tmp_path, "emoji-1", 0.14, 0.9, accuracy=0.58, wall=600, budgets=spaces)]
+    assert demo_seeds.main(runs + ["--bounds", "emoji"]) == 0
+    out = capsys.readouterr().out
+    assert "met: every seed's pixels 16 FD <= 1.5x" in out and "MISSED: every seed's pixels 32 FD <= 1.5x" in out
+    assert "MISSED: every seed's pixels 32 precision >= 0.9x" in out and "met: every seed's pixels 16 recall" in out
+    assert "met: every seed's class accuracy within 5 points" in out  # 0.58 beside 0.6
+    assert "domain features" in out  # reported, though the recipe sets no bound on it
+
+
+@pytest.mark.parametrize("args, needle", [(["--config", "cifar"], "--config must be digits or emoji"),
+                                          (["--seeds", "x"], "--seeds must be a positive integer"),
+                                          (["--fast"], "unknown option --fast")])
+def test_the_demo_benchmark_script_refuses_bad_options_in_one_line(args, needle):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "demo_benchmark.sh"
+    done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == ""  # nothing trained, nothing printed

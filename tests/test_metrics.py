@@ -208,3 +208,43 @@ def test_the_budget_needs_one_n_and_enough_real_images(digits_pool):
         error_budget(vectors, {"a": vectors[:10], "b": vectors[:20]}, PROTOCOL)
     with pytest.raises(UserError, match="--num_samples 50 or fewer"):
         error_budget(vectors[:100], {"a": vectors[:60]}, PROTOCOL)
+
+
+def test_a_domain_budget_scores_features_as_they_are_and_names_its_space(digits_pool):
+    """Vectors that are features already are not projected: a set shifted along one feature moves the FD by the
+    square of the shift (the closed form for equal covariances), and the tables say "domain FD"."""
+    from model.metrics.budget import DOMAIN, PIXELS
+
+    g = torch.Generator().manual_seed(1)
+    pool = torch.randn(600, 5, generator=g, dtype=torch.float64)
+    shifted = torch.randn(200, 5, generator=g, dtype=torch.float64) + torch.tensor([3.0, 0, 0, 0, 0])
+    b = error_budget(pool, {"shifted": shifted}, PixelProtocol(size=8, draws=2), features="five numbers")
+    fd = b["rows"][0]["pixel_fd"]["mean"]
+    assert fd == pytest.approx(9.0, rel=0.15) and floor_ratio(b, "shifted") > 10
+    assert b["protocol"]["space"] == DOMAIN and b["protocol"]["features"] == "five numbers"
+    assert "domain FD" in as_text(b) and "Domain metrics: five numbers" in as_markdown(b)
+    assert budget_of(digits_pool, {"s": digits_pool[:100]})["protocol"]["space"] == PIXELS
+
+
+def test_real_budgets_score_one_pool_at_every_pixel_size_and_on_classifier_features():
+    """Every space draws its floors from the same real images; the domain space reads the classifier's features."""
+    from data import make_datamodule
+    from data.config import DataConfig
+    from model.classifier import SmallCNN
+    from model.evaluation import classifier_vectors, real_budgets, real_pool
+
+    dm = make_datamodule(DataConfig(name="digits", image_size=16, channels=1, max_items=300))
+    dm.prepare_data()
+    dm.setup("fit")
+    clf = SmallCNN(1, 10, 16, width=4).eval()
+    real = real_pool(dm, 10_000, seed=0)
+    blurred = F.avg_pool2d(F.pad(real[:60], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    protocols = [PixelProtocol(size=8, draws=2), PixelProtocol(size=16, draws=2)]
+    budgets = real_budgets(dm, {"blurred": blurred}, protocols, 10_000, classifier=clf)
+    assert list(budgets) == ["pixels 8", "pixels 16", "domain"]
+    assert [budgets[k]["protocol"]["size"] for k in ("pixels 8", "pixels 16")] == [8, 16]
+    assert all(floor_ratio(b, "blurred") > 1 for b in budgets.values())
+    direct = error_budget(classifier_vectors(clf, real, "cpu"), {"blurred": classifier_vectors(clf, blurred, "cpu")},
+                          protocols[0], features=budgets["domain"]["protocol"]["features"])
+    assert direct == budgets["domain"]
+    assert classifier_vectors(clf, real[:5], "cpu").shape == (5, clf.feature_dim)

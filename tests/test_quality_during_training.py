@@ -54,3 +54,40 @@ def test_inception_fid_without_its_weights_stops_before_anything_is_written(tmp_
     err = capsys.readouterr().err
     assert "weights-inception-2015-12-05-6726825d.pth" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "digits-1" / "denoiser").exists()
+
+
+@pytest.mark.slow
+def test_the_floor_and_wall_time_are_logged_beside_the_quality_and_plotted(tmp_path, capsys):
+    """Every evaluation row carries the real floor (scored against the same reference, which never holds the floor's
+    images) and a growing wall time; the quality plot reads them as ratios to the floor."""
+    from model.scripts.plots import main as plots_main
+
+    assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path),
+                 *tiny(val_every=100, log_every=1), "--vae.trainer.max_steps", "2",
+                 "--denoiser.trainer.max_steps", "6", "--denoiser.trainer.fid_every_n_steps", "3",
+                 "--denoiser.trainer.fid_num_samples", "20"]) == 0
+    stage = tmp_path / "digits-1" / "denoiser"
+    rows = [r for r in csv.DictReader(open(stage / "logs" / "metrics.csv")) if r.get("val/pixel_fd")]
+    floors = {r["val/floor_pixel_fd"] for r in rows}
+    assert len(floors) == 1 and float(floors.pop()) > 0  # the same real images at every evaluation
+    assert 0 < float(rows[0]["val/floor_recall"]) <= 1
+    elapsed = [float(r["val/elapsed_s"]) for r in rows]
+    assert 0 < elapsed[0] < elapsed[1]
+    assert plots_main(["quality", "--run", str(stage)]) == 0
+    table = list(csv.DictReader(open(stage / "plots" / "quality.csv")))
+    assert [float(r["step"]) for r in table] == [3.0, 6.0]
+    ratio = float(rows[1]["val/pixel_fd"]) / float(rows[1]["val/floor_pixel_fd"])
+    assert float(table[1]["pixel_fd"]) == pytest.approx(ratio)
+    assert (stage / "plots" / "quality.png").stat().st_size > 0
+    assert "x floor" in capsys.readouterr().out
+
+
+def test_the_quality_plot_of_a_run_without_quality_logs_is_one_line(tmp_path, capsys):
+    from model.scripts.plots import main as plots_main
+
+    stage = tmp_path / "denoiser" / "logs"
+    stage.mkdir(parents=True)
+    (stage / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    assert plots_main(["quality", "--run", str(tmp_path / "denoiser")]) == 2
+    err = capsys.readouterr().err
+    assert "fid_every_n_steps > 0" in err and len(err.strip().splitlines()) == 1

@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.errors import UserError
 from model.metrics.pixel import PCAProjection
 from model.metrics.precision_recall import precision_recall
 
 FLOOR, ROUND_TRIP = "real floor", "VAE round trip"
+PIXELS, DOMAIN = "pixels", "domain"  # the two feature spaces: projected pixels, a classifier's penultimate layer
 METRICS = ("pixel_fd", "kid", "precision", "recall")
 KID_SUBSET_MAX = 1000  # torchmetrics' default subset size; smaller sets use their own size
 
@@ -40,12 +41,25 @@ class PixelProtocol:
     kid_subsets: int = 100  # torchmetrics' default
     seed: int = 0
 
-    def describe(self, pool: int, n: int) -> dict[str, Any]:
+    def describe(self, pool: int, n: int, features: Optional[str] = None) -> dict[str, Any]:
+        """The protocol as a dict; `features` describes vectors that are features already (DOMAIN space)."""
+        pixels = (f"uint8 images area-downsampled to {self.size}x{self.size}, intensities in [0, 1], "
+                  f"projected on the reference's {self.components} leading principal components")
         return {**asdict(self), "real_pool": pool, "n": n, "reference": pool - n,
-                "features": f"uint8 images area-downsampled to {self.size}x{self.size}, intensities in [0, 1], "
-                            f"projected on the reference's {self.components} leading principal components",
+                "space": PIXELS if features is None else DOMAIN, "features": features or pixels,
                 "metrics": "Fréchet distance and KID (torchmetrics, custom feature extractor), improved precision "
                            f"and recall (k = {self.k})"}
+
+
+class AsFeatures(nn.Module):
+    """The identity on vectors that are features already (a classifier's penultimate layer), (B, D) float64."""
+
+    def __init__(self, reference: Tensor) -> None:
+        super().__init__()
+        self.num_features = reference.shape[1]  # torchmetrics reads this instead of probing with a dummy image
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.double()
 
 
 def score(reference: Tensor, query: Tensor, projection: PCAProjection, protocol: PixelProtocol) -> dict[str, float]:
@@ -85,11 +99,14 @@ def check_sizes(pool: int, n: int, per: int = 1, flag: str = "--num_samples") ->
 
 
 def error_budget(pool: Tensor, rows: dict[str, Tensor], protocol: PixelProtocol,
-                 round_trip: Optional[Tensor] = None, n: Optional[int] = None) -> dict[str, Any]:
+                 round_trip: Optional[Tensor] = None, n: Optional[int] = None,
+                 features: Optional[str] = None) -> dict[str, Any]:
     """Score every row of samples, the VAE round trip and the real floor against the same references.
 
     pool (P, D): pixel vectors of real images (`pixel_vectors`); rows: name → (n, D) sample vectors, all of one n;
-    round_trip (P, D): the pool's images through the autoencoder (None for pixel-space models). Returns
+    round_trip (P, D): the pool's images through the autoencoder (None for pixel-space models). `features`
+    describes vectors that are features already (a classifier's penultimate layer): they are scored as they are
+    instead of on the reference's principal components. Returns
     {"protocol", "rows": [{"row": name, metric: {"mean", "std"}, ...}]} with the samples first, the floor last.
     """
     sizes = {len(v) for v in rows.values()} | ({n} if n is not None else set())
@@ -104,13 +121,14 @@ def error_budget(pool: Tensor, rows: dict[str, Tensor], protocol: PixelProtocol,
         perm = torch.randperm(len(pool), generator=gen)
         floor_idx, ref_idx = perm[:n], perm[n:]
         reference = pool[ref_idx]
-        projection = PCAProjection.fit(reference, protocol.components)
+        projection = (PCAProjection.fit(reference, protocol.components) if features is None
+                      else AsFeatures(reference))
         queries = {**rows, FLOOR: pool[floor_idx]}
         if round_trip is not None:
             queries[ROUND_TRIP] = round_trip[floor_idx]
         for name in names:
             per_draw[name].append(score(reference, queries[name], projection, protocol))
-    return {"protocol": protocol.describe(len(pool), n),
+    return {"protocol": protocol.describe(len(pool), n, features),
             "rows": [{"row": name, **_summary(per_draw[name])} for name in names]}
 
 
@@ -125,7 +143,7 @@ def _cell(stats: dict[str, float], scale: float, digits: int) -> str:
 
 
 def table_rows(budget: dict[str, Any]) -> list[list[str]]:
-    """[row, pixel FD (× floor), KID × 10³, precision, recall] as text, one list per row."""
+    """[row, FD (× floor), KID × 10³, precision, recall] as text, one list per row."""
     out = []
     for r in budget["rows"]:
         ratio = floor_ratio(budget, r["row"])
@@ -134,26 +152,38 @@ def table_rows(budget: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADER = ["", "pixel FD", "KID × 10³", "precision", "recall"]
+def space(budget: dict[str, Any]) -> str:
+    """PIXELS or DOMAIN (budgets written before there were two spaces are pixel budgets)."""
+    return budget["protocol"].get("space", PIXELS)
+
+
+def label(budget: dict[str, Any]) -> str:
+    """"pixel" or "domain": the word the tables put before FD and metrics."""
+    return "pixel" if space(budget) == PIXELS else "domain"
+
+
+def header(budget: dict[str, Any]) -> list[str]:
+    return ["", f"{label(budget)} FD", "KID × 10³", "precision", "recall"]
 
 
 def as_text(budget: dict[str, Any]) -> str:
     """The error budget as an aligned plain-text table with its protocol line."""
-    rows = [HEADER, *table_rows(budget)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    rows = [header(budget), *table_rows(budget)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
     p = budget["protocol"]
-    lines.append(f"pixel metrics: {p['features']}; mean ± std over {p['draws']} draws of n = {p['n']} floor images "
-                 f"and a reference of {p['reference']}; precision/recall k = {p['k']}")
+    lines.append(f"{label(budget)} metrics: {p['features']}; mean ± std over {p['draws']} draws of n = {p['n']} "
+                 f"floor images and a reference of {p['reference']}; precision/recall k = {p['k']}")
     return "\n".join(lines)
 
 
 def as_markdown(budget: dict[str, Any]) -> str:
     """The error budget as a Markdown table with its protocol."""
-    p = budget["protocol"]
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    p, head = budget["protocol"], header(budget)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(budget)]
-    lines += ["", f"Pixel metrics: {p['features']}. Mean ± std over {p['draws']} random splits of {p['real_pool']} "
+    lines += ["", f"{label(budget).capitalize()} metrics: {p['features']}. Mean ± std over {p['draws']} random "
+                  f"splits of {p['real_pool']} "
                   f"real images into n = {p['n']} floor images and a reference of {p['reference']}; every row is "
                   f"scored against the same references. Precision and recall: k = {p['k']}."]
     return "\n".join(lines)

@@ -147,10 +147,16 @@ def describe_sampler(sampler: str, steps: int, eta: float = 0.0, spacing: str = 
     return SamplerSpec(sampler, steps, spacing, eta).describe()
 
 
-def add_pixel_arguments(p) -> None:
-    """The pixel metrics' protocol: the compared side, principal components, k, draws and the real pool."""
-    p.add_argument("--pixel-size", "--pixel_size", type=int, default=None,
-                   help="side the pixel metrics compare at (default: the data's native size, digits 8; else <= 32)")
+def add_pixel_arguments(p, several: bool = False) -> None:
+    """The pixel metrics' protocol: the compared side (or sides, when `several`), principal components, k, draws
+    and the real pool."""
+    if several:
+        p.add_argument("--pixel-size", "--pixel_size", type=int, nargs="+", default=None,
+                       help="sides the pixel metrics compare at, one error budget each (default: the data's native "
+                            "size, digits 8; else <= 32)")
+    else:
+        p.add_argument("--pixel-size", "--pixel_size", type=int, default=None,
+                       help="side the pixel metrics compare at (default: the data's native size, digits 8; else <= 32)")
     p.add_argument("--pca-components", "--pca_components", type=int, default=16,
                    help="principal components of the real reference the pixel features keep (16)")
     p.add_argument("--pr-k", "--pr_k", type=int, default=3, help="k of improved precision/recall (3, as the paper)")
@@ -159,12 +165,19 @@ def add_pixel_arguments(p) -> None:
                    help="real images drawn from the data set (training and validation) for the pixel metrics")
 
 
-def pixel_protocol(args, dm):
-    """The PixelProtocol of the parsed arguments for data module `dm`; out-of-range values are a UserError."""
+def pixel_protocols(args, dm) -> list:
+    """One PixelProtocol per --pixel-size of the parsed arguments (`add_pixel_arguments(several=True)`)."""
+    sizes = args.pixel_size or [None]
+    return [pixel_protocol(args, dm, size) for size in dict.fromkeys(sizes)]
+
+
+def pixel_protocol(args, dm, size: Optional[int] = None):
+    """The PixelProtocol of the parsed arguments for data module `dm` (at `size`, default --pixel-size);
+    out-of-range values are a UserError."""
     from model.evaluation import pixel_size
     from model.metrics.budget import PixelProtocol
 
-    size = args.pixel_size or pixel_size(dm)
+    size = size or (args.pixel_size if isinstance(args.pixel_size, int) else None) or pixel_size(dm)
     for flag, value, low in (("--pixel-size", size, 1), ("--pca-components", args.pca_components, 1),
                              ("--pr-k", args.pr_k, 1), ("--draws", args.draws, 1), ("--real-pool", args.real_pool, 4)):
         if value < low:

@@ -9,7 +9,9 @@ overall and per class. The memorisation check compares the median L2 distance (f
 each sample to its nearest training image with the same median for held-out real images: copies of training
 images would sit near 0, far below the held-out median. The error budget on pixel features (pixel Fréchet
 distance, KID, precision and recall of the samples of each w, of the VAE round trip and of the real floor; see
-`model.metrics.budget`) says how close the samples come to real digits in style and sharpness. Writes report.json,
+`model.metrics.budget`; at every `--pixel-size`, e.g. 16 and 32 for RGB pictures) says how close the samples come to
+real images in style and sharpness; the same budget on the classifier's penultimate features (domain features) sees
+shapes that small pixel images blur away. Writes report.json,
 report.md and a sample grid per w to `--output` (default: report/ beside the denoiser's checkpoints folder).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
-from model.evaluation import check_classifier_fits, generate, per_class_accuracy, pixel_budget, predict
+from model.evaluation import check_classifier_fits, generate, model_budgets, per_class_accuracy, predict
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
 from model.sampling import SamplerSpec
 from model.scripts.common import add_pixel_arguments, add_spacing_argument
@@ -43,7 +45,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
     add_spacing_argument(p)
-    add_pixel_arguments(p)
+    add_pixel_arguments(p, several=True)
     p.add_argument("--output", default=None, help="output folder (default: report/ beside the checkpoints folder)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     return p
@@ -79,10 +81,12 @@ def nearest_distances(queries: Tensor, loader) -> Tensor:
     return best
 
 
-def real_images(loader, shape: tuple[int, ...]) -> Tensor:
-    """All images of a loader (N, *shape); (0, *shape) when it is empty (data.val_fraction 0)."""
-    batches = [x for x, *_ in loader]
-    return torch.cat(batches) if batches else torch.empty(0, *shape)
+def held_out_set(dm) -> tuple[Tensor, Tensor]:
+    """The validation split's images (N, *shape) and labels (N,) in one pass; empty when it is (val_fraction 0)."""
+    batches = [(x, y) for x, y, *_ in dm.val_dataloader()]
+    if not batches:
+        return torch.empty(0, *dm.data_shape), torch.empty(0, dtype=torch.long)
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
 def side_by_side(real: Tensor, real_labels: Tensor, samples: Tensor, labels: Tensor, per_class: int) -> Tensor:
@@ -101,8 +105,17 @@ def median(x: Tensor) -> Optional[float]:
     return float(x.median()) if len(x) else None
 
 
+def held_out_accuracy(pred: Tensor, labels: Tensor, num_classes: int) -> dict[str, Any]:
+    """The classifier on the held-out real images: what samples' class accuracy is read beside (empty: None)."""
+    if not len(labels):
+        return {"accuracy": None, "per_class_accuracy": None}
+    return {"accuracy": float((pred == labels).float().mean()),
+            "per_class_accuracy": per_class_accuracy(pred, labels, num_classes)}
+
+
 def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: list[Tensor],
-                 d_samples: list[Tensor], d_held: Tensor, budget: dict[str, Any]) -> dict[str, Any]:
+                 d_samples: list[Tensor], d_held: Tensor, budgets: dict[str, Any],
+                 held_out: dict[str, Any]) -> dict[str, Any]:
     held = median(d_held)
     scales = []
     for w, pred, d in zip(args.cfg_scale, preds, d_samples):
@@ -116,12 +129,12 @@ def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: li
         })
     return {
         "denoiser": str(args.load), "classifier": str(args.classifier),
-        "classifier_val_accuracy": meta.get("val_accuracy"),
+        "classifier_val_accuracy": meta.get("val_accuracy"), "held_out": held_out,
         "sampler": "ddim", "steps": args.steps, "spacing": args.spacing, "per_class": args.per_class,
         "seed": args.seed,
         "class_names": list(dm.class_names), "train_items": len(dm.train_set), "held_out_items": len(d_held),
         "held_out_median_nn_distance": held,
-        "scales": scales, "pixel_budget": budget,
+        "scales": scales, "pixel_budget": next(iter(budgets.values())), "budgets": budgets,
     }
 
 
@@ -137,10 +150,18 @@ def table(report: dict[str, Any]) -> str:
         worst_txt = f"{report['class_names'][worst]} ({s['per_class_accuracy'][worst]:.2f})"
         lines.append(f"{s['cfg_scale']:>6.2f} {s['accuracy']:>9.3f} {worst_txt:>14} "
                      f"{fmt(s['median_nn_distance']):>10} {fmt(s['nn_distance_ratio'], 2):>10}")
-    lines.append(f"held-out real images: median NN distance to the training set "
-                 f"{fmt(report['held_out_median_nn_distance'])} ({report['held_out_items']} images)")
-    lines.append(budget_text(report["pixel_budget"]))
+    lines.append(f"held-out real images: class accuracy {fmt(report['held_out']['accuracy'])}, median NN distance to "
+                 f"the training set {fmt(report['held_out_median_nn_distance'])} ({report['held_out_items']} images)")
+    lines += [budget_text(b) for b in all_budgets(report).values()]
     return "\n".join(lines)
+
+
+def all_budgets(report: dict[str, Any]) -> dict[str, Any]:
+    """Every error budget of a report by space ("pixels 8", "domain"); reports written before there were several
+    hold one pixel budget."""
+    if "budgets" in report:
+        return report["budgets"]
+    return {f"pixels {report['pixel_budget']['protocol']['size']}": report["pixel_budget"]}
 
 
 def markdown(report: dict[str, Any], grids: list[str]) -> str:
@@ -150,6 +171,11 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
     rows = [f"| {s['cfg_scale']:g} | {s['accuracy']:.3f} | "
             + " | ".join(f"{a:.2f}" for a in s["per_class_accuracy"])
             + f" | {fmt(s['median_nn_distance'])} | {fmt(s['nn_distance_ratio'], 2)} |" for s in report["scales"]]
+    held = report.get("held_out") or {}
+    if held.get("accuracy") is not None:
+        rows.append(f"| held-out real images | {held['accuracy']:.3f} | "
+                    + " | ".join(f"{a:.2f}" for a in held["per_class_accuracy"])
+                    + f" | {fmt(report['held_out_median_nn_distance'])} | 1 |")
     return "\n".join([
         "# Sample report", "",
         f"Denoiser `{report['denoiser']}`, classifier `{report['classifier']}` (held-out accuracy on real images "
@@ -158,17 +184,19 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
         f"seed {report['seed']} "
         f"(the same starting noise for every w).", "",
         "## Class accuracy of the samples", "",
-        "The share of samples asked to be a class that the classifier assigns to it (overall and per class).", "",
+        "The share of samples asked to be a class that the classifier assigns to it (overall and per class); the "
+        "last row is the classifier on held-out real images, the agreement a perfect generator would reach.", "",
         head, rule, *rows, "",
         "## Memorisation check", "",
         f"Median L2 distance (flattened [-1, 1] pixels) from each sample to its nearest training image, against "
         f"{fmt(report['held_out_median_nn_distance'])} for the {report['held_out_items']} held-out real images "
         f"(to their nearest of the {report['train_items']} training images). Copies of training images would "
         f"give a median near 0, far below the held-out one; a ratio near 1 or above means no sign of copying.", "",
-        "## Error budget on pixel features", "",
+        "## Error budgets", "",
         "The samples of each w, the real images' VAE round trip and real images themselves (the floor), scored the "
-        "same way; a row near the floor is as close to real digits as real digits are.", "",
-        budget_markdown(report["pixel_budget"]), "",
+        "same way; a row near the floor is as close to real images as real images are. One budget per feature "
+        "space: pixels at each compared size, and the classifier's penultimate features (domain).", "",
+        *[f"### {name}\n\n{budget_markdown(b)}\n" for name, b in all_budgets(report).items()],
         "## Samples (one row per class)", "",
         *[f"![{g}]({g})" for g in grids], "",
     ])
@@ -182,7 +210,7 @@ def main(argv: list[str]) -> int:
     from model.images import save_grid
     from model.pipeline import LatentDiffusionPipeline
     from model.metrics.budget import check_sizes
-    from model.scripts.common import output_folder, pixel_protocol, resolve_device
+    from model.scripts.common import output_folder, pixel_protocols, resolve_device
 
     device = resolve_device(args.device)
     pipe = LatentDiffusionPipeline.from_pretrained(args.load, device)
@@ -195,7 +223,7 @@ def main(argv: list[str]) -> int:
     dm.prepare_data()
     dm.setup("fit")
     K = pipe.num_classes
-    protocol = pixel_protocol(args, dm)
+    protocols = pixel_protocols(args, dm)
     check_sizes(min(args.real_pool, len(dm.all_items())), K * args.per_class, per=K, flag="--per-class")
     out = output_folder(args.output, args.load, "report")
 
@@ -209,18 +237,19 @@ def main(argv: list[str]) -> int:
         keep = torch.arange(len(labels)) % args.per_class < GRID_PER_CLASS  # the first few of every class
         grids.append(f"samples_w{w:g}.png")
         save_grid(x[keep], out / grids[-1], nrow=min(GRID_PER_CLASS, args.per_class))
-    held_out = real_images(dm.val_dataloader(), dm.data_shape)
-    held_labels = torch.cat([y for _, y in dm.val_dataloader()]) if len(held_out) else torch.empty(0, dtype=torch.long)
+    held_out, held_labels = held_out_set(dm)
     for w, x in zip(args.cfg_scale, samples):  # held-out real digits (left) beside samples (right), class by class
         grids.append(f"real_vs_samples_w{w:g}.png")
         save_grid(side_by_side(held_out, held_labels, x, labels, GRID_PER_CLASS), out / grids[-1],
                   nrow=2 * GRID_PER_CLASS + 1)
     d_all = nearest_distances(torch.cat(samples + [held_out]), dm.train_dataloader())
     d_samples, d_held = list(d_all[: len(labels) * len(samples)].split(len(labels))), d_all[len(labels) * len(samples):]
-    budget = pixel_budget(pipe, dm, {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}, protocol,
-                          args.real_pool, args.batch_size)
+    budgets = model_budgets(pipe, dm, {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}, protocols,
+                            args.real_pool, args.batch_size, classifier=clf, device=device)
 
-    report = build_report(args, pipe, meta, dm, labels, preds, d_samples, d_held, budget)
+    held_pred = predict(clf, held_out, device) if len(held_out) else torch.empty(0, dtype=torch.long)
+    report = build_report(args, pipe, meta, dm, labels, preds, d_samples, d_held, budgets,
+                          held_out_accuracy(held_pred, held_labels, K))
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "report.md", markdown(report, grids))
     print(table(report))

@@ -4,6 +4,7 @@
     python -m model.scripts.plots noising --load runs/digits-1/denoiser/checkpoints/last.ckpt --T 10
     python -m model.scripts.plots loss --run runs/digits-1/denoiser
     python -m model.scripts.plots denoising --load runs/digits-1/denoiser/checkpoints/last.ckpt --n 8
+    python -m model.scripts.plots quality --run runs/emoji-1/denoiser runs/emoji-2/denoiser
 
 - `schedules` (sheet 001): β_t, ᾱ_t and log SNR_t = log(ᾱ_t / (1 − ᾱ_t)) against t for the linear, cosine and
   sigmoid schedules (model/base.py); `schedules.png` (three panels) and `schedules.csv` (t = 1..T; columns t, then
@@ -20,6 +21,10 @@
   validation loss as points (log y-axis when
   all values are positive): `loss.png`, one panel per stage. `--run` is a stage folder (runs/digits-1/denoiser)
   or a run folder (runs/digits-1: every stage in it that has the log). Default folder: `plots/` inside `--run`.
+- `quality`: sample quality during training (`trainer.fid_every_n_steps`, the CSV logger's `logs/metrics.csv`):
+  pixel FD, precision and recall, each over the real floor's logged beside it, against wall seconds and optimiser
+  steps, one line per `--run` (stage folders, e.g. one per training seed): `quality.png` and `quality.csv`.
+  Default folder: `plots/` inside the first `--run`.
 - `denoising` (sheet 002): n validation items, item i at t_i = round(T·(i+1)/(n+1)), one column each; rows x0,
   x_t, ε (the true noise) and the EMA network's ε̂; in latent space a first row shows the decoded x0 and the
   latent rows are drawn as described at `latent_tiles`. `denoising.png` and `denoising.json` (each column's t
@@ -63,11 +68,12 @@ LATENT_RANGE = 3.0  # latent tiles show value / 3: normalised latents and ε are
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m model.scripts.plots", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{schedules,noising,loss,denoising}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{schedules,noising,loss,denoising,quality}")
     add_schedules_parser(sub)
     add_noising_parser(sub)
     add_loss_parser(sub)
     add_denoising_parser(sub)
+    add_quality_parser(sub)
     return p
 
 
@@ -106,6 +112,13 @@ def add_denoising_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the noise ε (default: %(default)s)")
     add_device_and_output(s)
     s.set_defaults(handler=run_denoising)
+
+
+def add_quality_parser(sub) -> None:
+    s = sub.add_parser("quality", help="pixel FD, precision and recall over the floor's against wall time and steps")
+    s.add_argument("--run", nargs="+", required=True, help="denoiser stage folders (runs/<run>/denoiser), one line each")
+    s.add_argument("--output", default=None, help="output folder (default: plots/ inside the first --run)")
+    s.set_defaults(handler=run_quality)
 
 
 def add_device_and_output(s: argparse.ArgumentParser) -> None:
@@ -366,6 +379,48 @@ def run_loss(args) -> None:
     loss_panels(panels, out / "loss.png")
     print_loss_summary(panels)
     print(f"wrote loss.png to {out}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quality
+# ----------------------------------------------------------------------------------------------------------------
+QUALITY = ("pixel_fd", "precision", "recall")
+
+
+def stage_quality(stage: Path) -> dict[str, np.ndarray]:
+    """The quality evaluations of one denoiser stage: "step" (1-based optimiser steps), "elapsed_s", and each
+    metric of QUALITY over its floor."""
+    path = metrics_file(stage)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; the quality plot needs the CSV logger's log of a denoiser stage "
+                        f"(pass runs/<run>/denoiser)")
+    columns = read_columns(path)
+    needed = [f"val/{m}" for m in QUALITY] + [f"val/floor_{m}" for m in QUALITY] + ["val/elapsed_s"]
+    missing = [name for name in needed if name not in columns]
+    if missing:
+        raise UserError(f"{path} has no {missing[0]} column; train with trainer.fid_every_n_steps > 0 (runs trained "
+                        f"before the floor and wall time were logged lack them)")
+    steps, elapsed = logged_series(columns, "val/elapsed_s")
+    series = {"step": steps + 1, "elapsed_s": elapsed}  # rows carry the 0-based step of the batch
+    for m in QUALITY:
+        series[m] = logged_series(columns, f"val/{m}")[1] / logged_series(columns, f"val/floor_{m}")[1]
+    return series
+
+
+def run_quality(args) -> None:
+    from model.plots import quality_panels
+
+    stages = [Path(r) for r in args.run]
+    runs = {f"{stage.parent.name}/{stage.name}": stage_quality(stage) for stage in stages}
+    out = folder_at(args.output, stages[0] / "plots")
+    quality_panels(runs, out / "quality.png")
+    rows = [{"run": label, **{k: float(v[i]) for k, v in series.items()}}
+            for label, series in runs.items() for i in range(len(series["step"]))]
+    write_csv({key: [r[key] for r in rows] for key in ("run", "step", "elapsed_s", *QUALITY)}, out / "quality.csv")
+    for r in rows:
+        print(f"{r['run']}: step {r['step']:.0f} at {r['elapsed_s']:.0f} s: pixel FD {r['pixel_fd']:.2f}x floor, "
+              f"precision {r['precision']:.2f}x, recall {r['recall']:.2f}x")
+    print(f"wrote quality.png and quality.csv to {out}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,13 +4,17 @@ against real images: `val/pixel_fd`, `val/kid`, `val/precision`, `val/recall`, a
 the FID `val/fid` (Inception-v3 features, or a digits classifier's). `trainer.best_by: "val/pixel_fd"` (or
 "val/fid") keeps best.ckpt by it.
 
-The reference is fixed for the whole run: up to `fid_real_pool` real images (training and validation), area-
-downsampled pixels on their principal components (fitted once), so every evaluation is scored the same way. The
-samples use the EMA network, the config's sampler, steps and spacing, and a fixed seed: the figures of two steps
-differ only by the network.
+The reference is fixed for the whole run: up to `fid_real_pool` real images (training and validation) less
+`fid_num_samples` of them kept out as the floor, area-downsampled pixels on the reference's principal components
+(fitted once), so every evaluation is scored the same way. The floor, real images scored exactly as the samples
+are, is logged beside them (`val/floor_pixel_fd`, `val/floor_precision`, ...): a perfect generator reaches it, not
+0. `val/elapsed_s` is the wall time since training started, evaluations included: quality against time shows when a
+run has converged (`python -m model.scripts.plots quality`). The samples use the EMA network, the config's sampler,
+steps and spacing, and a fixed seed: the figures of two steps differ only by the network.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -28,6 +32,8 @@ class QualityDuringTraining(pl.Callback):
         self.projection: Optional[PCAProjection] = None
         self.protocol: Optional[PixelProtocol] = None
         self.last_step = -1
+        self.floor: dict[str, float] = {}
+        self.started = time.perf_counter()
         self.extractor = None if fid_features is None else "inception" if fid_features == "inception" else "classifier"
         self.fid = self.make_fid(fid_features)  # here, before the run writes anything: missing weights stop it
 
@@ -55,13 +61,21 @@ class QualityDuringTraining(pl.Callback):
         images = source_images(trainer.datamodule)
         pool = real_pool(images, self.real_pool, seed=0)
         self.protocol = PixelProtocol(size=pixel_size(images))
-        self.reference = pixel_vectors(pool, self.protocol.size)
+        vectors = pixel_vectors(pool, self.protocol.size)
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.protocol.seed))
+        held = min(self.n, len(pool) // 2)  # the floor: as many real images as samples, none in the reference
+        self.reference = vectors[order[held:]]
         self.projection = PCAProjection.fit(self.reference, self.protocol.components)
+        floor = score(self.reference, vectors[order[:held]], self.projection, self.protocol)
+        self.floor = {f"val/floor_{name}": float(value) for name, value in floor.items()}
         if self.fid is not None:  # the real statistics, once per run
             from model.metrics.fid import update
 
             self.fid = self.fid.to(pl_module.device)
             update(self.fid, pool.split(256), real=True, extractor=self.extractor)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, *args) -> None:
         step = trainer.global_step
@@ -70,13 +84,14 @@ class QualityDuringTraining(pl.Callback):
         self.last_step = step
         samples = self.draw(trainer, pl_module)  # (n, C, H, W) in [-1, 1], every rank's
         metrics = score(self.reference, pixel_vectors(samples, self.protocol.size), self.projection, self.protocol)
-        logged = {f"val/{name}": float(value) for name, value in metrics.items()}
+        logged = {**{f"val/{name}": float(value) for name, value in metrics.items()}, **self.floor}
         if self.fid is not None:
             from model.metrics.fid import update
 
             self.fid.reset()  # the generated statistics only (reset_real_features=False)
             update(self.fid, samples.split(256), real=False, extractor=self.extractor)
             logged["val/fid"] = float(self.fid.compute())
+        logged["val/elapsed_s"] = time.perf_counter() - self.started  # the evaluation's own time included
         pl_module.log_dict(logged, on_step=True, on_epoch=False, logger=False)  # for best.ckpt's monitor
         if trainer.is_global_zero:  # one row, on the row of the batch the evaluation follows (0-based)
             for logger in trainer.loggers:
