@@ -1,12 +1,20 @@
-"""Fixtures shared by several test files: one torch thread for tiny-tensor math, and tiny trained runs."""
+"""Fixtures shared by several test files: one torch thread for tiny-tensor math (and per `pytest -n` worker), and tiny
+trained runs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tiny import DIGITS, ROOT, tiny
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: N workers share the cores, so each takes one thread, and so do the commands it starts;
+    # several threads per worker spin-wait on each other (see one_thread) and made the fast tier 4x slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 _monkeypatch_setattr = pytest.MonkeyPatch.setattr
 
