@@ -134,7 +134,7 @@ def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: li
         "seed": args.seed,
         "class_names": list(dm.class_names), "train_items": len(dm.train_set), "held_out_items": len(d_held),
         "held_out_median_nn_distance": held,
-        "scales": scales, "pixel_budget": next(iter(budgets.values())), "budgets": budgets,
+        "scales": scales, "budgets": budgets,
     }
 
 
