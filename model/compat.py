@@ -111,6 +111,12 @@ def set_fid_real_states(fid, states: dict[str, Any]) -> None:
         setattr(fid, name, states[name].to(getattr(fid, name)))
 
 
+def fid_extractor(fid):
+    """The feature network a FrechetInceptionDistance built (Inception-v3 with its weights loaded), to score other
+    feature statistics with the same features. Undocumented attribute: `inception`."""
+    return fid.inception
+
+
 # ----- the check ---------------------------------------------------------------------------------------------------
 
 
@@ -149,4 +155,7 @@ def missing() -> list[str]:
     fid = FrechetInceptionDistance(feature=torch.nn.Flatten(), reset_real_features=False,
                                    input_img_size=(1, 2, 2))
     problems += [f"FrechetInceptionDistance.{n} is gone" for n in FID_REAL_STATES if not hasattr(fid, n)]
+    if not isinstance(getattr(fid, "inception", None), torch.nn.Flatten):
+        problems.append("FrechetInceptionDistance.inception no longer holds its feature network (demo_report "
+                        "--inception)")
     return problems

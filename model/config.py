@@ -134,6 +134,10 @@ class DiffusionConfig:
     sigma_data: float = 1.0  # edm's σ_data: the data's std; the denoiser's latents are normalised to 1
     loss: Literal["l2", "l1"] = "l2"
     min_snr_gamma: Optional[float] = None  # Hang et al. 2023 weighting; 5.0 is their choice
+    # flow's training times t = sigmoid(m + s n), n ~ N(0, 1) (Esser et al. 2024): m > 0 puts more of them at high
+    # noise, where the coarse shape (and so the class) of an image is decided
+    flow_logit_mean: float = 0.0
+    flow_logit_std: float = 1.0
     p_uncond: float = 0.1  # label dropout to the null class for classifier-free guidance (Ho & Salimans)
     ema_decay: float = 0.999  # EMA of the weights used for sampling
     clip_limit: Optional[float] = None  # default sampling clamp of the predicted x0; None = no clamp
@@ -158,6 +162,10 @@ class DiffusionConfig:
         _check(self.objective == "vp" or self.min_snr_gamma is None,
                f"denoiser.diffusion.min_snr_gamma weights the vp objective's loss; {self.objective} has its own "
                f"weighting, so set min_snr_gamma to null")
+        _check(self.objective == "flow" or (self.flow_logit_mean, self.flow_logit_std) == (0.0, 1.0),
+               f"denoiser.diffusion.flow_logit_mean and flow_logit_std set the flow objective's training times; "
+               f"{self.objective} draws its own, so leave them at 0 and 1")
+        _check(self.flow_logit_std > 0, f"denoiser.diffusion.flow_logit_std must be > 0, got {self.flow_logit_std}")
         _check(not self.zero_terminal_snr or (self.objective == "vp" and self.parametrisation != "eps"),
                "denoiser.diffusion.zero_terminal_snr ends the vp table at pure noise, where an eps network cannot "
                "give x0; set parametrisation to v (or x0), or zero_terminal_snr to false")

@@ -5,10 +5,11 @@ Shared by `model.scripts.evaluate` (FID, class accuracy, loss table, the toy's C
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.errors import UserError
 
@@ -100,40 +101,77 @@ def round_trip(pipe, images: Tensor, batch_size: int) -> Optional[Tensor]:
 
 DOMAIN_FEATURES = ("the classifier's penultimate layer ({dim} values) of uint8 images at {size}x{size}, as they are "
                    "(no projection); a classifier keeps what tells the classes apart and may miss the rest")
+INCEPTION_FEATURES = ("Inception-v3's {dim}-d pool features ({weights}) of uint8 images resized from {size} to "
+                      "299x299{grey}, as they are (no projection); trained on photographs, not on this data")
 
 
 @torch.no_grad()
-def classifier_vectors(clf, images: Tensor, device: str, batch_size: int = 500) -> Tensor:
-    """The classifier's penultimate features (N, D) float64 of [-1, 1] images, read from their uint8 quantisation as
-    the pixel metrics read them (`model.metrics.fid.ClassifierFeatures`)."""
-    from model.metrics.fid import ClassifierFeatures, images_to_uint8
+def feature_vectors(extractor: nn.Module, images: Tensor, device: str, batch_size: int = 500,
+                    rgb: bool = False) -> Tensor:
+    """A feature network's vectors (N, D) float64 of [-1, 1] images, read from their uint8 quantisation as the pixel
+    metrics read them; `rgb`: grey images repeated to three channels (Inception reads RGB)."""
+    from model.metrics.fid import to_metric_input
 
-    extractor = ClassifierFeatures(clf).to(device)
-    return torch.cat([extractor(images_to_uint8(x).to(device)).double().cpu() for x in images.split(batch_size)])
+    extractor = extractor.to(device)
+    kind = "inception" if rgb else "classifier"
+    return torch.cat([extractor(to_metric_input(x, kind).to(device)).double().cpu()
+                      for x in images.split(batch_size)])
+
+
+def classifier_vectors(clf, images: Tensor, device: str, batch_size: int = 500) -> Tensor:
+    """The classifier's penultimate features (N, D) float64 of [-1, 1] images (`feature_vectors`)."""
+    from model.metrics.fid import ClassifierFeatures
+
+    return feature_vectors(ClassifierFeatures(clf), images, device, batch_size)
+
+
+@dataclass(frozen=True)
+class InceptionSpace:
+    """Inception-v3 features for the error budget: the network (`model.metrics.fid.inception_extractor`), the weights
+    file it loaded (None: torch-fidelity's in the hub cache) and its pool size."""
+
+    extractor: nn.Module
+    weights: Optional[str] = None
+    features: int = 2048
+
+    def describe(self, image_shape: tuple[int, ...]) -> str:
+        from model.metrics.fid import INCEPTION_FILE
+
+        c, h, w = image_shape
+        weights = self.weights or f"torch-fidelity's {INCEPTION_FILE}"
+        return INCEPTION_FEATURES.format(dim=self.features, weights=weights, size=f"{h}x{w}",
+                                         grey=", grey repeated to RGB" if c == 1 else "")
+
+    def vectors(self, images: Tensor, device: str) -> Tensor:
+        return feature_vectors(self.extractor, images, device, batch_size=100, rgb=True)  # 299x299: small batches
 
 
 def real_budgets(dm, samples: dict[str, Tensor], protocols: list, pool_size: int, autoencode=None,
                  n: Optional[int] = None, flag: str = "--num_samples", classifier=None,
-                 device: str = "cpu") -> dict[str, dict]:
+                 inception: Optional[InceptionSpace] = None, device: str = "cpu") -> dict[str, dict]:
     """The error budgets (model.metrics.budget) of sample sets, possibly none, against the data's real images:
-    one on pixel features per protocol ("pixels 16", "pixels 32", ...), and with a classifier one on its
-    penultimate features ("domain"). Every budget draws its floors from the same real pool (the first protocol's
-    seed). `autoencode` maps images to their VAE round trip (None: no round-trip row); n defaults to the samples'
-    count, and `flag` is the option a too large n is fixed with."""
-    from model.metrics.budget import DOMAIN, check_sizes, error_budget
+    one on pixel features per protocol ("pixels 16", "pixels 32", ...), with a classifier one on its penultimate
+    features ("domain"), and with `inception` one on Inception-v3's features ("inception"). Every budget draws its
+    floors from the same real pool (the first protocol's seed). `autoencode` maps images to their VAE round trip
+    (None: no round-trip row); n defaults to the samples' count, and `flag` is the option a too large n is fixed
+    with."""
+    from model.metrics.budget import DOMAIN, INCEPTION, PIXELS, check_sizes, error_budget
     from model.metrics.pixel import pixel_vectors
 
     pool = real_pool(dm, pool_size, protocols[0].seed)
     n = n if n is not None else len(next(iter(samples.values())))
     check_sizes(len(pool), n, flag=flag)
     trip = autoencode(pool) if autoencode is not None else None
-    spaces = [(f"pixels {p.size}", p, lambda x, s=p.size: pixel_vectors(x, s), None) for p in protocols]
+    spaces = [(f"pixels {p.size}", PIXELS, p, lambda x, s=p.size: pixel_vectors(x, s), None) for p in protocols]
     if classifier is not None:
         described = DOMAIN_FEATURES.format(dim=classifier.feature_dim, size=classifier.image_size)
-        spaces.append((DOMAIN, protocols[0], lambda x: classifier_vectors(classifier, x, device), described))
+        spaces.append((DOMAIN, DOMAIN, protocols[0], lambda x: classifier_vectors(classifier, x, device), described))
+    if inception is not None:
+        spaces.append((INCEPTION, INCEPTION, protocols[0], lambda x: inception.vectors(x, device),
+                       inception.describe(tuple(pool.shape[1:]))))
     return {name: error_budget(vectors(pool), {k: vectors(x) for k, x in samples.items()}, protocol,
-                               vectors(trip) if trip is not None else None, n=n, features=described)
-            for name, protocol, vectors, described in spaces}
+                               vectors(trip) if trip is not None else None, n=n, features=described, space=space)
+            for name, space, protocol, vectors, described in spaces}
 
 
 def real_budget(dm, samples: dict[str, Tensor], protocol, pool_size: int, autoencode=None,
@@ -143,10 +181,11 @@ def real_budget(dm, samples: dict[str, Tensor], protocol, pool_size: int, autoen
 
 
 def model_budgets(pipe, dm, samples: dict[str, Tensor], protocols: list, pool_size: int, batch_size: int,
-                  classifier=None, device: str = "cpu") -> dict[str, dict]:
+                  classifier=None, inception: Optional[InceptionSpace] = None, device: str = "cpu") -> dict[str, dict]:
     """`real_budgets` of a model's samples, with the round trip through the model's VAE (latent models)."""
     autoencode = None if pipe.autoencoder is None else (lambda x: round_trip(pipe, x, batch_size))
-    return real_budgets(dm, samples, protocols, pool_size, autoencode, classifier=classifier, device=device)
+    return real_budgets(dm, samples, protocols, pool_size, autoencode, classifier=classifier, inception=inception,
+                        device=device)
 
 
 def pixel_budget(pipe, dm, samples: dict[str, Tensor], protocol, pool_size: int, batch_size: int) -> dict:

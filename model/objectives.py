@@ -33,7 +33,6 @@ from model import base
 Network = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]  # (x, the network's time (B,), c) -> output
 
 FLOW_TIME_SCALE = 1000.0  # the flow network embeds 1000 t (as SD3): the range of the VP tables' step numbers
-LOGIT_NORMAL = (0.0, 1.0)  # (m, s) of the logit-normal t of Esser et al. 2024, their best setting
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # ln σ ~ N(P_mean, P_std²) in training (Karras et al. 2022, Table 1) ...
 EDM_SIGMA_DATA = 0.5  # ... for the σ_data of their images: ln(σ / σ_data) keeps that distribution for any σ_data
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0  # the σ range of their sampler (Table 1)
@@ -92,8 +91,10 @@ class Flow:
 
     name = "flow"
 
-    def __init__(self, T: int, loss: str = "l2") -> None:
+    def __init__(self, T: int, loss: str = "l2", logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+        # (m, s) = (0, 1) is Esser et al. 2024's best setting of the logit-normal t
         self.table, self.kind = base.Schedule(flow_alpha_bar(T)), loss
+        self.logit_mean, self.logit_std = logit_mean, logit_std
 
     @staticmethod
     def time(level: base.Level) -> float:
@@ -108,8 +109,7 @@ class Flow:
 
     def draw(self, n: int, device) -> Tensor:
         """t = sigmoid(m + s n), n ~ N(0, 1): the logit-normal density of Esser et al. 2024, (B,) float32."""
-        m, s = LOGIT_NORMAL
-        return torch.sigmoid(m + s * torch.randn(n, device=device))
+        return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device))
 
     def at_step(self, k: int, n: int, device) -> Tensor:
         return torch.full((n,), k / (self.table.T), dtype=torch.float32, device=device)
@@ -178,7 +178,7 @@ class EDM:
 OBJECTIVES: dict[str, Callable] = {  # denoiser.diffusion.objective -> the objective of a config section
     "vp": lambda d: VP(base.make_schedule(d.schedule, d.T, d.zero_terminal_snr), d.parametrisation,
                        d.loss, d.min_snr_gamma),
-    "flow": lambda d: Flow(d.T, d.loss),
+    "flow": lambda d: Flow(d.T, d.loss, d.flow_logit_mean, d.flow_logit_std),
     "edm": lambda d: EDM(d.T, d.loss, d.sigma_data),
 }
 

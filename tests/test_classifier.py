@@ -104,6 +104,21 @@ def test_train_cli(tmp_path, capsys):
     assert meta["config_name"] == "digits" and meta["train_items"] == 180 and 0 <= meta["val_accuracy"] <= 1
 
 
+def random_inception_weights(path: Path) -> Path:
+    """A state dict of torch-fidelity's Inception-v3 at its random initialisation (the real weights cannot be
+    downloaded here): the real network and loading path, meaningless features."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    cls = fidelity.FeatureExtractorInceptionV3
+    with mock.patch.object(fidelity, "load_state_dict_from_url", return_value={}), \
+            mock.patch.object(cls, "load_state_dict", return_value=None):
+        net = cls("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
 def test_demo_report(tmp_path, capsys):
     from model.main import main as train_main
@@ -145,6 +160,20 @@ def test_demo_report(tmp_path, capsys):
 
     assert Image.open(out / "real_vs_samples_w0.png").size == (21 * 18 + 2, 10 * 18 + 2)  # 10 real | 10 samples
     assert "held-out real images" in capsys.readouterr().out
+
+    # Inception-v3 itself (torch-fidelity's network through torchmetrics, random weights from disk) on a few images:
+    # at 299x299 on a CPU every image counts
+    weights = random_inception_weights(tmp_path / "inception.pth")
+    assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "1", "--steps", "2",
+                        "--cfg-scale", "0", "--pixel-size", "8", "--real-pool", "40", "--draws", "2",
+                        "--inception-weights", str(weights), "--output", str(tmp_path / "inception")]) == 0
+    report = json.loads((tmp_path / "inception" / "report.json").read_text())
+    inception = report["budgets"]["inception"]
+    assert list(report["budgets"]) == ["pixels 8", "domain", "inception"]
+    assert str(weights) in inception["protocol"]["features"] and inception["protocol"]["real_pool"] == 40
+    assert [r["row"] for r in inception["rows"]] == ["samples w=0", "VAE round trip", "real floor"]
+    assert all(r["pixel_fd"]["mean"] > 0 for r in inception["rows"])  # 2048-d features of different images
+    capsys.readouterr()
 
     # a classifier for another image size is refused with one line
     other = save_classifier(tmp_path / "clf32.pt", SmallCNN(1, 10, 32, width=8), {})

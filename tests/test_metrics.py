@@ -248,3 +248,39 @@ def test_real_budgets_score_one_pool_at_every_pixel_size_and_on_classifier_featu
                           protocols[0], features=budgets["domain"]["protocol"]["features"])
     assert direct == budgets["domain"]
     assert classifier_vectors(clf, real[:5], "cpu").shape == (5, clf.feature_dim)
+
+
+class StandInInception(torch.nn.Module):
+    """Inception's interface without its weights: uint8 RGB images (B, 3, H, W) → (B, 6) features (each channel's
+    mean and spread); refuses anything else, as torch-fidelity's network does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.uint8 and x.shape[1] == 3, (x.dtype, x.shape)
+        x = x.float() / 255
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+
+def test_an_inception_budget_reads_rgb_uint8_and_names_its_space_and_weights():
+    """The Inception space scores the network's features as they are, grey images repeated to RGB, and the tables
+    say "Inception FD" with the weights file in the protocol."""
+    from data import make_datamodule
+    from data.config import DataConfig
+    from model.evaluation import InceptionSpace, feature_vectors, real_budgets, real_pool
+    from model.metrics.budget import INCEPTION
+
+    dm = make_datamodule(DataConfig(name="digits", image_size=16, channels=1, max_items=300))
+    dm.prepare_data()
+    dm.setup("fit")
+    real = real_pool(dm, 10_000, seed=0)
+    darker = (real[:60] - 0.5).clamp(-1, 1)  # every channel's mean moves: the stand-in's features see it
+    space = InceptionSpace(StandInInception(), weights="my-inception.pth")
+    budgets = real_budgets(dm, {"darker": darker}, [PixelProtocol(size=8, draws=2)], 10_000, inception=space)
+    assert list(budgets) == ["pixels 8", INCEPTION]
+    b = budgets[INCEPTION]
+    assert b["protocol"]["space"] == INCEPTION and "my-inception.pth" in b["protocol"]["features"]
+    assert "grey repeated to RGB" in b["protocol"]["features"] and "from 16x16 to 299x299" in b["protocol"]["features"]
+    assert floor_ratio(b, "darker") > 10
+    assert "Inception FD" in as_text(b) and "Inception metrics: Inception-v3's 2048-d" in as_markdown(b)
+    vectors = feature_vectors(StandInInception(), real[:4], "cpu", rgb=True)
+    assert vectors.dtype == torch.float64 and vectors.shape == (4, 6)
+    assert torch.equal(vectors[:, 0], vectors[:, 1])  # one grey channel, repeated

@@ -115,11 +115,25 @@ def test_the_exact_velocity_field_minimises_the_flow_loss():
         assert mean_loss(lambda x, time, c: exact_velocity(x, time) * (1 + delta)) > best
 
 
-def test_flow_times_are_logit_normal():
+@pytest.mark.parametrize("m, s", [(0.0, 1.0), (0.5, 0.8)])
+def test_flow_times_are_logit_normal_with_the_configured_mean_and_spread(m, s):
+    from model.config import DiffusionConfig
+    from model.objectives import from_config
+
     torch.manual_seed(0)
-    t = Flow(T).draw(50_000, "cpu")
+    t = from_config(DiffusionConfig(objective="flow", T=T, flow_logit_mean=m, flow_logit_std=s)).draw(50_000, "cpu")
     logit = torch.log(t) - torch.log1p(-t)
-    assert float(logit.mean()) == pytest.approx(0.0, abs=0.02) and float(logit.std()) == pytest.approx(1.0, abs=0.02)
+    assert float(logit.mean()) == pytest.approx(m, abs=0.02) and float(logit.std()) == pytest.approx(s, abs=0.02)
+
+
+def test_flow_time_settings_are_refused_for_other_objectives_and_a_spread_must_be_positive():
+    from model.config import DiffusionConfig
+    from model.errors import UserError
+
+    with pytest.raises(UserError, match="flow_logit_mean and flow_logit_std set the flow objective"):
+        DiffusionConfig(objective="vp", flow_logit_mean=0.5)
+    with pytest.raises(UserError, match="flow_logit_std must be > 0"):
+        DiffusionConfig(objective="flow", flow_logit_std=0.0)
 
 
 def test_euler_on_the_flow_table_is_euler_on_the_flow_ode():

@@ -25,7 +25,9 @@ from model.metrics.pixel import PCAProjection
 from model.metrics.precision_recall import precision_recall
 
 FLOOR, ROUND_TRIP = "real floor", "VAE round trip"
-PIXELS, DOMAIN = "pixels", "domain"  # the two feature spaces: projected pixels, a classifier's penultimate layer
+# the feature spaces: projected pixels, a classifier's penultimate layer, Inception-v3's pool features
+PIXELS, DOMAIN, INCEPTION = "pixels", "domain", "inception"
+LABELS = {PIXELS: "pixel", DOMAIN: "domain", INCEPTION: "Inception"}  # the word tables put before FD
 METRICS = ("pixel_fd", "kid", "precision", "recall")
 KID_SUBSET_MAX = 1000  # torchmetrics' default subset size; smaller sets use their own size
 
@@ -41,12 +43,13 @@ class PixelProtocol:
     kid_subsets: int = 100  # torchmetrics' default
     seed: int = 0
 
-    def describe(self, pool: int, n: int, features: Optional[str] = None) -> dict[str, Any]:
-        """The protocol as a dict; `features` describes vectors that are features already (DOMAIN space)."""
+    def describe(self, pool: int, n: int, features: Optional[str] = None, space: str = DOMAIN) -> dict[str, Any]:
+        """The protocol as a dict; `features` describes vectors that are features already, of `space` (DOMAIN or
+        INCEPTION)."""
         pixels = (f"uint8 images area-downsampled to {self.size}x{self.size}, intensities in [0, 1], "
                   f"projected on the reference's {self.components} leading principal components")
         return {**asdict(self), "real_pool": pool, "n": n, "reference": pool - n,
-                "space": PIXELS if features is None else DOMAIN, "features": features or pixels,
+                "space": PIXELS if features is None else space, "features": features or pixels,
                 "metrics": "Fréchet distance and KID (torchmetrics, custom feature extractor), improved precision "
                            f"and recall (k = {self.k})"}
 
@@ -100,13 +103,13 @@ def check_sizes(pool: int, n: int, per: int = 1, flag: str = "--num_samples") ->
 
 def error_budget(pool: Tensor, rows: dict[str, Tensor], protocol: PixelProtocol,
                  round_trip: Optional[Tensor] = None, n: Optional[int] = None,
-                 features: Optional[str] = None) -> dict[str, Any]:
+                 features: Optional[str] = None, space: str = DOMAIN) -> dict[str, Any]:
     """Score every row of samples, the VAE round trip and the real floor against the same references.
 
     pool (P, D): pixel vectors of real images (`pixel_vectors`); rows: name → (n, D) sample vectors, all of one n;
     round_trip (P, D): the pool's images through the autoencoder (None for pixel-space models). `features`
-    describes vectors that are features already (a classifier's penultimate layer): they are scored as they are
-    instead of on the reference's principal components. Returns
+    describes vectors that are features already (a classifier's penultimate layer: `space` DOMAIN; Inception's pool
+    features: INCEPTION): they are scored as they are instead of on the reference's principal components. Returns
     {"protocol", "rows": [{"row": name, metric: {"mean", "std"}, ...}]} with the samples first, the floor last.
     """
     sizes = {len(v) for v in rows.values()} | ({n} if n is not None else set())
@@ -128,7 +131,7 @@ def error_budget(pool: Tensor, rows: dict[str, Tensor], protocol: PixelProtocol,
             queries[ROUND_TRIP] = round_trip[floor_idx]
         for name in names:
             per_draw[name].append(score(reference, queries[name], projection, protocol))
-    return {"protocol": protocol.describe(len(pool), n, features),
+    return {"protocol": protocol.describe(len(pool), n, features, space),
             "rows": [{"row": name, **_summary(per_draw[name])} for name in names]}
 
 
@@ -153,13 +156,13 @@ def table_rows(budget: dict[str, Any]) -> list[list[str]]:
 
 
 def space(budget: dict[str, Any]) -> str:
-    """PIXELS or DOMAIN (budgets written before there were two spaces are pixel budgets)."""
+    """PIXELS, DOMAIN or INCEPTION (budgets written before there were several spaces are pixel budgets)."""
     return budget["protocol"].get("space", PIXELS)
 
 
 def label(budget: dict[str, Any]) -> str:
-    """"pixel" or "domain": the word the tables put before FD and metrics."""
-    return "pixel" if space(budget) == PIXELS else "domain"
+    """"pixel", "domain" or "Inception": the word the tables put before FD and metrics."""
+    return LABELS[space(budget)]
 
 
 def header(budget: dict[str, Any]) -> list[str]:

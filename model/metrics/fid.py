@@ -77,6 +77,23 @@ def check_inception_weights(path: Optional[str]) -> None:
         raise UserError(f"{path} is not torch-fidelity's Inception-v3 state dict; {inception_weights_help()}")
 
 
+def require_inception_on_disk(path: Optional[str]) -> None:
+    """Inception features where no download may happen: the weights must be a given file or already in the hub
+    cache; otherwise one line that names the file and where to place it."""
+    if path is None and not hub_weights().is_file():
+        raise UserError(f"Inception features need the weights on disk: {inception_weights_help()}")
+    check_inception_weights(path)
+
+
+def inception_extractor(path: Optional[str], features: int = 2048) -> nn.Module:
+    """torchmetrics' Inception-v3 (the network its FID uses, `make_fid`) from weights on disk: uint8 (B, 3, H, W) →
+    (B, features), resized to 299x299 inside."""
+    from model.compat import fid_extractor
+
+    require_inception_on_disk(path)
+    return fid_extractor(make_fid("inception", inception_weights=path, inception_features=features))
+
+
 def make_fid(extractor: str, classifier: Optional[nn.Module] = None, inception_weights: Optional[str] = None,
              inception_features: int = 2048):
     """A torchmetrics FrechetInceptionDistance that keeps its real statistics across `reset` (one per guidance w)."""

@@ -11,8 +11,9 @@ images would sit near 0, far below the held-out median. The error budget on pixe
 distance, KID, precision and recall of the samples of each w, of the VAE round trip and of the real floor; see
 `model.metrics.budget`; at every `--pixel-size`, e.g. 16 and 32 for RGB pictures) says how close the samples come to
 real images in style and sharpness; the same budget on the classifier's penultimate features (domain features) sees
-shapes that small pixel images blur away. Writes report.json,
-report.md and a sample grid per w to `--output` (default: report/ beside the denoiser's checkpoints folder).
+shapes that small pixel images blur away, and with --inception the same budget on Inception-v3's pool features (the
+features of FID; weights from disk). Writes report.json, report.md and a sample grid per w to `--output` (default:
+report/ beside the denoiser's checkpoints folder).
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
     add_spacing_argument(p)
     add_pixel_arguments(p, several=True)
+    p.add_argument("--inception", action="store_true",
+                   help="add an error budget on Inception-v3 features (FID); the weights must be on disk: torch-"
+                        "fidelity's file in the torch hub cache, or --inception-weights")
+    p.add_argument("--inception-weights", "--inception_weights", default=None,
+                   help="torch-fidelity's Inception-v3 weights file (implies --inception)")
     p.add_argument("--output", default=None, help="output folder (default: report/ beside the checkpoints folder)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     return p
@@ -99,6 +105,16 @@ def side_by_side(real: Tensor, real_labels: Tensor, samples: Tensor, labels: Ten
         pad = spacer.expand(per_class - len(mine), *real.shape[1:])
         rows += [mine, pad, spacer, theirs, spacer.expand(per_class - len(theirs), *real.shape[1:])]
     return torch.cat(rows)
+
+
+def inception_space(args):
+    """The Inception feature space of --inception / --inception-weights (None without either), from weights on disk."""
+    if not (args.inception or args.inception_weights):
+        return None
+    from model.evaluation import InceptionSpace
+    from model.metrics.fid import inception_extractor
+
+    return InceptionSpace(inception_extractor(args.inception_weights), args.inception_weights)
 
 
 def median(x: Tensor) -> Optional[float]:
@@ -195,7 +211,8 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
         "## Error budgets", "",
         "The samples of each w, the real images' VAE round trip and real images themselves (the floor), scored the "
         "same way; a row near the floor is as close to real images as real images are. One budget per feature "
-        "space: pixels at each compared size, and the classifier's penultimate features (domain).", "",
+        "space: pixels at each compared size, the classifier's penultimate features (domain), and Inception-v3's "
+        "features when asked for.", "",
         *[f"### {name}\n\n{budget_markdown(b)}\n" for name, b in all_budgets(report).items()],
         "## Samples (one row per class)", "",
         *[f"![{g}]({g})" for g in grids], "",
@@ -218,6 +235,7 @@ def main(argv: list[str]) -> int:
     clf = clf.to(device)
     check_fit(pipe, clf)
     check_args(args, pipe.diff.T)
+    inception = inception_space(args)  # before any work: missing weights are a one-line error, not a download
     args.spacing = args.spacing or pipe.diff.sample_spacing
     dm = make_datamodule(pipe.cfg.data)
     dm.prepare_data()
@@ -245,7 +263,7 @@ def main(argv: list[str]) -> int:
     d_all = nearest_distances(torch.cat(samples + [held_out]), dm.train_dataloader())
     d_samples, d_held = list(d_all[: len(labels) * len(samples)].split(len(labels))), d_all[len(labels) * len(samples):]
     budgets = model_budgets(pipe, dm, {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}, protocols,
-                            args.real_pool, args.batch_size, classifier=clf, device=device)
+                            args.real_pool, args.batch_size, classifier=clf, inception=inception, device=device)
 
     held_pred = predict(clf, held_out, device) if len(held_out) else torch.empty(0, dtype=torch.long)
     report = build_report(args, pipe, meta, dm, labels, preds, d_samples, d_held, budgets,
