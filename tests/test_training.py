@@ -26,7 +26,7 @@ DIGITS = str(ROOT / "config" / "digits.json")
 
 # A small but real set-up: 16x16 digits, a narrow VAE (f = 4 → 4x4x4 latents) and a narrow UNet.
 SMALL = ["--data.image_size", "16", "--data.batch_size", "32", "--data.max_items", "400",
-         "--vae.net.base_channels", "16", "--vae.trainer.val_every_n_steps", "40",
+         "--vae.net.base_channels", "8", "--vae.trainer.val_every_n_steps", "40",
          "--vae.trainer.images_every_n_steps", "0", "--vae.trainer.progress_bar", "false",
          "--vae.trainer.checkpoint_every_n_steps", "40",
          "--denoiser.unet.base_channels", "32", "--denoiser.unet.channel_mult", "[1, 2]",
