@@ -3,14 +3,15 @@
 # reconstruction error, the data's classifier, and the DDIM-25 samples' class accuracy, copy check and error budgets
 # (demo_report: pixel features, and the classifier's features), for one or more training seeds.
 #
-#   bash scripts/demo_benchmark.sh [--config digits|emoji] [--seeds N] [RUN]
+#   bash scripts/demo_benchmark.sh [--config digits|emoji] [--seeds N] [RUN] [-- OVERRIDES]
 #
 # --config picks config/<name>.json (default digits; emoji needs `python -m model.scripts.fetch_emoji --output
 # data/emoji` first). RUN is the first run number (default 1; the runs must not exist yet); training seed k
 # (0 .. N-1, default N = 1) trains run RUN+k with --seed k (the data split stays the same). Prints the machine (CPU
 # model, vector ISA, cores), each run's wall time and report, then one error-budget row per seed and their
-# mean ± std with the recipe's bounds (benchmarks.demo_seeds). Leaves everything in runs/<name>-<n>/. Run it alone on
-# the machine: the timings count wall-clock seconds.
+# mean ± std with the recipe's bounds (benchmarks.demo_seeds). OVERRIDES after -- go to every run's main command
+# (e.g. -- --denoiser.diffusion.flow_logit_mean 0.5: a variation of the recipe over the same seeds). Leaves
+# everything in runs/<name>-<n>/. Run it alone on the machine: the timings count wall-clock seconds.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -20,10 +21,15 @@ while [[ "${1:-}" == --* ]]; do
   case "$1" in
     --seeds) SEEDS="${2:-}"; shift 2 ;;
     --config) NAME="${2:-}"; shift 2 ;;
+    --) break ;;
     *) echo "error: unknown option $1; use --config digits|emoji, --seeds N" >&2; exit 2 ;;
   esac
 done
-FIRST="${1:-1}"
+FIRST=1
+if [[ -n "${1:-}" && "$1" != "--" ]]; then FIRST="$1"; shift; fi
+if [[ "${1:-}" == "--" ]]; then shift; fi
+[[ "$FIRST" =~ ^[1-9][0-9]*$ ]] || { echo "error: RUN must be a positive integer, got $FIRST" >&2; exit 2; }
+OVERRIDES=("$@")  # for the main command of every run
 [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --seeds must be a positive integer, got $SEEDS" >&2; exit 2; }
 case "$NAME" in
   digits) PIXELS=(8); GUIDED=2 ;;  # the digits' native 8x8; the README's guided row is w = 2
@@ -46,7 +52,8 @@ for (( k = 0; k < SEEDS; k++ )); do
   DIR="runs/$NAME-$RUN"
   LOG="$(mktemp)"
   start=$(date +%s)
-  python -m model.main -cfg "$CFG" --train-vae --train-denoiser -n "$RUN" --seed "$k" | tee "$LOG"
+  python -m model.main -cfg "$CFG" --train-vae --train-denoiser -n "$RUN" --seed "$k" ${OVERRIDES[@]+"${OVERRIDES[@]}"} \
+    | tee "$LOG"
   python -m model.scripts.sample --load "$DIR/denoiser/checkpoints/last.ckpt" --ddim --steps 25 --per-class 8
   main_s=$(( $(date +%s) - start ))
   echo "$main_s" > "$DIR/main_wall_s"
