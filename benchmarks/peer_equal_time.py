@@ -147,12 +147,12 @@ def our_samples(pipe, labels: Tensor, seed: int) -> Tensor:
 
 def denoiser_seconds(run: Path) -> float:
     """Our denoiser stage's training time: the wall time its last quality evaluation logged."""
-    import csv
+    from model.scripts.plots import logged_series, metrics_file, read_columns
 
-    path = run / "denoiser" / "logs" / "metrics.csv"
-    times = [float(r["val/elapsed_s"]) for r in csv.DictReader(open(path)) if r.get("val/elapsed_s")] \
-        if path.is_file() else []
-    if not times:
+    path = metrics_file(run / "denoiser")
+    columns = read_columns(path) if path.is_file() else {}
+    times = logged_series(columns, "val/elapsed_s")[1] if "val/elapsed_s" in columns else []
+    if not len(times):
         raise UserError(f"{path} holds no val/elapsed_s (the config evaluates no quality during training); pass "
                         f"--latent-peer-seconds")
     return times[-1]

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from model import base
 from model.errors import ArgParser, UserError, cli_entry
+from model.plots import QUALITY_PANELS
 from model.writes import write_text
 
 if TYPE_CHECKING:
@@ -384,7 +385,7 @@ def run_loss(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # quality
 # ----------------------------------------------------------------------------------------------------------------
-QUALITY = ("pixel_fd", "precision", "recall")
+QUALITY = tuple(metric for metric, _ in QUALITY_PANELS)  # the plotted metrics, each over its floor
 
 
 def stage_quality(stage: Path) -> dict[str, np.ndarray]:
