@@ -8,8 +8,8 @@ a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored 
         --pixel-size 16 32 --output runs/bench-peer-emoji
 
 1. Trains our demo with the README's main command (both stages, a fresh process) and times it.
-2. Trains the peer in this process on the same training split, at the same image size and batch, for that many
-   seconds of training steps (its imports and data come on top, so the peer gets a little more than we had):
+2. Trains the peer in this process on the same training split, at the same image size and at `--peer-batch`, for
+   that many seconds of training steps (its imports and data come on top, so the peer gets a little more than we had):
    its `Unet(dim, dim_mults, channels, num_classes, cond_drop_prob = our p_uncond)` and `GaussianDiffusion(
    objective="pred_v", beta_schedule="cosine", sampling_timesteps=25, ddim_sampling_eta=0)`, AdamW with a 100-step
    warm-up, the global gradient-norm clip at 1 and an EMA of the weights (our decay warm-up) that it samples from.
@@ -24,11 +24,12 @@ Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -124,13 +125,15 @@ def budget_columns(budget: dict[str, Any], row: str, space: str, several: bool) 
             f"recall{tag} (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})"}
 
 
-def training_data(run: Path):
-    """Our run's resolved config and its data module at the denoiser's batch size (what the peer trains on)."""
+def training_data(run: Path, batch_size: Optional[int] = None):
+    """Our run's resolved config and its data module at `batch_size` (default: the denoiser's)."""
     from model.cli_config import from_dict
     from model.lightning.trainer import stage_data
 
     cfg = from_dict(json.loads((run / "config.json").read_text()))
-    return cfg, stage_data(cfg, cfg.denoiser.trainer)
+    trainer = cfg.denoiser.trainer if batch_size is None else dataclasses.replace(cfg.denoiser.trainer,
+                                                                                  batch_size=batch_size)
+    return cfg, stage_data(cfg, trainer)
 
 
 OURS, PEER, LATENT_PEER = "ours (latent)", "peer (pixel)", "diffusers UNet2DModel (our latents)"
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-dim", type=int, default=32, help="the peer UNet's base width (32)")
     p.add_argument("--peer-mults", type=int, nargs="+", default=[1, 2, 4], help="its dim_mults (1 2 4)")
     p.add_argument("--peer-lr", type=float, default=1e-3, help="its AdamW learning rate (1e-3)")
+    p.add_argument("--peer-batch", type=int, default=64,
+                   help="its batch (64; at 128, our denoiser's, a CPU gives it half as many steps)")
     p.add_argument("--peer-seconds", type=float, default=None, help="its training time (default: our main command's)")
     p.add_argument("--latent-peer-seconds", type=float, default=None,
                    help="the diffusers UNet's training time (default: our denoiser stage's)")
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, dm = training_data(run)
     peer_s = args.peer_seconds or ours_s
     torch.manual_seed(args.seed)
-    ema, steps = train_peer(make_peer(cfg, args), dm.train_dataloader(), peer_s, args.peer_lr)
+    peer_data = training_data(run, args.peer_batch)[1]
+    ema, steps = train_peer(make_peer(cfg, args), peer_data.train_dataloader(), peer_s, args.peer_lr)
 
     pipe = LatentDiffusionPipeline.from_pretrained(run / "denoiser" / "checkpoints" / "last.ckpt")
     latent_s = args.latent_peer_seconds or denoiser_seconds(run)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols)
     rows[0].update({"training s": ours_s, "trained": "both stages",
                     "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}"})
-    rows[1].update({"training s": peer_s, "trained": "training steps", "steps": str(steps)})
+    rows[1].update({"training s": peer_s, "trained": f"steps of batch {args.peer_batch}", "steps": str(steps)})
     rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps)})
     notes = [f"{space}: {b['protocol']['features']}; mean over {b['protocol']['draws']} draws; our VAE's round trip "
              f"scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor" for space, b in budgets.items()]

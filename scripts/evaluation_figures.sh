@@ -6,7 +6,7 @@
 #
 #   bash scripts/evaluation_figures.sh [RUN]     (RUN: the digits run number, default 1)
 #
-# Trains what is missing: the digits run (about 2 min 15 s on 2 AVX-512 CPU cores), the digits classifier (about 20 s) and the
+# Trains what is missing: the digits run (about 1 min 30 s on 2 AVX-512 CPU cores), the digits classifier (about 20 s) and the
 # toy run (config/toy2d.json, about 1 min). Everything else reads those checkpoints.
 set -euo pipefail
 export PYTHONUNBUFFERED=1

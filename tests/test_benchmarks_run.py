@@ -15,8 +15,8 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
                      "--denoiser.trainer.max_steps", "2"],
     "peer_equal_time": ["--output", "{tmp}/runs", "--per-class", "2", "--peer-seconds", "2", "--peer-dim", "8",
                         "--latent-peer-seconds", "2", "--pixel-size", "8", "16", "--classifier", "{tmp}/clf.pt",
-                        "--peer-mults", "1", "2", "--", *tiny(val_every=2), "--vae.trainer.max_steps", "2",
-                        "--denoiser.trainer.max_steps", "2"],
+                        "--peer-mults", "1", "2", "--peer-batch", "8", "--", *tiny(val_every=2),
+                        "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
     "memory_knobs": ["--repeats", "1", "--warmup", "0", "--vae-batch", "2", "--unet-batch", "2", "--knobs", "fp32"],
     "sampler_overhead": ["--repeats", "1", "--warmup", "0", "--ddpm-steps", "10", "--batch-sizes", "1",
@@ -50,3 +50,5 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
     assert module.main([a.replace("{tmp}", str(tmp_path)) for a in SMALL[name]]) == 0
     rows = list(csv.DictReader(open(tmp_path / "results" / f"{name}.csv")))
     assert rows and all(r["machine"].startswith("machine:") for r in rows)
+    if name == "peer_equal_time":  # the pixel peer trains at its own batch, not our denoiser's
+        assert [r["trained"] for r in rows if r["model"] == "peer (pixel)"] == ["steps of batch 8"]

@@ -220,6 +220,6 @@ def test_an_output_dir_under_a_file_is_refused_and_nothing_is_left(tmp_path, cap
 def test_a_refused_start_leaves_no_run_folder(tmp_path, capsys):
     # fewer training images than one batch is refused inside the stage, after the lock was taken
     assert main([*VAE, "-n", "1", "--output_dir", str(tmp_path / "runs"), "--data.max_items", "20",
-                 "--data.batch_size", "64"]) == 2
+                 "--vae.trainer.batch_size", "64"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

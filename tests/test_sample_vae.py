@@ -29,7 +29,8 @@ def vae_ckpt(tmp_path_factory) -> Path:
     rc = main(["-cfg", str(Path(__file__).resolve().parents[1] / "config" / "digits.json"), "--train-vae", "-n", "1", "--output_dir", str(out),
                "--vae.trainer.max_steps", "5", "--vae.trainer.val_every_n_steps", "5",
                "--vae.trainer.progress_bar", "false", "--vae.trainer.images_every_n_steps", "0",
-               "--data.max_items", "200", "--data.batch_size", "16", "--data.image_size", str(IMAGE_SIZE)])
+               "--data.max_items", "200", "--data.batch_size", "16", "--vae.trainer.batch_size", "16",
+               "--data.image_size", str(IMAGE_SIZE)])
     assert rc == 0
     ckpt = out / "digits-1" / "vae" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()

@@ -287,7 +287,8 @@ def test_latents_on_disk_keep_their_captions_and_a_text_model_trains_on_them(tmp
     root = colour_squares(tmp_path / "colours", per_colour=8)
     colour = text_run_args(root, tmp_path / "runs", steps=2)
     assert main(["-cfg", DIGITS, "--train-vae", "-n", "1", *colour, "--vae.trainer.max_steps", "2",
-                 "--vae.trainer.progress_bar", "false", "--vae.trainer.images_every_n_steps", "0"]) == 0
+                 "--vae.trainer.batch_size", "16", "--vae.trainer.progress_bar", "false",
+                 "--vae.trainer.images_every_n_steps", "0"]) == 0
     vae = tmp_path / "runs" / "digits-1" / "vae" / "checkpoints" / "last.ckpt"
     assert encode(["-cfg", DIGITS, *colour, "--load-vae", str(vae), "--output", str(tmp_path / "lat"),
                    "--shard-size", "10"]) == 0

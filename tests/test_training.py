@@ -26,10 +26,11 @@ DIGITS = str(ROOT / "config" / "digits.json")
 
 # A small but real set-up: 16x16 digits, a narrow VAE (f = 4 → 4x4x4 latents) and a narrow UNet.
 SMALL = ["--data.image_size", "16", "--data.batch_size", "32", "--data.max_items", "400",
-         "--vae.net.base_channels", "8", "--vae.trainer.val_every_n_steps", "40",
+         "--vae.trainer.batch_size", "32", "--vae.net.base_channels", "8", "--vae.trainer.val_every_n_steps", "40",
          "--vae.trainer.images_every_n_steps", "0", "--vae.trainer.progress_bar", "false",
          "--vae.trainer.checkpoint_every_n_steps", "40",
-         "--denoiser.unet.base_channels", "32", "--denoiser.unet.channel_mult", "[1, 2]",
+         "--denoiser.trainer.batch_size", "64", "--denoiser.unet.base_channels", "32",
+         "--denoiser.unet.channel_mult", "[1, 2]",
          "--denoiser.unet.attention_levels", "[]", "--denoiser.trainer.val_every_n_steps", "20",
          "--denoiser.trainer.images_every_n_steps", "0", "--denoiser.trainer.progress_bar", "false",
          "--denoiser.trainer.checkpoint_every_n_steps", "20", "--denoiser.diffusion.latent_stats_batches", "4"]

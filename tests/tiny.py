@@ -10,7 +10,7 @@ DIGITS = str(ROOT / "config" / "digits.json")
 def tiny(val_every: int, log_every: int = 20) -> list[str]:
     """Overrides for config/digits.json: 120 images, batch 16, 8- and 16-wide networks, no grids or bars, vp."""
     args = ["--data.image_size", "16", "--data.max_items", "120", "--data.batch_size", "16",
-            "--denoiser.trainer.batch_size", "16",
+            "--vae.trainer.batch_size", "16", "--denoiser.trainer.batch_size", "16",
             "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16",
             "--denoiser.unet.channel_mult", "[1, 2]", "--denoiser.diffusion.latent_stats_batches", "2",
             "--denoiser.trainer.fid_every_n_steps", "0",
