@@ -73,7 +73,7 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--train-denoiser",
                           "-n", "1", "--output_dir", str(tmp_path), "--data.image_size", "16", "--data.max_items",
                           "200", "--data.batch_size", "16", "--vae.trainer.batch_size", "16",
-                          "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16",
+                          "--denoiser.trainer.batch_size", "16", "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16",
                           "--denoiser.unet.channel_mult", "[1, 2]", *ddp],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, failure_summary(out.stderr)
@@ -97,7 +97,7 @@ def test_a_normal_run_prints_its_own_lines_and_a_step_bar_and_verbose_shows_the_
 
     out = train("-n", "1")
     lines = [ln for ln in out.replace("\r", "\n").splitlines() if ln.strip()]
-    assert lines[0].startswith("vae: 0.10 M trained parameters, 12 steps; global batch 32")
+    assert lines[0].startswith("vae: 0.10 M trained parameters, 12 steps; global batch 64")  # the config's VAE batch
     def bar(line: str) -> bool:  # tqdm writes the rate as "4.2 step/s", or as "1.3s/ step" below one step a second
         return "step/s" in line or "s/ step" in line
 
