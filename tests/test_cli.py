@@ -73,8 +73,8 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     out = subprocess.run([sys.executable, "-m", "model.main", "-cfg", DIGITS, "--train-vae", "--train-denoiser",
                           "-n", "1", "--output_dir", str(tmp_path), "--data.image_size", "16", "--data.max_items",
                           "200", "--data.batch_size", "16", "--vae.trainer.batch_size", "16",
-                          "--denoiser.trainer.batch_size", "16", "--vae.net.base_channels", "8", "--denoiser.unet.base_channels", "16",
-                          "--denoiser.unet.channel_mult", "[1, 2]", *ddp],
+                          "--denoiser.trainer.batch_size", "16", "--vae.net.base_channels", "8",
+                          "--denoiser.unet.base_channels", "16", "--denoiser.unet.channel_mult", "[1, 2]", *ddp],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, failure_summary(out.stderr)
     assert out.stdout.count("VAE checkpoint:") == 1 and out.stdout.count("denoiser checkpoint:") == 1, out.stdout
