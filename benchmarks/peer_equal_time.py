@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="sides the pixel budget compares at (default: the data's native size, else <= 32)")
     p.add_argument("overrides", nargs="*", help="after --: overrides for our main command, as on its command line")
     args = parse(p, argv)
+    if min(args.peer_batch, args.peer_dim, *args.peer_mults) < 1:
+        raise UserError(f"--peer-batch, --peer-dim and --peer-mults must be >= 1, got {args.peer_batch}, "
+                        f"{args.peer_dim} and {args.peer_mults}")  # before our stages train
     peer_classes()  # a missing peer fails before anything trains
     from benchmarks import latent_peer
     from model.classifier import load_classifier

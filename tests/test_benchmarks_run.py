@@ -52,3 +52,13 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
     assert rows and all(r["machine"].startswith("machine:") for r in rows)
     if name == "peer_equal_time":  # the pixel peer trains at its own batch, not our denoiser's
         assert [r["trained"] for r in rows if r["model"] == "peer (pixel)"] == ["steps of batch 8"]
+
+
+@pytest.mark.parametrize("flag,value", [("--peer-batch", "0"), ("--peer-dim", "-1"), ("--peer-mults", "0")])
+def test_a_bad_peer_size_is_refused_before_anything_trains(flag, value, tmp_path, capsys):
+    from benchmarks import peer_equal_time
+
+    assert peer_equal_time.main(["--output", str(tmp_path / "runs"), flag, value]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
+    assert not (tmp_path / "runs").exists()
