@@ -60,7 +60,8 @@ def rows_of(profiles: dict[str, dict[str, Any]], main_s: float, sample_s: float)
         rows += [{"stage": stage, "part": part, "s": s} for part, s in stage_parts(profiles[stage]).items()]
     rows.append({"stage": "main", "part": "process start (imports, data, networks)",
                  "s": max(main_s - sum(p["wall_s"] for p in profiles.values()), 0.0)})
-    rows.append({"stage": "sample", "part": "sampling command (process, DDIM-25, grids, GIF)", "s": sample_s})
+    rows.append({"stage": "sample", "part": "sampling command (process, the config's sampler, grids, GIF)",
+                 "s": sample_s})
     for row in rows:
         row["share %"] = 100 * row["s"] / wall
     rows.append({"stage": "all", "part": "README main command", "s": wall, "share %": 100.0})
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--output_dir", str(out), "--vae.trainer.profile", "true",
                         "--denoiser.trainer.profile", "true", *args.overrides])
     sample_s = timed_process(["-m", "model.scripts.sample", "--load", str(run / "denoiser" / "checkpoints" / "last.ckpt"),
-                          "--ddim", "--steps", "25", "--per-class", "8"])
+                          "--per-class", "8"])  # the config's sampler
     profiles = {s: json.loads((run / s / PROFILE_FILE).read_text()) for s in STAGES}
     report.table(f"Where the main command's time goes ({args.config})", rows_of(profiles, main_s, sample_s),
                  note="Stage parts from Lightning's SimpleProfiler (trainer.profile); the full per-action tables are "

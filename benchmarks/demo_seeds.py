@@ -23,7 +23,7 @@ import torch
 from benchmarks.common import Report
 from model.errors import ArgParser, UserError, cli_entry
 from model.metrics.budget import FLOOR, ROUND_TRIP
-from model.scripts.demo_report import all_budgets
+from model.scripts.demo_report import all_budgets, sampling
 
 NAME = "demo_seeds"
 CLASSES = "class"  # the table of class accuracy, the copy check and the wall time
@@ -80,7 +80,8 @@ def space_row(folder: Path, budget: dict[str, Any], w: float) -> dict[str, Any]:
     samples, floor = rows[f"samples w={w:g}"], rows[FLOOR]
     row = {"run": folder.name, **{f"{name} / floor": samples[metric]["mean"] / floor[metric]["mean"]
                                   for name, metric in (("FD", "pixel_fd"), ("precision", "precision"),
-                                                       ("recall", "recall"))}}
+                                                       ("recall", "recall"), ("coverage", "coverage"))
+                                  if metric in samples}}  # reports written before coverage have none
     if ROUND_TRIP in rows:
         row["round trip FD / floor"] = rows[ROUND_TRIP]["pixel_fd"]["mean"] / floor["pixel_fd"]["mean"]
     return row
@@ -100,11 +101,11 @@ def class_row(folder: Path, report: dict[str, Any], scale: dict[str, Any]) -> di
     return row
 
 
-def run_tables(folder: Path, w: float) -> dict[str, dict[str, Any]]:
-    """{table: row} of one run: one per feature space of its report, then CLASSES."""
+def run_tables(folder: Path, w: float) -> tuple[dict[str, dict[str, Any]], str]:
+    """{table: row} of one run (one per feature space of its report, then CLASSES) and how its samples were drawn."""
     report, scale = read_report(folder, w)
     tables = {space: space_row(folder, budget, w) for space, budget in all_budgets(report).items()}
-    return {**tables, CLASSES: class_row(folder, report, scale)}
+    return {**tables, CLASSES: class_row(folder, report, scale)}, sampling(report)
 
 
 def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -137,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bounds", choices=sorted(BOUNDS), default="digits", help="the recipe whose bounds to check")
     args = p.parse_args(argv)
     report = Report(NAME, torch.device("cpu"))  # the header names the machine the figures are read on
-    per_run = [run_tables(Path(folder), args.cfg_scale) for folder in args.runs]
+    per_run, samplings = zip(*(run_tables(Path(folder), args.cfg_scale) for folder in args.runs))
     tables = {name: [run[name] for run in per_run if name in run] for name in per_run[0]}
+    drawn = " / ".join(sorted(set(samplings)))  # one sampler, unless the runs' reports differ
     for name, rows in tables.items():
         what = "class accuracy, copy check and wall time" if name == CLASSES else f"{name} features"
-        report.table(f"The demo over {len(rows)} training runs, DDIM-25 at w = {args.cfg_scale:g}: {what}",
+        report.table(f"The demo over {len(rows)} training runs, {drawn} at w = {args.cfg_scale:g}: {what}",
                      [*rows, spread(rows)])
     if args.cfg_scale == 0:
         print("\n" + "\n".join(verdicts(tables, args.bounds)))

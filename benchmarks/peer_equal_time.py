@@ -15,9 +15,10 @@ a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored 
    warm-up, the global gradient-norm clip at 1 and an EMA of the weights (our decay warm-up) that it samples from.
 3. Trains the latent peer (`benchmarks.latent_peer`) on our run's VAE latents for our denoiser stage's training
    time (the last `val/elapsed_s` its quality evaluations logged, or `--latent-peer-seconds`).
-4. Draws `--per-class` samples of every class from each at w = 0 (the peer's cond_scale = 1), DDIM-25, and scores
-   them with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every
-   `--pixel-size` and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
+4. Draws `--per-class` samples of every class from each at w = 0 (the peer's cond_scale = 1), ours with our
+   config's sampler (the digits config's DPM-Solver++(2M), 10 steps), the peers with their DDIM-25, and scores them
+   with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every `--pixel-size`
+   and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
    nearest-training-image distance over held-out images'.
 Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run it alone on the machine.
 """
@@ -113,8 +114,8 @@ def peer_samples(ema: nn.Module, labels: Tensor, seed: int, batch_size: int) -> 
 
 
 def budget_columns(budget: dict[str, Any], row: str, space: str, several: bool) -> dict[str, Any]:
-    """A row's FD over the floor's, precision and recall beside the floor's, in one feature space (named in the
-    columns when the table holds several)."""
+    """A row's FD over the floor's, precision, recall and coverage beside the floor's, in one feature space (named in
+    the columns when the table holds several)."""
     from model.metrics.budget import FLOOR, floor_ratio
 
     rows = {r["row"]: r for r in budget["rows"]}
@@ -122,7 +123,8 @@ def budget_columns(budget: dict[str, Any], row: str, space: str, several: bool) 
     tag = f" {space}" if several else ""
     return {f"FD{tag} (× floor)": floor_ratio(budget, row),
             f"precision{tag} (floor's)": f"{mine['precision']['mean']:.3f} ({floor['precision']['mean']:.3f})",
-            f"recall{tag} (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})"}
+            f"recall{tag} (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})",
+            f"coverage{tag} (floor's)": f"{mine['coverage']['mean']:.3f} ({floor['coverage']['mean']:.3f})"}
 
 
 def training_data(run: Path, batch_size: Optional[int] = None):
@@ -139,13 +141,13 @@ def training_data(run: Path, batch_size: Optional[int] = None):
 OURS, PEER, LATENT_PEER = "ours (latent)", "peer (pixel)", "diffusers UNet2DModel (our latents)"
 
 
-def our_samples(pipe, labels: Tensor, seed: int) -> Tensor:
-    """Our samples of `labels` at w = 0, DDIM-25, in [-1, 1]."""
+def our_samples(pipe, labels: Tensor, seed: int) -> tuple[Tensor, str]:
+    """Our samples of `labels` at w = 0 with the checkpoint's sampler (its config's), in [-1, 1], and that sampler."""
     from model.evaluation import generate
     from model.sampling import SamplerSpec
 
-    spec = SamplerSpec.from_config(pipe.diff, sampler="ddim", steps=25, spacing=pipe.diff.sample_spacing, guidance=0.0)
-    return generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250)
+    spec = SamplerSpec.from_config(pipe.diff, guidance=0.0)
+    return generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250), spec.describe(pipe.diff.T)
 
 
 def denoiser_seconds(run: Path) -> float:
@@ -232,18 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         p_uncond=cfg.denoiser.diffusion.p_uncond, num_classes=pipe.num_classes, seed=args.seed)
 
     labels = torch.arange(pipe.num_classes).repeat_interleave(args.per_class)
-    samples = {OURS: our_samples(pipe, labels, args.seed), PEER: peer_samples(ema, labels, args.seed, 250),
+    ours, our_sampler = our_samples(pipe, labels, args.seed)
+    samples = {OURS: ours, PEER: peer_samples(ema, labels, args.seed, 250),
                LATENT_PEER: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), args.seed)}
     protocols = [PixelProtocol(size=size, seed=args.seed) for size in args.pixel_size or [pixel_size(dm)]]
     held = held_out_set(dm)
     rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols)
     rows[0].update({"training s": ours_s, "trained": "both stages",
-                    "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}"})
-    rows[1].update({"training s": peer_s, "trained": f"steps of batch {args.peer_batch}", "steps": str(steps)})
-    rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps)})
+                    "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}", "sampler": our_sampler})
+    rows[1].update({"training s": peer_s, "trained": f"steps of batch {args.peer_batch}", "steps": str(steps),
+                    "sampler": "DDIM 25 steps (its own)"})
+    rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps),
+                    "sampler": "DDIM 25 steps, trailing (diffusers)"})
     notes = [f"{space}: {b['protocol']['features']}; mean over {b['protocol']['draws']} draws; our VAE's round trip "
              f"scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor" for space, b in budgets.items()]
-    report.table(f"Our demo and its peers at equal wall time ({args.config}, DDIM-25, w = 0, "
+    report.table(f"Our demo and its peers at equal wall time ({args.config}, w = 0, "
                  f"{len(labels)} samples each)", rows, note="\n".join(notes))
     for name, x in samples.items():  # real held-out images beside each model's samples, class by class
         grid_of(name, x, labels, held, out)

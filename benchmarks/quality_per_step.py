@@ -114,7 +114,7 @@ def budget_columns(budget: dict, name: str) -> dict:
     row = next(r for r in budget["rows"] if r["row"] == name)
     return {"pixel FD / floor": floor_ratio(budget, name), "pixel FD": row["pixel_fd"]["mean"],
             "precision": row["precision"]["mean"], "recall": row["recall"]["mean"],
-            "KID x 1e3": 1e3 * row["kid"]["mean"]}
+            "coverage": row["coverage"]["mean"], "KID x 1e3": 1e3 * row["kid"]["mean"]}
 
 
 def plot(rows: list[dict], budget: dict, path: str) -> None:

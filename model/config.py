@@ -111,7 +111,7 @@ class TrainerConfig:
         _check(self.fid_num_samples >= 2 and self.fid_real_pool >= 2 * self.fid_num_samples,
                f"trainer.fid_num_samples must be >= 2 and trainer.fid_real_pool at least twice it, got "
                f"{self.fid_num_samples} and {self.fid_real_pool}")
-        quality = {"val/pixel_fd", "val/kid", "val/precision", "val/recall", "val/fid"}
+        quality = {"val/pixel_fd", "val/kid", "val/precision", "val/recall", "val/coverage", "val/fid"}
         _check(self.best_by in (None, "val/loss", "val/recon", *quality),
                f"trainer.best_by must be null, val/loss, val/recon or one of {sorted(quality)}, got {self.best_by!r}")
         _check(self.best_by not in quality or self.fid_every_n_steps > 0,

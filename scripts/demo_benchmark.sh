@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces a demo's figures on this machine: the wall time of the README's main command, then the VAE's
-# reconstruction error, the data's classifier, and the DDIM-25 samples' class accuracy, copy check and error budgets
-# (demo_report: pixel features, and the classifier's features), for one or more training seeds.
+# reconstruction error, the data's classifier, and the samples' class accuracy, copy check and error budgets
+# (demo_report with the config's sampler: pixel features, and the classifier's features), for one or more training
+# seeds.
 #
 #   bash scripts/demo_benchmark.sh [--config digits|emoji] [--seeds N] [RUN] [-- OVERRIDES]
 #
@@ -54,7 +55,7 @@ for (( k = 0; k < SEEDS; k++ )); do
   start=$(date +%s)
   python -m model.main -cfg "$CFG" --train-vae --train-denoiser -n "$RUN" --seed "$k" ${OVERRIDES[@]+"${OVERRIDES[@]}"} \
     | tee "$LOG"
-  python -m model.scripts.sample --load "$DIR/denoiser/checkpoints/last.ckpt" --ddim --steps 25 --per-class 8
+  python -m model.scripts.sample --load "$DIR/denoiser/checkpoints/last.ckpt" --per-class 8  # the config's sampler
   main_s=$(( $(date +%s) - start ))
   echo "$main_s" > "$DIR/main_wall_s"
 

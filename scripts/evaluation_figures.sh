@@ -6,7 +6,7 @@
 #
 #   bash scripts/evaluation_figures.sh [RUN]     (RUN: the digits run number, default 1)
 #
-# Trains what is missing: the digits run (about 1 min 30 s on 2 AVX-512 CPU cores), the digits classifier (about 20 s) and the
+# Trains what is missing: the digits run (under 1 min 30 s on 2 AVX-512 CPU cores), the digits classifier (about 20 s) and the
 # toy run (config/toy2d.json, about 1 min). Everything else reads those checkpoints.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -24,7 +24,7 @@ mkdir -p "$OUT" docs/figures
 [[ -f "$TOY" ]] || python -m model.main -cfg config/toy2d.json --train-denoiser -n "$RUN"
 
 python -m model.scripts.evaluate --load "$DEN" --classifier "$CLF" --num_samples 500 --cfg-scale 0 2 7.5 \
-  --ddim --steps 25 --output "$OUT/evaluation"
+  --output "$OUT/evaluation"  # the checkpoint's sampler
 python -m model.scripts.demo_report --load "$DEN" --classifier "$CLF" --per-class 50 --cfg-scale 0 2 \
   --output "$OUT/report"
 python -m benchmarks.quality_per_step --load "$DEN" --classifier "$CLF" --plot "$OUT/quality/quality_per_step.png"

@@ -28,7 +28,7 @@ for objective in "${OBJECTIVES[@]}"; do
     --denoiser.trainer.progress_bar false
   echo "$objective: denoiser stage $(( $(date +%s) - start )) s wall"
   python -m model.scripts.demo_report --load "$ROOT/$objective/digits-1/denoiser/checkpoints/last.ckpt" \
-    --classifier runs/classifiers/digits.pt --per-class 50 --cfg-scale 0 \
+    --classifier runs/classifiers/digits.pt --per-class 50 --cfg-scale 0 --sampler ddim --steps 25 \
     --output "$ROOT/$objective/report"
 done
 for objective in "${OBJECTIVES[@]}"; do

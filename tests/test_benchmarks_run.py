@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 from benchmarks import common
+from model.sampling import SAMPLERS
 from tiny import tiny
 
 SMALL = {  # the smallest arguments that still run every table of the benchmark
@@ -52,6 +53,8 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
     assert rows and all(r["machine"].startswith("machine:") for r in rows)
     if name == "peer_equal_time":  # the pixel peer trains at its own batch, not our denoiser's
         assert [r["trained"] for r in rows if r["model"] == "peer (pixel)"] == ["steps of batch 8"]
+        diffusion = common.load_config(common.DIGITS_CONFIG).denoiser.diffusion  # ours: the config's sampler
+        assert rows[0]["sampler"].startswith(f"{SAMPLERS[diffusion.sampler].display} {diffusion.sample_steps} steps")
 
 
 @pytest.mark.parametrize("flag,value", [("--peer-batch", "0"), ("--peer-dim", "-1"), ("--peer-mults", "0")])

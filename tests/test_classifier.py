@@ -141,6 +141,9 @@ def test_demo_report(tmp_path, capsys):
     out = tmp_path / "digits-1" / "denoiser" / "report"
     report = json.loads((out / "report.json").read_text())
     assert [s["cfg_scale"] for s in report["scales"]] == [0.0, 1.0]
+    diffusion = json.loads(Path(DIGITS).read_text())["denoiser"]["diffusion"]  # the checkpoint's sampler by default
+    assert (report["sampler"], report["steps"], report["spacing"]) == (diffusion["sampler"], 2,
+                                                                       diffusion["sample_spacing"])
     for s in report["scales"]:
         assert 0.0 <= s["accuracy"] <= 1.0
         assert len(s["per_class_accuracy"]) == 10 and all(0.0 <= a <= 1.0 for a in s["per_class_accuracy"])
@@ -165,10 +168,13 @@ def test_demo_report(tmp_path, capsys):
     # at 299x299 on a CPU every image counts
     weights = random_inception_weights(tmp_path / "inception.pth")
     assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "1", "--steps", "2",
+                        "--sampler", "euler", "--spacing", "karras",
                         "--cfg-scale", "0", "--pixel-size", "8", "--real-pool", "40", "--draws", "2",
                         "--inception-weights", str(weights), "--output", str(tmp_path / "inception")]) == 0
     report = json.loads((tmp_path / "inception" / "report.json").read_text())
     inception = report["budgets"]["inception"]
+    assert report["sampling"] == "Euler 2 steps, karras"
+    assert "Euler 2 steps, karras, 1 samples per class" in (tmp_path / "inception" / "report.md").read_text()
     assert list(report["budgets"]) == ["pixels 8", "domain", "inception"]
     assert str(weights) in inception["protocol"]["features"] and inception["protocol"]["real_pool"] == 40
     assert [r["row"] for r in inception["rows"]] == ["samples w=0", "VAE round trip", "real floor"]

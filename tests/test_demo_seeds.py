@@ -21,13 +21,16 @@ def budget(size, fd: float, recall: float, precision: float = 0.9) -> dict:
     return {"protocol": {"size": size}, "rows": rows}
 
 
-def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: int, budgets=None):
-    """A run folder with a sample report: one pixel budget at 8 px (as reports were first written) unless
-    `budgets` gives several."""
+def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: int, budgets=None, sampling=None):
+    """A run folder with a sample report: one pixel budget at 8 px and DDIM samples (as reports were first written)
+    unless `budgets` gives several and `sampling` another sampler."""
     folder = root / name
     (folder / "denoiser" / "report").mkdir(parents=True)
     report = {"scales": [{"cfg_scale": 0.0, "accuracy": accuracy, "nn_distance_ratio": 1.0}],
-              "pixel_budget": budget(8, fd, recall), "classifier_val_accuracy": 0.6}
+              "pixel_budget": budget(8, fd, recall), "classifier_val_accuracy": 0.6,
+              "sampler": "ddim", "steps": 25, "spacing": "noise-dense"}
+    if sampling:
+        report["sampling"] = sampling
     if budgets:
         report["budgets"] = budgets
     (folder / "denoiser" / "report" / "report.json").write_text(json.dumps(report))
@@ -48,6 +51,32 @@ def test_rows_are_ratios_to_the_floor_and_a_bound_missed_by_one_seed_is_missed(t
     assert "pixels 8 features" in rows[0]["table"] and "class accuracy" in rows[3]["table"]
     assert "MISSED: every seed's pixel FD <= 1.25x" in out and "met: mean pixel FD <= 1.15x" in out
     assert "met: every seed's recall >= 0.93x" in out and "met: every seed's class accuracy >= 99%" in out
+    assert "training runs, DDIM 25 steps, noise-dense (eta 0) at w = 0" in rows[0]["table"]
+    assert "coverage / floor" not in rows[0]  # reports written before coverage was scored
+
+
+def test_coverage_is_read_over_the_floor_where_the_report_has_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    scored = budget(8, 0.1, 0.9)
+    for row, value in zip(scored["rows"], (0.3, 0.4, 0.6)):  # samples, round trip, floor
+        row["coverage"] = stats(value)
+    assert demo_seeds.main([fake_run(tmp_path, "digits-1", 0.1, 0.9, 1.0, 100, budgets={"pixels 8": scored})]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))
+    assert float(rows[0]["coverage / floor"]) == pytest.approx(0.5)
+
+
+def test_the_tables_name_how_the_samples_were_drawn_and_runs_drawn_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    dpm = "DPM-Solver++(2M) 10 steps, noise-dense"
+    runs = [fake_run(tmp_path, "digits-1", 0.1, 0.9, 1.0, 100, sampling=dpm),
+            fake_run(tmp_path, "digits-2", 0.1, 0.9, 1.0, 100, sampling=dpm)]
+    assert demo_seeds.main(runs) == 0
+    table = next(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))["table"]
+    assert f"training runs, {dpm} at w = 0" in table
+    runs.append(fake_run(tmp_path, "digits-3", 0.1, 0.9, 1.0, 100))  # an older report: DDIM
+    assert demo_seeds.main(runs) == 0
+    table = next(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))["table"]
+    assert f"DDIM 25 steps, noise-dense (eta 0) / {dpm} at w = 0" in table
 
 
 def test_a_run_without_its_report_is_one_line(tmp_path, capsys):

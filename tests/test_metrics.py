@@ -11,7 +11,7 @@ from scipy import linalg
 from model.errors import UserError
 from model.metrics.budget import FLOOR, ROUND_TRIP, PixelProtocol, as_markdown, as_text, error_budget, floor_ratio, score
 from model.metrics.pixel import PCAProjection, pixel_vectors
-from model.metrics.precision_recall import coverage, knn_radii, precision_recall
+from model.metrics.precision_recall import coverage, knn_radii, precision_recall, real_coverage
 
 
 def identity(d: int) -> PCAProjection:
@@ -106,6 +106,21 @@ def test_lost_variety_lowers_recall_not_precision():
     assert precision == 1.0 and recall < 0.2
 
 
+def test_coverage_is_one_for_a_set_against_itself_and_zero_far_away():
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    assert real_coverage(x, x.clone(), k=3) == 1.0 and real_coverage(x, x + 100.0, k=3) == 0.0
+
+
+def test_coverage_uses_the_real_radii_so_noise_inflates_recall_not_coverage():
+    """Samples spread twice as wide as the data reach every real point with their own wide balls (recall 1) yet sit
+    in almost no real point's ball; samples from the data's own law keep coverage near 1."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 16, generator=g)
+    noisy, faithful = 2.0 * torch.randn(500, 16, generator=g), torch.randn(500, 16, generator=g)
+    assert precision_recall(real, noisy, k=3)[1] == 1.0 and real_coverage(real, noisy, k=3) < 0.05
+    assert real_coverage(real, faithful, k=3) > 0.85
+
+
 def test_coverage_counts_points_inside_any_ball():
     support, radii = torch.tensor([[0.0], [10.0]]), torch.tensor([1.0, 2.0])
     assert coverage(torch.tensor([[0.5], [1.5], [8.5], [12.0], [5.0]]), support, radii) == pytest.approx(3 / 5)
@@ -183,9 +198,16 @@ def test_the_budget_sees_blur_lost_variety_and_a_faithful_round_trip(digits_pool
     held = digits_pool[torch.randperm(len(digits_pool), generator=g)[:300]]
     blurred = F.avg_pool2d(F.pad(held, (2, 2, 2, 2), mode="replicate"), 5, stride=1)  # 5x5 box blur at 16 px
     collapsed = held[:30].repeat(10, 1, 1, 1)
-    b = budget_of(digits_pool, {"blurred": blurred, "collapsed": collapsed, "real": held}, trip=digits_pool)
-    means = {r["row"]: {m: r[m]["mean"] for m in ("pixel_fd", "precision", "recall")} for r in b["rows"]}
-    assert [r["row"] for r in b["rows"]] == ["blurred", "collapsed", "real", ROUND_TRIP, FLOOR]
+    blocks = F.interpolate(torch.randn(len(held), 1, 8, 8, generator=g), scale_factor=2)  # noise the 8x8 metric sees
+    noisy = (held + 0.5 * blocks).clamp(-1, 1)
+    b = budget_of(digits_pool, {"blurred": blurred, "collapsed": collapsed, "noisy": noisy, "real": held},
+                  trip=digits_pool)
+    means = {r["row"]: {m: r[m]["mean"] for m in ("pixel_fd", "precision", "recall", "coverage")} for r in b["rows"]}
+    assert [r["row"] for r in b["rows"]] == ["blurred", "collapsed", "noisy", "real", ROUND_TRIP, FLOOR]
+    # noise spreads the samples' own balls over real digits (recall above the floor's); coverage, on real radii, falls
+    assert means["noisy"]["recall"] > means[FLOOR]["recall"] and means["noisy"]["precision"] < 0.5
+    assert means["noisy"]["coverage"] < 0.5 * means[FLOOR]["coverage"]
+    assert means["collapsed"]["coverage"] < 0.5 * means[FLOOR]["coverage"]
     assert floor_ratio(b, "blurred") > 5 and means["blurred"]["recall"] < 0.5 * means[FLOOR]["recall"]
     assert floor_ratio(b, "collapsed") > 3 and means["collapsed"]["recall"] < 0.3
     assert means["collapsed"]["precision"] > 0.9 * means[FLOOR]["precision"]

@@ -70,7 +70,8 @@ def test_the_floor_and_wall_time_are_logged_beside_the_quality_and_plotted(tmp_p
     rows = [r for r in csv.DictReader(open(stage / "logs" / "metrics.csv")) if r.get("val/pixel_fd")]
     floors = {r["val/floor_pixel_fd"] for r in rows}
     assert len(floors) == 1 and float(floors.pop()) > 0  # the same real images at every evaluation
-    assert 0 < float(rows[0]["val/floor_recall"]) <= 1
+    assert 0 < float(rows[0]["val/floor_recall"]) <= 1 and 0 < float(rows[0]["val/floor_coverage"]) <= 1
+    assert all(0 <= float(r["val/coverage"]) <= 1 for r in rows)
     elapsed = [float(r["val/elapsed_s"]) for r in rows]
     assert 0 < elapsed[0] < elapsed[1]
     assert plots_main(["quality", "--run", str(stage)]) == 0
@@ -91,3 +92,16 @@ def test_the_quality_plot_of_a_run_without_quality_logs_is_one_line(tmp_path, ca
     assert plots_main(["quality", "--run", str(tmp_path / "denoiser")]) == 2
     err = capsys.readouterr().err
     assert "fid_every_n_steps > 0" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("metric,mode", [("val/pixel_fd", "min"), ("val/kid", "min"), ("val/precision", "max"),
+                                         ("val/recall", "max"), ("val/coverage", "max")])
+def test_best_ckpt_keeps_the_lowest_distance_or_the_highest_share(tmp_path, metric, mode):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from model.config import TrainerConfig
+    from model.lightning.trainer import make_callbacks
+
+    tc = TrainerConfig(best_by=metric, fid_every_n_steps=20, log_every_n_steps=10)
+    best = [c for c in make_callbacks(tc, tmp_path, "val/loss") if isinstance(c, ModelCheckpoint) and c.monitor]
+    assert [(c.monitor, c.mode) for c in best] == [(metric, mode)]

@@ -74,7 +74,7 @@ def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Cal
     ckpt_dir = folder / "checkpoints"
     by_quality = tc.best_by not in (None, "val/loss", "val/recon")  # computed every fid_every_n_steps
     monitor = tc.best_by or monitor
-    mode = "max" if monitor in ("val/precision", "val/recall") else "min"
+    mode = "max" if monitor in ("val/precision", "val/recall", "val/coverage") else "min"
     callbacks: list[pl.Callback] = [
         # step<N>.ckpt every N steps, and last.ckpt with it: what --load resumes from
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,

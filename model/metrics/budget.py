@@ -22,13 +22,13 @@ from torch import Tensor, nn
 
 from model.errors import UserError
 from model.metrics.pixel import PCAProjection
-from model.metrics.precision_recall import precision_recall
+from model.metrics.precision_recall import precision_recall, real_coverage
 
 FLOOR, ROUND_TRIP = "real floor", "VAE round trip"
 # the feature spaces: projected pixels, a classifier's penultimate layer, Inception-v3's pool features
 PIXELS, DOMAIN, INCEPTION = "pixels", "domain", "inception"
 LABELS = {PIXELS: "pixel", DOMAIN: "domain", INCEPTION: "Inception"}  # the word tables put before FD
-METRICS = ("pixel_fd", "kid", "precision", "recall")
+METRICS = ("pixel_fd", "kid", "precision", "recall", "coverage")
 KID_SUBSET_MAX = 1000  # torchmetrics' default subset size; smaller sets use their own size
 
 
@@ -51,7 +51,7 @@ class PixelProtocol:
         return {**asdict(self), "real_pool": pool, "n": n, "reference": pool - n,
                 "space": PIXELS if features is None else space, "features": features or pixels,
                 "metrics": "Fréchet distance and KID (torchmetrics, custom feature extractor), improved precision "
-                           f"and recall (k = {self.k})"}
+                           f"and recall (k = {self.k}), coverage (k = {self.k})"}
 
 
 class AsFeatures(nn.Module):
@@ -66,7 +66,7 @@ class AsFeatures(nn.Module):
 
 
 def score(reference: Tensor, query: Tensor, projection: PCAProjection, protocol: PixelProtocol) -> dict[str, float]:
-    """Fréchet distance, KID, precision and recall of `query` against `reference` (pixel vectors, (N, D))."""
+    """Fréchet distance, KID, precision, recall and coverage of `query` against `reference` (pixel vectors, (N, D))."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -82,8 +82,10 @@ def score(reference: Tensor, query: Tensor, projection: PCAProjection, protocol:
     with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global generator
         torch.manual_seed(protocol.seed)
         kid_mean = float(kid.compute()[0])
-    precision, recall = precision_recall(projection(reference), projection(query), protocol.k)
-    return {"pixel_fd": float(fd.compute()), "kid": kid_mean, "precision": precision, "recall": recall}
+    real, fake = projection(reference), projection(query)
+    precision, recall = precision_recall(real, fake, protocol.k)
+    return {"pixel_fd": float(fd.compute()), "kid": kid_mean, "precision": precision, "recall": recall,
+            "coverage": real_coverage(real, fake, protocol.k)}
 
 
 def _summary(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -141,17 +143,19 @@ def floor_ratio(budget: dict[str, Any], row: str, metric: str = "pixel_fd") -> f
     return means[row] / means[FLOOR]
 
 
-def _cell(stats: dict[str, float], scale: float, digits: int) -> str:
+def _cell(stats: Optional[dict[str, float]], scale: float, digits: int) -> str:
+    if stats is None:  # a budget written before the metric was scored
+        return "n/a"
     return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
 
 
 def table_rows(budget: dict[str, Any]) -> list[list[str]]:
-    """[row, FD (× floor), KID × 10³, precision, recall] as text, one list per row."""
+    """[row, FD (× floor), KID × 10³, precision, recall, coverage] as text, one list per row."""
     out = []
     for r in budget["rows"]:
         ratio = floor_ratio(budget, r["row"])
         out.append([r["row"], f"{_cell(r['pixel_fd'], 1, 4)} ({ratio:.2f}× floor)", _cell(r["kid"], 1e3, 2),
-                    _cell(r["precision"], 1, 3), _cell(r["recall"], 1, 3)])
+                    _cell(r["precision"], 1, 3), _cell(r["recall"], 1, 3), _cell(r.get("coverage"), 1, 3)])
     return out
 
 
@@ -166,7 +170,7 @@ def label(budget: dict[str, Any]) -> str:
 
 
 def header(budget: dict[str, Any]) -> list[str]:
-    return ["", f"{label(budget)} FD", "KID × 10³", "precision", "recall"]
+    return ["", f"{label(budget)} FD", "KID × 10³", "precision", "recall", "coverage"]
 
 
 def as_text(budget: dict[str, Any]) -> str:
@@ -176,7 +180,7 @@ def as_text(budget: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
     p = budget["protocol"]
     lines.append(f"{label(budget)} metrics: {p['features']}; mean ± std over {p['draws']} draws of n = {p['n']} "
-                 f"floor images and a reference of {p['reference']}; precision/recall k = {p['k']}")
+                 f"floor images and a reference of {p['reference']}; precision/recall/coverage k = {p['k']}")
     return "\n".join(lines)
 
 
@@ -188,5 +192,5 @@ def as_markdown(budget: dict[str, Any]) -> str:
     lines += ["", f"{label(budget).capitalize()} metrics: {p['features']}. Mean ± std over {p['draws']} random "
                   f"splits of {p['real_pool']} "
                   f"real images into n = {p['n']} floor images and a reference of {p['reference']}; every row is "
-                  f"scored against the same references. Precision and recall: k = {p['k']}."]
+                  f"scored against the same references. Precision, recall and coverage: k = {p['k']}."]
     return "\n".join(lines)

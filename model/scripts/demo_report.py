@@ -1,14 +1,15 @@
 """Judge a class-conditional denoiser: do guided samples show their class, and are they copies of training images?
 
     python -m model.scripts.demo_report --load runs/digits-1/denoiser/checkpoints/last.ckpt \
-        --classifier runs/classifiers/digits.pt --per-class 50 --steps 25 --cfg-scale 0 1 3
+        --classifier runs/classifiers/digits.pt --per-class 50 --cfg-scale 0 1 3 [--sampler ddim --steps 25]
 
-For each guidance scale w it draws `per-class` DDIM samples of every class (the same seed, so the same starting
-noise, for every w), classifies them with the small CNN, and reports the share assigned to the requested class,
-overall and per class. The memorisation check compares the median L2 distance (flattened [-1, 1] pixels) from
-each sample to its nearest training image with the same median for held-out real images: copies of training
-images would sit near 0, far below the held-out median. The error budget on pixel features (pixel Fréchet
-distance, KID, precision and recall of the samples of each w, of the VAE round trip and of the real floor; see
+For each guidance scale w it draws `per-class` samples of every class with the checkpoint's sampler (its config's
+sampler, sample_steps and sample_spacing, unless --sampler, --steps or --spacing say otherwise; the same seed, so the
+same starting noise, for every w), classifies them with the small CNN, and reports the share assigned to the requested
+class, overall and per class. The memorisation check compares the median L2 distance (flattened [-1, 1] pixels) from
+each sample to its nearest training image with the same median for held-out real images: copies of training images
+would sit near 0, far below the held-out median. The error budget on pixel features (pixel Fréchet distance, KID,
+precision and recall of the samples of each w, of the VAE round trip and of the real floor; see
 `model.metrics.budget`; at every `--pixel-size`, e.g. 16 and 32 for RGB pictures) says how close the samples come to
 real images in style and sharpness; the same budget on the classifier's penultimate features (domain features) sees
 shapes that small pixel images blur away, and with --inception the same budget on Inception-v3's pool features (the
@@ -29,8 +30,7 @@ from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
 from model.evaluation import check_classifier_fits, generate, model_budgets, per_class_accuracy, predict
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
-from model.sampling import SamplerSpec
-from model.scripts.common import add_pixel_arguments, add_spacing_argument
+from model.scripts.common import add_pixel_arguments, add_sampler_arguments, sampler_spec
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
 
@@ -40,12 +40,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--load", required=True, help="class-conditional denoiser checkpoint (.ckpt) or export folder")
     p.add_argument("--classifier", required=True, help="classifier .pt from model.scripts.train_classifier")
     p.add_argument("--per-class", "--per_class", type=int, default=50, help="samples of every class per scale")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, nargs="+", default=[0.0, 1.0, 3.0],
                    help="guidance scales w to compare: (1+w)·cond − w·uncond")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
-    add_spacing_argument(p)
+    add_sampler_arguments(p)
     add_pixel_arguments(p, several=True)
     p.add_argument("--inception", action="store_true",
                    help="add an error budget on Inception-v3 features (FID); the weights must be on disk: torch-"
@@ -57,11 +56,9 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args, T: int) -> None:
+def check_args(args) -> None:
     if args.per_class <= 0:
         raise UserError(f"--per-class must be > 0, got {args.per_class}")
-    if not 0 < args.steps <= T:
-        raise UserError(f"--steps must be in [1, T={T}], got {args.steps}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
 
@@ -146,12 +143,21 @@ def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: li
     return {
         "denoiser": str(args.load), "classifier": str(args.classifier),
         "classifier_val_accuracy": meta.get("val_accuracy"), "held_out": held_out,
-        "sampler": "ddim", "steps": args.steps, "spacing": args.spacing, "per_class": args.per_class,
+        "sampler": args.spec.sampler, "steps": args.spec.step_count(pipe.diff.T), "spacing": args.spec.spacing,
+        "eta": args.spec.eta, "sampling": args.spec.describe(pipe.diff.T), "per_class": args.per_class,
         "seed": args.seed,
         "class_names": list(dm.class_names), "train_items": len(dm.train_set), "held_out_items": len(d_held),
         "held_out_median_nn_distance": held,
         "scales": scales, "budgets": budgets,
     }
+
+
+def sampling(report: dict[str, Any]) -> str:
+    """How the report's samples were drawn, e.g. "DPM-Solver++(2M) 10 steps, noise-dense"; reports written before
+    the sampler was a choice drew DDIM (eta 0)."""
+    from model.scripts.common import describe_sampler
+
+    return report.get("sampling") or describe_sampler(report["sampler"], report["steps"], spacing=report["spacing"])
 
 
 def fmt(x: Optional[float], digits: int = 3) -> str:
@@ -196,8 +202,7 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
         "# Sample report", "",
         f"Denoiser `{report['denoiser']}`, classifier `{report['classifier']}` (held-out accuracy on real images "
         f"{fmt(report['classifier_val_accuracy'])}).",
-        f"DDIM, {report['steps']} steps ({report['spacing']} spacing), {report['per_class']} samples per class, "
-        f"seed {report['seed']} "
+        f"{report['sampling']}, {report['per_class']} samples per class, seed {report['seed']} "
         f"(the same starting noise for every w).", "",
         "## Class accuracy of the samples", "",
         "The share of samples asked to be a class that the classifier assigns to it (overall and per class); the "
@@ -234,9 +239,9 @@ def main(argv: list[str]) -> int:
     clf, meta = load_classifier(args.classifier)
     clf = clf.to(device)
     check_fit(pipe, clf)
-    check_args(args, pipe.diff.T)
+    check_args(args)
+    args.spec = sampler_spec(args, pipe.diff)  # the checkpoint's sampler, with the command's flags
     inception = inception_space(args)  # before any work: missing weights are a one-line error, not a download
-    args.spacing = args.spacing or pipe.diff.sample_spacing
     dm = make_datamodule(pipe.cfg.data)
     dm.prepare_data()
     dm.setup("fit")
@@ -248,8 +253,8 @@ def main(argv: list[str]) -> int:
     labels = torch.arange(K).repeat_interleave(args.per_class)  # (K * per_class,), class-major
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
-        spec = SamplerSpec.from_config(pipe.diff, sampler="ddim", steps=args.steps, spacing=args.spacing, guidance=w)
-        x = generate(pipe, len(labels), labels, spec, seed=args.seed, batch_size=args.batch_size)
+        x = generate(pipe, len(labels), labels, args.spec.replace(guidance=w), seed=args.seed,
+                     batch_size=args.batch_size)
         samples.append(x)
         preds.append(predict(clf, x, device))
         keep = torch.arange(len(labels)) % args.per_class < GRID_PER_CLASS  # the first few of every class

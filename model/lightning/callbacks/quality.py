@@ -1,8 +1,8 @@
 """Sample quality during training: every `trainer.fid_every_n_steps` optimiser steps the denoiser draws
 `trainer.fid_num_samples` samples (split across the DDP ranks), and the pixel metrics of `model.metrics` score them
-against real images: `val/pixel_fd`, `val/kid`, `val/precision`, `val/recall`, and with `trainer.fid_features`
-the FID `val/fid` (Inception-v3 features, or a digits classifier's). `trainer.best_by: "val/pixel_fd"` (or
-"val/fid") keeps best.ckpt by it.
+against real images: `val/pixel_fd`, `val/kid`, `val/precision`, `val/recall`, `val/coverage`, and with
+`trainer.fid_features` the FID `val/fid` (Inception-v3 features, or a digits classifier's).
+`trainer.best_by: "val/pixel_fd"` (or "val/fid", ...) keeps best.ckpt by it.
 
 The reference is fixed for the whole run: up to `fid_real_pool` real images (training and validation) less
 `fid_num_samples` of them kept out as the floor, area-downsampled pixels on the reference's principal components
