@@ -1,4 +1,5 @@
-"""Real (short) training runs through the CLI: both stages on digits, resume, sampling, and the 2-D toy."""
+"""Real (short) training runs through the CLI: both stages on digits, resume, sampling, and the 2-D toy (slow tier:
+the edit loop trains through the CLI in tests/tiny.py's smaller runs)."""
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,6 @@ from model.autoencoder import ReconstructionLoss, beta_at
 from model.checkpoint import read_checkpoint
 from model.cli_config import from_dict
 from model.denoising import class_condition, denormalise
-from model.ema import ema_update
 from model.main import main
 from model.pipeline import LatentDiffusionPipeline
 from model.scripts import sample
@@ -35,6 +35,8 @@ SMALL = ["--data.image_size", "16", "--data.batch_size", "32", "--data.max_items
          "--denoiser.trainer.images_every_n_steps", "0", "--denoiser.trainer.progress_bar", "false",
          "--denoiser.trainer.checkpoint_every_n_steps", "20", "--denoiser.diffusion.latent_stats_batches", "4"]
 VAE_STEPS, DENOISER_STEPS = 120, 60
+
+pytestmark = pytest.mark.slow  # about 10 s of training shared by the module, outside the edit loop
 
 
 
@@ -230,18 +232,6 @@ def test_sampling_output_is_a_file(run, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
-def test_ema_update_rule():
-    """ema ← d·ema + (1 − d)·net, checked on a 1-parameter module."""
-    net, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
-    net.weight.data.fill_(1.0)
-    ema.weight.data.fill_(0.0)
-    ema_update(ema, net, decay=0.9)
-    assert ema.weight.item() == pytest.approx(0.1)
-    ema_update(ema, net, decay=0.9)
-    assert ema.weight.item() == pytest.approx(0.19)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["vp", "flow", "edm"])
 def test_toy_reaches_chamfer_bound(tmp_path, capsys, objective):
     """The 2-D toy (sheet 004): after a short run, DDIM samples lie on the swiss roll, under every objective.
@@ -269,7 +259,6 @@ def test_toy_reaches_chamfer_bound(tmp_path, capsys, objective):
     assert (tmp_path / "toy" / "grid.png").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("logger,marker", [("tensorboard", "events.out.tfevents"), ("wandb", "offline-run")])
 def test_other_loggers_work_offline(tmp_path, monkeypatch, logger, marker):
     """TensorBoard and wandb (offline, no account) are a config switch away; both write their files locally."""
@@ -282,7 +271,6 @@ def test_other_loggers_work_offline(tmp_path, monkeypatch, logger, marker):
     assert any(marker in str(p) for p in (tmp_path / "digits-1" / "vae").rglob("*")), logger
 
 
-@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_wandb_run_and_grids_reach_the_loggers(tmp_path, monkeypatch):
     """The W&B run id is kept in the stage folder and a resumed start asks W&B for the same run; the reconstruction
     grids go to W&B and TensorBoard as well as to PNGs."""
