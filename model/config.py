@@ -56,6 +56,11 @@ class OptimConfig:
         _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
+# what the quality evaluations during training log, for best.ckpt to follow; shares (higher is better) and distances
+HIGHER_IS_BETTER = ("val/precision", "val/recall", "val/coverage")
+QUALITY_MONITORS = ("val/pixel_fd", "val/kid", *HIGHER_IS_BETTER, "val/fid")
+
+
 @dataclass
 class TrainerConfig:
     """What Lightning's Trainer gets, plus the intervals of our callbacks (all in optimiser steps)."""
@@ -111,10 +116,10 @@ class TrainerConfig:
         _check(self.fid_num_samples >= 2 and self.fid_real_pool >= 2 * self.fid_num_samples,
                f"trainer.fid_num_samples must be >= 2 and trainer.fid_real_pool at least twice it, got "
                f"{self.fid_num_samples} and {self.fid_real_pool}")
-        quality = {"val/pixel_fd", "val/kid", "val/precision", "val/recall", "val/coverage", "val/fid"}
-        _check(self.best_by in (None, "val/loss", "val/recon", *quality),
-               f"trainer.best_by must be null, val/loss, val/recon or one of {sorted(quality)}, got {self.best_by!r}")
-        _check(self.best_by not in quality or self.fid_every_n_steps > 0,
+        _check(self.best_by in (None, "val/loss", "val/recon", *QUALITY_MONITORS),
+               f"trainer.best_by must be null, val/loss, val/recon or one of {sorted(QUALITY_MONITORS)}, "
+               f"got {self.best_by!r}")
+        _check(self.best_by not in QUALITY_MONITORS or self.fid_every_n_steps > 0,
                f"trainer.best_by {self.best_by} needs trainer.fid_every_n_steps > 0 to compute it")
         _check(self.best_by != "val/fid" or self.fid_features is not None,
                "trainer.best_by val/fid needs trainer.fid_features (inception, or a model.scripts.train_classifier "

@@ -11,7 +11,7 @@ from scipy import linalg
 from model.errors import UserError
 from model.metrics.budget import FLOOR, ROUND_TRIP, PixelProtocol, as_markdown, as_text, error_budget, floor_ratio, score
 from model.metrics.pixel import PCAProjection, pixel_vectors
-from model.metrics.precision_recall import coverage, knn_radii, precision_recall, real_coverage
+from model.metrics.precision_recall import knn_radii, precision_recall, precision_recall_coverage, real_coverage
 
 
 def identity(d: int) -> PCAProjection:
@@ -121,9 +121,14 @@ def test_coverage_uses_the_real_radii_so_noise_inflates_recall_not_coverage():
     assert real_coverage(real, faithful, k=3) > 0.85
 
 
-def test_coverage_counts_points_inside_any_ball():
-    support, radii = torch.tensor([[0.0], [10.0]]), torch.tensor([1.0, 2.0])
-    assert coverage(torch.tensor([[0.5], [1.5], [8.5], [12.0], [5.0]]), support, radii) == pytest.approx(3 / 5)
+def test_the_three_shares_by_hand_on_a_line():
+    """k = 1: every real point's ball has radius 1; the fakes' balls 4.5, 4.5 and 6.5."""
+    real = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    fake = torch.tensor([[0.5], [5.0], [11.5]])
+    precision, recall, covered = precision_recall_coverage(real, fake, k=1)
+    assert precision == pytest.approx(2 / 3)  # 0.5 and 11.5 sit in a real ball, 5 in none
+    assert recall == 1.0  # the wide fake balls reach every real point
+    assert covered == pytest.approx(4 / 6)  # 0, 1, 11 and 12 hold a fake within 1; 2 and 10 do not
 
 
 def test_precision_recall_refuses_a_k_the_set_cannot_have():

@@ -15,7 +15,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from data import make_datamodule
 from data.sources import kind_of
 from model.checkpoint import checkpoint_step
-from model.config import Config, TrainerConfig, to_dict, write_json
+from model.config import HIGHER_IS_BETTER, QUALITY_MONITORS, Config, TrainerConfig, to_dict, write_json
 from model.denoiser import NETWORKS, network_config
 from model.errors import UserError
 from model.lightning.checkpoint_io import AtomicCheckpointIO
@@ -72,9 +72,9 @@ def wandb_run_id(folder: Path) -> str:
 
 def make_callbacks(tc: TrainerConfig, folder: Path, monitor: str) -> list[pl.Callback]:
     ckpt_dir = folder / "checkpoints"
-    by_quality = tc.best_by not in (None, "val/loss", "val/recon")  # computed every fid_every_n_steps
+    by_quality = tc.best_by in QUALITY_MONITORS  # computed every fid_every_n_steps
     monitor = tc.best_by or monitor
-    mode = "max" if monitor in ("val/precision", "val/recall", "val/coverage") else "min"
+    mode = "max" if monitor in HIGHER_IS_BETTER else "min"
     callbacks: list[pl.Callback] = [
         # step<N>.ckpt every N steps, and last.ckpt with it: what --load resumes from
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,

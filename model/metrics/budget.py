@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from model.errors import UserError
 from model.metrics.pixel import PCAProjection
-from model.metrics.precision_recall import precision_recall, real_coverage
+from model.metrics.precision_recall import precision_recall_coverage
 
 FLOOR, ROUND_TRIP = "real floor", "VAE round trip"
 # the feature spaces: projected pixels, a classifier's penultimate layer, Inception-v3's pool features
@@ -82,10 +82,9 @@ def score(reference: Tensor, query: Tensor, projection: PCAProjection, protocol:
     with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global generator
         torch.manual_seed(protocol.seed)
         kid_mean = float(kid.compute()[0])
-    real, fake = projection(reference), projection(query)
-    precision, recall = precision_recall(real, fake, protocol.k)
+    precision, recall, coverage = precision_recall_coverage(projection(reference), projection(query), protocol.k)
     return {"pixel_fd": float(fd.compute()), "kid": kid_mean, "precision": precision, "recall": recall,
-            "coverage": real_coverage(real, fake, protocol.k)}
+            "coverage": coverage}
 
 
 def _summary(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:

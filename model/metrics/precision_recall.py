@@ -31,22 +31,33 @@ def knn_radii(x: Tensor, k: int) -> Tensor:
     return torch.cat([_distances(rows, x).kthvalue(k + 1, dim=1).values for rows in x.split(CHUNK)])
 
 
-def coverage(queries: Tensor, support: Tensor, radii: Tensor) -> float:
-    """The share of `queries` (M, D) that lie in at least one ball (support_j, radii_j)."""
-    inside = [(_distances(rows, support) <= radii[None]).any(1) for rows in queries.split(CHUNK)]
-    return float(torch.cat(inside).double().mean())
+def _share(hits: Tensor) -> float:
+    return float(hits.double().mean())
+
+
+def precision_recall_coverage(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float, float]:
+    """(precision, recall, coverage) of `fake` (M, D) against `real` (N, D) with k-NN radii, from one pass over the
+    fake-to-real distances: precision, the share of fake points inside some real ball; recall, of real points inside
+    some fake ball (Kynkäänniemi et al. 2019); coverage, of real points whose own ball holds a fake (Naeem et al.)."""
+    real_radii, fake_radii = knn_radii(real, k), knn_radii(fake, k)
+    precise = []
+    recalled = torch.zeros(len(real), dtype=torch.bool)
+    covered = torch.zeros(len(real), dtype=torch.bool)
+    for rows, radii in zip(fake.split(CHUNK), fake_radii.split(CHUNK)):
+        d = _distances(rows, real)  # (chunk, N)
+        in_real_ball = d <= real_radii[None]
+        precise.append(in_real_ball.any(1))
+        covered |= in_real_ball.any(0)
+        recalled |= (d <= radii[:, None]).any(0)
+    return _share(torch.cat(precise)), _share(recalled), _share(covered)
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+    """(precision, recall) of `fake` (M, D) against `real` (N, D) (Kynkäänniemi et al. 2019)."""
+    return precision_recall_coverage(real, fake, k)[:2]
 
 
 def real_coverage(real: Tensor, fake: Tensor, k: int = 3) -> float:
     """Coverage of `real` (N, D) by `fake` (M, D) (Naeem et al. 2020): the share of real points whose own k-NN ball
     holds at least one fake point."""
-    radii = knn_radii(real, k)
-    hit = [(_distances(rows, fake) <= r[:, None]).any(1) for rows, r in zip(real.split(CHUNK), radii.split(CHUNK))]
-    return float(torch.cat(hit).double().mean())
-
-
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
-    """(precision, recall) of `fake` (M, D) against `real` (N, D) with k-NN radii (Kynkäänniemi et al. 2019)."""
-    precision = coverage(fake, real, knn_radii(real, k))
-    recall = coverage(real, fake, knn_radii(fake, k))
-    return precision, recall
+    return precision_recall_coverage(real, fake, k)[2]
