@@ -3,9 +3,9 @@
     python -m benchmarks.latent_vs_pixel
     python -m benchmarks.latent_vs_pixel --size 128 --device cuda --sample-batch 64   (GPU)
 
-The denoiser UNet of config/digits.json (width 64, channel_mult [1, 2], one block per level; random weights) runs
-once on the latents of the config's VAE (f = 4, 4 channels: 32×32×1 images → 8×8×4 latents) and once, with one
-input channel, on the pixels (32×32×1): the same width and depth, only the input differs.
+The denoiser UNet of config/digits.json (random weights) runs once on the latents of the config's VAE (f = 4, 8
+channels: 32×32×1 images → 8×8×8 latents) and once, with one input channel, on the pixels (32×32×1): the same width
+and depth, only the input differs.
 
 - training step: `benchmarks.common.diffusion_train_step` (q_sample, UNet, v-target MSE, backward, clip, AdamW,
   EMA) on a fixed random batch; latent space with cached latents (the UNet step alone) and with the VAE encoding

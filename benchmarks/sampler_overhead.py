@@ -10,7 +10,7 @@ times, no clipping; diffusers' DDPMScheduler / DDIMScheduler / UniPCMultistepSch
 (a) the per-step overhead of each loop in microseconds, with a near-zero-cost denoiser (x ↦ 0.1·x on one 4×4×4
     latent), so the time is the sampler's own bookkeeping; ours/diffusers measured side by side, interleaved;
 (b) wall time per batch and per sample with the real ConvNeXt UNet of config/digits.json (random weights) on
-    4×4×4 latents, for DDIM-`--ddim-steps` and DDPM-`--ddpm-steps`;
+    its 4×4×8 latents, for DDIM-`--ddim-steps` and DDPM-`--ddpm-steps`;
 (c) the largest absolute difference between the two implementations' final samples (float32, same x_T, and for
     DDPM the same generator seed, which both draw their per-step noise from in the same order): a sanity figure.
 

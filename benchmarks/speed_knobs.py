@@ -3,7 +3,7 @@
     python -m benchmarks.speed_knobs
     python -m benchmarks.speed_knobs --device cuda --batch 256          (GPU: autocast runs on cuda with bf16)
 
-The UNet of config/digits.json (random weights) on its 4×4×4 latents, batch `--batch`, three tables:
+The UNet of config/digits.json (random weights) on its 4×4×8 latents, batch `--batch`, three tables:
 
 - one UNet call without gradients (its first call apart: it holds torch.compile's compilation for inference);
 - a training step: `benchmarks.common.diffusion_train_step` (q_sample, UNet, v-target MSE, backward, clip,

@@ -27,6 +27,7 @@ def train(out: Path, name: str, args, extra: list[str]) -> tuple[Path, float]:
     from model.main import main
 
     overrides = ["--data.image_size", str(args.image_size), "--vae.net.channel_mult", args.channel_mult,
+                 "--vae.net.latent_channels", "4",  # 4×4×4 latents at f = 8: a round trip with room to improve
                  "--vae.trainer.max_steps", str(args.steps), "--vae.trainer.val_every_n_steps", str(args.steps),
                  "--vae.trainer.checkpoint_every_n_steps", str(args.steps),
                  "--vae.trainer.images_every_n_steps", "0", "--vae.trainer.progress_bar", "false",

@@ -15,7 +15,7 @@ from PIL import Image
 from model.main import main as train_main
 from model.scripts import (demo_report, encode_latents, evaluate, export, fetch_emoji, plots, prompt_agreement,
                            reimagine, sample, sample_vae, text2img, train_classifier)
-from tiny import DIGITS, ROOT, tiny
+from tiny import DIGITS, ROOT, digits_latent_shape, tiny
 
 TINY = tiny(val_every=2) + ["--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"]
 COMMANDS = {"main": train_main, "sample": sample.main, "sample_vae": sample_vae.main,
@@ -113,7 +113,8 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "31"], ["data.image_size", "divisible"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "imagenet"], ["data.name"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
-    ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{vae}", "--denoiser.unet.in_channels", "8"],
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{vae}", "--denoiser.unet.in_channels",
+              str(digits_latent_shape(16)[0] + 1)],
      ["does not fit", "latent_channels"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.trainer.accelerator", "banana"], ["trainer.accelerator"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--vae.trainer.accelerator", "cpu", "--vae.trainer.devices", "[0,1]"],

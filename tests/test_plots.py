@@ -18,7 +18,6 @@ from model.scripts.common import image_file, validation_item
 
 IMAGE_SIZE = 16  # the tiny runs' data.image_size (tests/tiny.py)
 PAD = 2  # model.images.grid_array's default padding
-LATENT_CHANNELS = 4  # config/digits.json's vae.net.latent_channels: tiles show the first 3 as RGB
 DPI, PANEL_WIDTH, PANEL_HEIGHT = 120, 6, 4  # model.plots.loss_panels: 6×4 inches per panel at 120 dpi
 
 
@@ -236,7 +235,7 @@ def test_denoising_grid_of_a_latent_denoiser(latent_system, latent_denoising):
     assert len(record["mse_eps"]) == n and all(math.isfinite(m) and m > 0 for m in record["mse_eps"])
     # the ε row is the noise drawn with the seed, shown as its first three channels / 3
     f = latent_system.cfg.vae.net.downsample_factor
-    eps = torch.randn((n, LATENT_CHANNELS, IMAGE_SIZE // f, IMAGE_SIZE // f),
+    eps = torch.randn((n, latent_system.cfg.vae.net.latent_channels, IMAGE_SIZE // f, IMAGE_SIZE // f),
                       generator=torch.Generator().manual_seed(seed))
     expected = to_uint8(plots.latent_tiles(eps, IMAGE_SIZE)).astype(np.int32)  # (n, H, W, 3)
     for i in range(n):

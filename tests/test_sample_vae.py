@@ -12,6 +12,7 @@ from PIL import Image
 
 from model.images import to_uint8
 from model.scripts import sample_vae
+from tiny import DIGITS, digits_latent_shape
 
 IMAGE_SIZE = 16  # set on the command line below
 PAD = 2  # model.images.grid_array's default padding
@@ -26,7 +27,7 @@ def vae_ckpt(tmp_path_factory) -> Path:
     from model.main import main
 
     out = tmp_path_factory.mktemp("runs")
-    rc = main(["-cfg", str(Path(__file__).resolve().parents[1] / "config" / "digits.json"), "--train-vae", "-n", "1", "--output_dir", str(out),
+    rc = main(["-cfg", DIGITS, "--train-vae", "-n", "1", "--output_dir", str(out),
                "--vae.trainer.max_steps", "5", "--vae.trainer.val_every_n_steps", "5",
                "--vae.trainer.progress_bar", "false", "--vae.trainer.images_every_n_steps", "0",
                "--data.max_items", "200", "--data.batch_size", "16", "--vae.trainer.batch_size", "16",
@@ -97,8 +98,8 @@ def test_metrics_are_finite_and_psnr_follows_from_mse(default_run):
     for mse, psnr in zip(m["per_image_mse"], m["per_image_psnr"]):
         assert psnr == pytest.approx(10 * math.log10(4 / mse))
     stats = json.loads((default_run / "latent_stats.json").read_text())
-    assert stats["latent_shape"] == [4, IMAGE_SIZE // 2, IMAGE_SIZE // 2]  # config/digits.json: 4 channels, f = 2
-    assert len(stats["channel_std"]) == 4 and all(s > 0 for s in stats["channel_std"])
+    assert stats["latent_shape"] == digits_latent_shape(IMAGE_SIZE)
+    assert len(stats["channel_std"]) == digits_latent_shape(IMAGE_SIZE)[0] and all(s > 0 for s in stats["channel_std"])
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(vae_ckpt, tmp_path):

@@ -14,7 +14,7 @@ from model.denoiser.unet import CrossAttention2d
 from model.errors import UserError
 from model.text import ByteTextEncoder, ByteTokenizer, PretrainedTextEncoder, TextConfig, text_width
 from model.text.byte_encoder import BOS, EOS, PAD
-from tiny import DIGITS
+from tiny import DIGITS, digits_latent_shape
 from tiny_text import COLOURS, colour_squares, text_run_args, tiny_clip
 
 
@@ -303,7 +303,7 @@ def test_latents_on_disk_keep_their_captions_and_a_text_model_trains_on_them(tmp
     assert [item[2] for item in latents.train_set] == texts
     assert main(["-cfg", DIGITS, "--train-denoiser", "-n", "2", *colour, "--load-vae", str(vae),
                  "--data.name", "latents", "--data.root", str(tmp_path / "lat"), "--denoiser.autoencoder", "vae",
-                 "--denoiser.unet.in_channels", "4"]) == 0
+                 "--denoiser.unet.in_channels", str(digits_latent_shape(8)[0])]) == 0
     state = read_checkpoint(tmp_path / "runs" / "digits-2" / "denoiser" / "checkpoints" / "last.ckpt",
                             expected="denoiser")["state_dict"]
     assert "net.encoder.embed.weight" in state  # the byte encoder trained with the network
