@@ -5,7 +5,7 @@
 
 Configurations:
 
-- denoiser, Lightning: `DenoiserSystem` on the digits config (its batch, 128, on its 4×4×8 latents) fitted by the Trainer
+- denoiser, Lightning: `DenoiserSystem` on the digits config (batch 128, on its 4×4×8 latents) fitted by the Trainer
   that `model.lightning.trainer.make_trainer` builds, with validation, checkpoints, image grids, the logger and the
   progress bar off (`--keep-callbacks` keeps the logger, LR monitor and checkpoint callbacks of a real run);
 - denoiser, bare: the same network, optimiser (`adamw_with_warmup`), data loader and math in a plain loop

@@ -98,7 +98,7 @@ def test_a_normal_run_prints_its_own_lines_and_a_step_bar_and_verbose_shows_the_
 
     out = train("-n", "1")
     lines = [ln for ln in out.replace("\r", "\n").splitlines() if ln.strip()]
-    assert re.match(r"vae: \d+\.\d\d M trained parameters, 12 steps; global batch 64 ", lines[0])  # the config's VAE batch
+    assert re.match(r"vae: \d+\.\d\d M trained parameters, 12 steps; global batch 64 ", lines[0])  # the VAE's batch
     def bar(line: str) -> bool:  # tqdm writes the rate as "4.2 step/s", or as "1.3s/ step" below one step a second
         return "step/s" in line or "s/ step" in line
 
