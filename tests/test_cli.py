@@ -8,15 +8,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tiny import digits_latent_shape, failure_summary
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "config" / "digits.json")
+from tiny import DIGITS, ROOT, digits_latent_shape, failure_summary
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ DIGITS = str(ROOT / "config" / "digits.json")
 
 
 def digits_latent_shape(image_size: int) -> list[int]:
-    """[C, h, w] of config/digits.json's VAE latents for images of `image_size` (f = 2 ** (levels - 1))."""
-    net = json.loads(Path(DIGITS).read_text())["vae"]["net"]
-    side = image_size // 2 ** (len(net["channel_mult"]) - 1)
-    return [net["latent_channels"], side, side]
+    """[C, h, w] of config/digits.json's VAE latents for images of `image_size`."""
+    from model.autoencoder.config import VAEConfig
+
+    net = VAEConfig(**json.loads(Path(DIGITS).read_text())["vae"]["net"])
+    side = image_size // net.downsample_factor
+    return [net.latent_channels, side, side]
 
 
 def tiny(val_every: int, log_every: int = 20) -> list[str]:
