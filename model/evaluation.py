@@ -48,6 +48,17 @@ def per_class_accuracy(pred: Tensor, labels: Tensor, num_classes: int) -> list[f
     return [float((pred[labels == k] == k).float().mean()) for k in range(num_classes)]
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial share (Wilson 1927; z = 1.96: 95%). Unlike p ± z sqrt(p(1-p)/n) it
+    stays inside [0, 1] and is not empty at p = 0 or 1, where a class accuracy near 100% sits."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"a share needs 0 <= successes <= n and n > 0, got {successes} of {n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def loss_timesteps(T: int, count: int = 10) -> list[int]:
     """t = 1 and `count` evenly spaced steps up to T: the rows of the loss table."""
     return sorted({1, *(round(T * k / count) for k in range(1, count + 1))})

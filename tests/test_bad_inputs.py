@@ -198,6 +198,8 @@ INVENTORY = [
     ("evaluate", ["--load", "{den}", "--classifier", "{clf}", "--pixel-size", "32"], ["--pixel-size 32", "16 px"]),
     ("demo_report", ["--load", "{den}", "--classifier", "{clf}", "--per-class", "10"], ["2n = 200 real images", "--per-class 6 or fewer"]),
     ("demo_report", ["--load", "{den}", "--classifier", "{clf}", "--steps", "0"], ["--steps must be in [1, T="]),
+    ("demo_report", ["--load", "{den}", "--classifier", "{clf}", "--class-per-class", "0"],
+     ["--class-per-class must be > 0"]),
     ("demo_report", ["--load", "{den}", "--classifier", "{clf}", "--ddim", "--sampler", "euler"],
      ["--ddim and --sampler euler disagree"]),
     ("plots", ["noising", "--load", "{den}", "--T", "0"], ["--T"]),

@@ -10,6 +10,7 @@ import torch
 from data import DataConfig, make_datamodule
 from model.classifier import SmallCNN, load_classifier, save_classifier, train_classifier
 from model.errors import UserError
+from model.evaluation import wilson_interval
 
 DIGITS = str(Path(__file__).resolve().parent.parent / "config" / "digits.json")
 
@@ -137,15 +138,18 @@ def test_demo_report(tmp_path, capsys):
     capsys.readouterr()
 
     assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "2", "--steps", "2",
-                        "--cfg-scale", "0", "1", "--pixel-size", "8", "16"]) == 0
+                        "--class-per-class", "3", "--cfg-scale", "0", "1", "--pixel-size", "8", "16"]) == 0
     out = tmp_path / "digits-1" / "denoiser" / "report"
     report = json.loads((out / "report.json").read_text())
     assert [s["cfg_scale"] for s in report["scales"]] == [0.0, 1.0]
     diffusion = json.loads(Path(DIGITS).read_text())["denoiser"]["diffusion"]  # the checkpoint's sampler by default
     assert (report["sampler"], report["steps"], report["spacing"]) == (diffusion["sampler"], 2,
                                                                        diffusion["sample_spacing"])
-    for s in report["scales"]:
-        assert 0.0 <= s["accuracy"] <= 1.0
+    assert report["per_class"] == 2 and report["class_per_class"] == 3
+    for s in report["scales"]:  # the class accuracy and its interval from the 30 samples of the larger draw
+        right = round(s["accuracy"] * 30)
+        assert s["accuracy"] == pytest.approx(right / 30)
+        assert s["accuracy_interval"] == pytest.approx(list(wilson_interval(right, 30)))
         assert len(s["per_class_accuracy"]) == 10 and all(0.0 <= a <= 1.0 for a in s["per_class_accuracy"])
         assert s["median_nn_distance"] > 0
     assert report["held_out_items"] == 20 and report["train_items"] == 180
@@ -168,7 +172,7 @@ def test_demo_report(tmp_path, capsys):
     # at 299x299 on a CPU every image counts
     weights = random_inception_weights(tmp_path / "inception.pth")
     assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "1", "--steps", "2",
-                        "--sampler", "euler", "--spacing", "karras",
+                        "--class-per-class", "1", "--sampler", "euler", "--spacing", "karras",
                         "--cfg-scale", "0", "--pixel-size", "8", "--real-pool", "40", "--draws", "2",
                         "--inception-weights", str(weights), "--output", str(tmp_path / "inception")]) == 0
     report = json.loads((tmp_path / "inception" / "report.json").read_text())

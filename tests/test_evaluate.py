@@ -12,7 +12,7 @@ import torch
 
 from data.toy2d import chamfer_distance
 from model.classifier import SmallCNN, save_classifier
-from model.evaluation import balanced_labels, loss_per_timestep, loss_timesteps
+from model.evaluation import balanced_labels, loss_per_timestep, loss_timesteps, wilson_interval
 from model.pipeline import LatentDiffusionPipeline
 from model.scripts.evaluate import main
 
@@ -28,6 +28,22 @@ def evaluated(tiny_runs, tmp_path_factory) -> dict:
     assert main(argv + ["--output", str(root / "first")]) == 0
     assert main(argv + ["--output", str(root / "second")]) == 0
     return {"root": root, "first": root / "first", "second": root / "second"}
+
+
+@pytest.mark.parametrize("successes,n", [(0, 10), (3, 10), (10, 10), (491, 500), (4913, 5000), (1, 1)])
+def test_the_class_accuracy_interval_is_wilsons(successes, n):
+    from scipy.stats import binomtest
+
+    want = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson_interval(successes, n)
+    assert lo == pytest.approx(want.low, abs=1e-4) and hi == pytest.approx(want.high, abs=1e-4)
+    assert lo <= successes / n <= hi and (hi > lo)  # never empty, even at 0 or all
+
+
+@pytest.mark.parametrize("successes,n", [(1, 0), (-1, 5), (6, 5)])
+def test_a_share_out_of_range_has_no_interval(successes, n):
+    with pytest.raises(ValueError, match="0 <= successes <= n"):
+        wilson_interval(successes, n)
 
 
 def report(folder: Path) -> dict:
