@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_classes()  # a missing peer fails before anything trains
     from benchmarks import latent_peer
     from model.classifier import load_classifier
-    from model.evaluation import pixel_size
+    from model.evaluation import class_major_labels, pixel_size
     from model.metrics.budget import ROUND_TRIP, PixelProtocol, floor_ratio
     from model.pipeline import LatentDiffusionPipeline
     from model.scripts.demo_report import held_out_set
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         unet, latents, latent_labels, latent_s, batch_size=cfg.denoiser.trainer.batch_size, lr=cfg.denoiser.optim.lr,
         p_uncond=cfg.denoiser.diffusion.p_uncond, num_classes=pipe.num_classes, seed=args.seed)
 
-    labels = torch.arange(pipe.num_classes).repeat_interleave(args.per_class)
+    labels = class_major_labels(pipe.num_classes, args.per_class)
     ours, our_sampler = our_samples(pipe, labels, args.seed)
     samples = {OURS: ours, PEER: peer_samples(ema, labels, args.seed, 250),
                LATENT_PEER: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), args.seed)}

@@ -19,6 +19,11 @@ def balanced_labels(n: int, num_classes: int) -> Optional[Tensor]:
     return torch.arange(n) % num_classes if num_classes else None
 
 
+def class_major_labels(num_classes: int, per_class: int) -> Tensor:
+    """(num_classes * per_class,) labels in blocks: per_class of class 0, then of class 1, ... (one grid row each)."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
 def generate(pipe, n: int, labels: Optional[Tensor], spec, *, seed: int, batch_size: int) -> Tensor:
     """n decoded samples (n, ...) on CPU (`LatentDiffusionPipeline.generate`) drawn as the `SamplerSpec` says:
     images in [-1, 1], the 2-D toy's points as they are."""

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import write_text
-from model.evaluation import (check_classifier_fits, generate, model_budgets, per_class_accuracy, predict,
-                              wilson_interval)
+from model.evaluation import (check_classifier_fits, class_major_labels, generate, model_budgets, per_class_accuracy,
+                              predict, wilson_interval)
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
 from model.scripts.common import add_pixel_arguments, add_sampler_arguments, sampler_spec
 
@@ -131,11 +131,6 @@ def held_out_accuracy(pred: Tensor, labels: Tensor, num_classes: int) -> dict[st
         return {"accuracy": None, "per_class_accuracy": None}
     return {"accuracy": float((pred == labels).float().mean()),
             "per_class_accuracy": per_class_accuracy(pred, labels, num_classes)}
-
-
-def class_labels(num_classes: int, per_class: int) -> Tensor:
-    """(num_classes * per_class,) labels, class-major: per_class of class 0, then of class 1, ..."""
-    return torch.arange(num_classes).repeat_interleave(per_class)
 
 
 def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: list[Tensor],
@@ -272,8 +267,8 @@ def main(argv: list[str]) -> int:
     check_sizes(min(args.real_pool, len(dm.all_items())), K * args.per_class, per=K, flag="--per-class")
     out = output_folder(args.output, args.load, "report")
 
-    labels = class_labels(K, args.per_class)  # the budget's draw
-    judged = class_labels(K, args.class_per_class)  # the class accuracy's draw
+    labels = class_major_labels(K, args.per_class)  # the budget's draw
+    judged = class_major_labels(K, args.class_per_class)  # the class accuracy's draw
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
         spec = args.spec.replace(guidance=w)

@@ -90,7 +90,9 @@ def class_labels(args, num_classes: int) -> tuple[Optional[torch.Tensor], int]:
         return torch.full((args.num_samples,), args.class_, dtype=torch.long), args.num_samples
     if args.per_class <= 0:
         raise UserError(f"--per-class must be > 0, got {args.per_class}")
-    return torch.arange(num_classes).repeat_interleave(args.per_class), num_classes * args.per_class
+    from model.evaluation import class_major_labels
+
+    return class_major_labels(num_classes, args.per_class), num_classes * args.per_class
 
 
 def read_prompts(args) -> Optional[list[str]]:
