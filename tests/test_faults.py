@@ -207,6 +207,24 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")] == list(range(step + 2))
 
 
+@pytest.mark.slow
+def test_slurms_sigterm_after_a_requeue_does_not_cut_the_stop_message(tmp_path):
+    """`scontrol requeue` makes SLURM send SIGTERM to the job's tasks while they are still to print their stop
+    message and exit; the stand-in scontrol here sends it to its caller in the same way."""
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\nkill -TERM $PPID\nsleep 0.5\n")
+    fake.chmod(0o755)
+    script = ("import signal, types\nfrom model.lightning.callbacks.graceful_stop import GracefulStop\n"
+              "from model.lightning.trainer import requeue_after\nstop = GracefulStop()\n"
+              "stop.received = signal.SIGUSR1\n"
+              "print(requeue_after(stop, types.SimpleNamespace(is_global_zero=True)), flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_ID="77")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "requeued SLURM job 77" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 # ---- reproducibility --------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -265,6 +266,10 @@ def requeue_after(stop: GracefulStop, trainer: pl.Trainer) -> Optional[str]:
     job = job_id()
     if stop.received != signal.SIGUSR1 or job is None:
         return None
+    if threading.current_thread() is threading.main_thread():
+        # `scontrol requeue` makes SLURM send SIGTERM to this job's tasks at once; last.ckpt is saved, so each task
+        # ignores it and lives to print its stop message and exit (SLURM's SIGKILL follows only after KillWait)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return requeue(job) if trainer.is_global_zero else "rank zero requeues the SLURM job"
 
 
