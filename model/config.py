@@ -308,6 +308,9 @@ def check_denoiser_shapes(cfg: Config) -> None:
     net, field = network_config(den), f"denoiser.{network.config_field}"
     _check(net.in_channels == channels,
            f"{field}.in_channels ({net.in_channels}) must equal {what} ({channels}); set them equal")
+    bias = getattr(net, "class_bias_size", 0)
+    _check(bias in (0, size), f"{field}.class_bias_size ({bias}) must equal the denoiser input size ({size}); set it "
+                              f"to {size}, or 0 for no class bias maps")
     g = 2 ** (len(net.channel_mult) - 1)
     _check(size % g == 0,
            f"the denoiser input size {size} must be divisible by 2**(levels-1) = {g}; "

@@ -113,6 +113,8 @@ INVENTORY = [
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "31"], ["data.image_size", "divisible"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "imagenet"], ["data.name"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
+    ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.class_bias_size", "64"],
+     ["denoiser.unet.class_bias_size", "input size"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--load-vae", "{vae}", "--denoiser.unet.in_channels",
               str(digits_latent_shape(16)[0] + 1)],
      ["does not fit", "latent_channels"]),

@@ -192,6 +192,48 @@ def test_unet_different_classes_give_different_outputs():
             assert not torch.allclose(out[i], out[j], atol=1e-6)
 
 
+def test_unet_class_bias_starts_as_the_plain_unet_and_acts_per_class_and_position():
+    plain = ConvNeXtUNet(tiny_unet_config(num_classes=3))
+    perturb_output(plain)
+    biased = ConvNeXtUNet(tiny_unet_config(num_classes=3, class_bias_size=8))
+    missing, unexpected = biased.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["class_bias"] and not unexpected and biased.class_bias.shape == (4, 8, 8, 8)
+    x, t, c = torch.randn(3, 4, 8, 8), times(3), torch.tensor([0, 1, 2])
+    torch.testing.assert_close(biased(x, t, c), plain(x, t, c))  # zero maps: exactly the plain network
+    with torch.no_grad():
+        biased.class_bias[1, :, 2, 5] = 1.0  # class 1, one position
+    out = biased(x, t, c)
+    torch.testing.assert_close(out[[0, 2]], plain(x, t, c)[[0, 2]])  # the other classes do not see it
+    assert not torch.allclose(out[1], plain(x, t, c)[1], atol=1e-6)
+    torch.testing.assert_close(biased(x, t, None), plain(x, t, None))  # c = None reads the null class's map
+    with torch.no_grad():
+        biased.class_bias.zero_()
+        biased.class_bias[1, :, 5, 2] = 1.0  # the same bias at another position: another output
+    assert not torch.allclose(biased(x, t, c)[1], out[1], atol=1e-6)
+    with pytest.raises(ValueError, match="class bias"):
+        biased(torch.randn(1, 4, 4, 4), times(1), torch.tensor([0]))
+
+
+def test_unet_class_bias_gradients_are_the_same_bits_every_time():
+    """Same seed, same threads, same weights: the maps' gradient is summed in a fixed order (an embedding lookup;
+    indexing's backward adds the rows of one class in whatever order the threads reach them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        net = ConvNeXtUNet(tiny_unet_config(num_classes=10, class_bias_size=4))
+        perturb_output(net)
+        gen = torch.Generator().manual_seed(0)
+        x, c = torch.randn(512, 4, 4, 4, generator=gen), torch.randint(0, 11, (512,), generator=gen)
+        grads = []
+        for _ in range(8):
+            net.zero_grad()
+            net(x, times(512), c).square().sum().backward()
+            grads.append(net.class_bias.grad.clone())
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_unet_rejects_out_of_range_class():
     net = ConvNeXtUNet(tiny_unet_config(num_classes=3))
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
@@ -201,10 +243,11 @@ def test_unet_rejects_out_of_range_class():
 # ---------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("num_classes,c", [(0, None), (3, None), (3, "labels")])
-def test_unet_gradients_reach_every_parameter(num_classes, c):
+@pytest.mark.parametrize("num_classes,c,bias", [(0, None, 0), (3, None, 0), (3, "labels", 0), (3, "labels", 8)])
+def test_unet_gradients_reach_every_parameter(num_classes, c, bias):
     # DDP with find_unused_parameters=False needs every parameter to take part in the loss
-    net = ConvNeXtUNet(tiny_unet_config(num_classes=num_classes, channel_mult=[1, 2], attention_levels=[0]))
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=num_classes, channel_mult=[1, 2], attention_levels=[0],
+                                        class_bias_size=bias))
     perturb_output(net)
     labels = torch.tensor([0, 2]) if c == "labels" else None
     out = net(torch.randn(2, 4, 8, 8), times(2), labels)
@@ -214,6 +257,7 @@ def test_unet_gradients_reach_every_parameter(num_classes, c):
         assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
     names = [name for name, _ in net.named_parameters()]
     assert any(n.startswith("class_embed") for n in names) == (num_classes > 0)
+    assert ("class_bias" in names) == (bias > 0)
 
 
 # ---------------------------------------------------------------- blocks
@@ -258,6 +302,8 @@ def test_self_attention_shape_and_permutation_equivariance():
         (dict(attention_levels=[1, 1]), "denoiser.unet.attention_levels"),
         (dict(num_heads=3), "denoiser.unet.num_heads"),
         (dict(num_classes=-1), "denoiser.unet.num_classes"),
+        (dict(class_bias_size=-1, num_classes=3), "denoiser.unet.class_bias_size"),
+        (dict(class_bias_size=8), "denoiser.unet.class_bias_size"),  # an unconditional network has no classes
         (dict(time_embed_dim=0), "denoiser.unet.time_embed_dim"),
         (dict(mlp_ratio=0), "denoiser.unet.mlp_ratio"),
         (dict(layer_scale_init=0.0), "denoiser.unet.layer_scale_init"),

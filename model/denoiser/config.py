@@ -27,6 +27,9 @@ class UNetConfig:
     attention_levels: list[int] = field(default_factory=list)  # self-attention only where tokens are few (coarsest)
     num_heads: int = 4  # attention heads; every attended width (and the middle) must be divisible by it
     num_classes: int = 0  # 0 = unconditional; K > 0 adds K + 1 class embeddings (index K = null class for CFG)
+    # side of a learned bias map per class (null class included) added after the stem, so the class also acts by
+    # position, not only through the blocks' channel-wise FiLM; 0 = off, else the denoiser input's size
+    class_bias_size: int = 0
     # levels whose blocks cross-attend to the prompt (and then the middle too); the coarse ones, where tokens are few
     cross_attention_levels: list[int] = field(default_factory=list)
     context_dim: int = 0  # width of the encoded prompt; 0 = no prompt (set from denoiser.text when it is on)
@@ -86,6 +89,11 @@ class UNetConfig:
             f"pick num_heads dividing base_channels * channel_mult at attended levels and the last level",
         )
         _check(self.num_classes >= 0, f"denoiser.unet.num_classes must be >= 0, got {self.num_classes}; 0 = unconditional")
+        _check(self.class_bias_size >= 0,
+               f"denoiser.unet.class_bias_size must be >= 0, got {self.class_bias_size}; 0 = off")
+        _check(not self.class_bias_size or self.num_classes > 0,
+               f"denoiser.unet.class_bias_size is {self.class_bias_size} but the network is unconditional "
+               f"(num_classes 0); set class_bias_size 0 or give the network classes")
         _check(
             self.time_embed_dim is None or self.time_embed_dim > 0,
             f"denoiser.unet.time_embed_dim must be > 0 or null, got {self.time_embed_dim}; null = 4 * base_channels",

@@ -61,8 +61,8 @@ class ClassEmbedding(nn.Module):
         """Index of the learned null (unconditional) class: num_classes."""
         return self.num_classes
 
-    def forward(self, c: Tensor | None, batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
-        """(B,) int64 labels in [0, num_classes] (num_classes = null), or None -> (B, embed_dim).
+    def indices(self, c: Tensor | None, batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
+        """The rows that (B,) integer labels in [0, num_classes] (num_classes = null), or None, select: (B,) int64.
 
         With c=None, `batch_size` (and optionally `device`) give the shape of the all-null batch.
         """
@@ -78,4 +78,8 @@ class ClassEmbedding(nn.Module):
                 f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class), "
                 f"got min {int(c.min())} max {int(c.max())}; map unlabelled (-1) data to the null class"
             )
-        return self.embedding(c.long())
+        return c.long()
+
+    def forward(self, c: Tensor | None, batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
+        """(B,) labels as in `indices` -> (B, embed_dim)."""
+        return self.embedding(self.indices(c, batch_size, device))

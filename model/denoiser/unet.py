@@ -166,7 +166,7 @@ class ConvNeXtUNet(nn.Module):
     """UNet of ConvNeXt blocks; `forward(x, t, c=None)` returns a tensor shaped like x.
 
     Layout (L = len(channel_mult), w_i = base_channels * channel_mult[i]):
-        stem 3x3 conv -> w_0
+        stem 3x3 conv -> w_0 (+ class_bias[c], a learned w_0 x n x n map per class, when class_bias_size = n > 0)
         encoder level i: blocks_per_level[i] blocks at w_i (+ attention if i in attention_levels), each output kept
                          as a skip; then a stride-2 conv w_i -> w_{i+1} (not after the last level)
         middle:          block, attention, block at w_{L-1}
@@ -189,6 +189,9 @@ class ConvNeXtUNet(nn.Module):
         crossed = set(cfg.cross_attention_levels)
 
         self.stem = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+        if cfg.class_bias_size and self.class_embed is not None:  # zero at the start: the plain UNet's output
+            side = cfg.class_bias_size
+            self.class_bias = nn.Parameter(torch.zeros(cfg.num_classes + 1, widths[0], side, side))
         self.encoder = nn.ModuleList(
             Level([w] * n, w, cfg, i in cfg.attention_levels, i in crossed) for i, (w, n) in enumerate(zip(widths, blocks))
         )
@@ -235,6 +238,10 @@ class ConvNeXtUNet(nn.Module):
         """Raise ValueError unless x is (B, in_channels, H, W) with H, W divisible by 2 ** (levels - 1)."""
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"x must have shape (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        n = self.cfg.class_bias_size
+        if hasattr(self, "class_bias") and tuple(x.shape[2:]) != (n, n):
+            raise ValueError(f"x spatial size {tuple(x.shape[2:])} must be ({n}, {n}), the size of the class bias maps "
+                             f"(class_bias_size)")
         m = self.cfg.size_multiple
         if x.shape[2] % m or x.shape[3] % m:
             raise ValueError(
@@ -281,6 +288,9 @@ class ConvNeXtUNet(nn.Module):
             emb = emb + self.pooled(context, mask)
 
         h = self.stem(x)  # (B, w_0, H, W)
+        if hasattr(self, "class_bias"):  # an embedding lookup: its backward sums in a fixed order, unlike indexing's
+            rows = self.class_embed.indices(labels_of(c), x.shape[0], x.device)
+            h = h + F.embedding(rows, self.class_bias.flatten(1)).view(-1, *self.class_bias.shape[1:])
         skips: list[Tensor] = []
         for i, level in enumerate(self.encoder):
             for j, (block, attention) in enumerate(zip(level.blocks, level.attentions)):
