@@ -221,27 +221,33 @@ class ConvNeXtUNet(nn.Module):
         """Index of the learned null class (= num_classes), or None for an unconditional network."""
         return self.class_embed.null_class if self.class_embed is not None else None
 
-    def embed(self, t: Tensor, c: Tensor | None, batch_size: int) -> Tensor:
-        """Time and class embedding e = time_embed(t) + class_embed(c) (class term only when num_classes > 0)."""
+    def class_rows(self, c: Tensor | None, batch_size: int, device: torch.device) -> Tensor | None:
+        """The checked class indices (B,) of labels c (None = null class), read by the class embedding and the class
+        bias maps; None for an unconditional network."""
+        if self.class_embed is None:
+            return None
+        if c is not None and c.shape != (batch_size,):
+            raise ValueError(f"c must have shape ({batch_size},) to match x, got {tuple(c.shape)}")
+        return self.class_embed.indices(c, batch_size, device)
+
+    def embed(self, t: Tensor, rows: Tensor | None, batch_size: int) -> Tensor:
+        """Time and class embedding e = time_embed(t) + class_embed(rows) (class term only when num_classes > 0)."""
         if t.ndim == 0:
             t = t.expand(batch_size)
         if t.shape != (batch_size,):
             raise ValueError(f"t must have shape ({batch_size},) to match x, got {tuple(t.shape)}")
         emb = self.time_embed(t)  # (B, E)
-        if self.class_embed is not None:
-            if c is not None and c.shape != (batch_size,):
-                raise ValueError(f"c must have shape ({batch_size},) to match x, got {tuple(c.shape)}")
-            emb = emb + self.class_embed(c, batch_size, t.device)  # (B, E)
+        if rows is not None:
+            emb = emb + self.class_embed.embedding(rows)  # (B, E)
         return emb
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError unless x is (B, in_channels, H, W) with H, W divisible by 2 ** (levels - 1)."""
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"x must have shape (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
-        n = self.cfg.class_bias_size
-        if hasattr(self, "class_bias") and tuple(x.shape[2:]) != (n, n):
-            raise ValueError(f"x spatial size {tuple(x.shape[2:])} must be ({n}, {n}), the size of the class bias maps "
-                             f"(class_bias_size)")
+        if hasattr(self, "class_bias") and x.shape[2:] != self.class_bias.shape[2:]:
+            raise ValueError(f"x spatial size {tuple(x.shape[2:])} must be {tuple(self.class_bias.shape[2:])}, the size "
+                             f"of the class bias maps (class_bias_size)")
         m = self.cfg.size_multiple
         if x.shape[2] % m or x.shape[3] % m:
             raise ValueError(
@@ -283,13 +289,13 @@ class ConvNeXtUNet(nn.Module):
         None (= null class) -> (B, C, H, W)."""
         self.check_input(x)
         context, mask = self.prompt(c, x.shape[0])
-        emb = self.embed(t, labels_of(c), x.shape[0])  # (B, E)
+        rows = self.class_rows(labels_of(c), x.shape[0], x.device)
+        emb = self.embed(t, rows, x.shape[0])  # (B, E)
         if context is not None:
             emb = emb + self.pooled(context, mask)
 
         h = self.stem(x)  # (B, w_0, H, W)
         if hasattr(self, "class_bias"):  # an embedding lookup: its backward sums in a fixed order, unlike indexing's
-            rows = self.class_embed.indices(labels_of(c), x.shape[0], x.device)
             h = h + F.embedding(rows, self.class_bias.flatten(1)).view(-1, *self.class_bias.shape[1:])
         skips: list[Tensor] = []
         for i, level in enumerate(self.encoder):
