@@ -305,6 +305,24 @@ def test_ssim_term_matches_torchmetrics():
         assert ours[i].item() == pytest.approx(1 - ref.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(8, 1, 16, 16), (3, 3, 24, 20), (2, 1, 6, 9)])
+def test_ssim_term_and_its_gradient_match_torchmetrics_convolution(shape):
+    """The blur as two matrix products is torchmetrics' reflect-padded 11x11 window, values and gradients alike,
+    down to the smallest image reflect padding allows (6 px)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen) * 2 - 1
+    y = (x + 0.3 * torch.randn(shape, generator=gen)).clamp(-1, 1)
+    ours_in, ref_in = y.clone().requires_grad_(), y.clone().requires_grad_()
+    ours = ssim_loss(ours_in, x)
+    ref = 1 - structural_similarity_index_measure(ref_in, x, data_range=2.0, reduction="none")
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    (ours * torch.arange(1.0, shape[0] + 1)).sum().backward()
+    (ref * torch.arange(1.0, shape[0] + 1)).sum().backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, atol=1e-6, rtol=1e-4)
+    with pytest.raises(UserError, match="vae.loss.ssim"):
+        ssim_loss(y[..., :5, :], x[..., :5, :])
+
+
 def test_ycbcr_term_is_luma_ssim_plus_chroma_l1():
     x, y = smooth_images(2, 3, 32, seed=1), smooth_images(2, 3, 32, seed=2)
     cx, cy = rgb_to_ycbcr(x), rgb_to_ycbcr(y)

@@ -1,9 +1,9 @@
 """Reconstruction losses of the beta-VAE: L1, MSE, SSIM, YCbCr (luma SSIM + chroma L1) and LPIPS.
 
 Every term maps (x_hat, x), both (B, C, H, W) in [-1, 1], to a per-sample value of shape (B,) that is a mean
-over the image (L1/MSE: over C*H*W elements; SSIM: torchmetrics' mean over the SSIM map; LPIPS: the spatially
-averaged distance). Together with the per-latent-element mean of `kl_divergence` this keeps beta independent of
-image and latent size (see `model.autoencoder.kl`).
+over the image (L1/MSE: over C*H*W elements; SSIM: the mean over the SSIM map, as torchmetrics'; LPIPS: the
+spatially averaged distance). Together with the per-latent-element mean of `kl_divergence` this keeps beta
+independent of image and latent size (see `model.autoencoder.kl`).
 """
 from __future__ import annotations
 
@@ -41,15 +41,47 @@ def mse_loss(x_hat: Tensor, x: Tensor) -> Tensor:
     return (x_hat - x).pow(2).flatten(1).mean(dim=1)
 
 
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004's Gaussian window, as torchmetrics builds it
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def gaussian_blur_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(n, n) matrix A with A @ v = the SSIM window's 1-D Gaussian pass over v after reflect padding: the same
+    operator as torchmetrics' reflect pad + 11-tap window (sigma 1.5) + valid convolution along one axis."""
+    half = SSIM_WINDOW // 2
+    if n <= half:
+        raise UserError(f"vae.loss.ssim needs images of at least {half + 1} px a side, got {n}; set vae.loss.ssim 0")
+    d = torch.arange(SSIM_WINDOW, dtype=torch.float64) - half
+    g = torch.exp(-0.5 * (d / SSIM_SIGMA) ** 2)
+    g = g / g.sum()  # (window,)
+    source = torch.arange(n)[:, None] + torch.arange(SSIM_WINDOW) - half  # (n, window): padded index each tap reads
+    source = source.abs()  # reflect at the start: -k -> k
+    source = torch.where(source > n - 1, 2 * (n - 1) - source, source)  # and at the end: n-1+k -> n-1-k
+    a = torch.zeros(n, n, dtype=torch.float64).index_put_((torch.arange(n)[:, None].expand_as(source), source),
+                                                          g.expand_as(source), accumulate=True)
+    return a.to(device=device, dtype=dtype)
+
+
 def ssim_loss(x_hat: Tensor, x: Tensor) -> Tensor:
-    """1 - SSIM per sample, (B,) (Wang et al. 2004, eq. 13; 11x11 Gaussian window, sigma 1.5).
+    """1 - SSIM per sample, (B,) (Wang et al. 2004, eq. 13; 11x11 Gaussian window, sigma 1.5, data range 2 for
+    images in [-1, 1], reflect padding, the mean over the whole SSIM map): torchmetrics' value, with which the tests
+    compare it.
 
-    torchmetrics' SSIM with data_range=2 (images in [-1, 1]), computed in float32; 0 for identical images.
+    The window is separable, so the blur is two matrix products, A_H @ m @ A_W^T, with the reflect padding folded
+    into A: on a CPU, the backward pass of torchmetrics' 11x11 convolution made SSIM the largest cost of the digits
+    VAE's training step (docs/benchmarks.md).
     """
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    ssim = structural_similarity_index_measure(x_hat.float(), x.float(), data_range=2.0, reduction="none")
-    return 1.0 - ssim.reshape(x.shape[0])  # (B,)
+    x_hat, x = x_hat.float(), x.float()
+    a_h = gaussian_blur_matrix(x.shape[-2], x.dtype, x.device)
+    a_w = gaussian_blur_matrix(x.shape[-1], x.dtype, x.device)
+    blurred = a_h @ torch.stack((x_hat, x, x_hat * x_hat, x * x, x_hat * x)) @ a_w.T  # (5, B, C, H, W)
+    mu_p, mu_t, pp, tt, pt = blurred.unbind(0)
+    var_p = (pp - mu_p * mu_p).clamp_min(0)  # non-negative, as torchmetrics clamps them
+    var_t = (tt - mu_t * mu_t).clamp_min(0)
+    cov = pt - mu_p * mu_t
+    c1, c2 = (SSIM_K1 * 2.0) ** 2, (SSIM_K2 * 2.0) ** 2
+    ssim = (2 * mu_p * mu_t + c1) * (2 * cov + c2) / ((mu_p * mu_p + mu_t * mu_t + c1) * (var_p + var_t + c2))
+    return 1.0 - ssim.flatten(1).mean(1)  # (B,)
 
 
 def ycbcr_loss(x_hat: Tensor, x: Tensor) -> Tensor:
