@@ -17,8 +17,10 @@ from model.denoiser import (
     ClassEmbedding,
     ConvNeXtBlock,
     ConvNeXtUNet,
+    Downsample,
     SelfAttention2d,
     TimeEmbedding,
+    Upsample,
     ToyMLP,
     ToyMLPConfig,
     UNetConfig,
@@ -234,6 +236,51 @@ def test_unet_class_bias_gradients_are_the_same_bits_every_time():
     assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
+@pytest.mark.parametrize("resample", ["conv", "patch"])
+def test_resampling_layers_shapes_and_reach(resample):
+    """"patch" maps each 2x2 patch to one position and back, nothing else; "conv"'s 3x3 kernels reach neighbours."""
+    down, up = Downsample(4, 6, resample), Upsample(6, 4, resample)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    assert down(x).shape == (2, 6, 4, 4)
+    down(x)[:, :, 1, 2].sum().backward()  # which inputs reach output position (1, 2)
+    reach = x.grad.abs().sum((0, 1)) > 0
+    patch = torch.zeros(8, 8, dtype=torch.bool)
+    patch[2:4, 4:6] = True
+    assert torch.equal(reach, patch) == (resample == "patch")
+    assert reach[patch].all()
+    h = torch.randn(2, 6, 4, 4, requires_grad=True)
+    assert up(h).shape == (2, 4, 8, 8)
+    up(h)[:, :, 2, 5].sum().backward()  # output (2, 5) lies in the patch of position (1, 2)
+    reach_up = h.grad.abs().sum((0, 1)) > 0
+    assert reach_up[1, 2] and (reach_up.sum() == 1) == (resample == "patch")
+
+
+def test_unet_with_patch_resampling_and_without_mid_attention_runs_and_trains():
+    net = ConvNeXtUNet(tiny_unet_config(num_classes=3, resample="patch", mid_attention=False))
+    perturb_output(net)
+    assert isinstance(net.mid_attention, nn.Identity) and net.downsamples[0].conv.kernel_size == (2, 2)
+    x = torch.randn(2, 4, 8, 8)
+    out = net(x, times(2), torch.tensor([0, 2]))
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_unet_without_mid_attention_is_the_unet_whose_attention_adds_nothing():
+    with_attention = ConvNeXtUNet(tiny_unet_config(num_classes=3))
+    perturb_output(with_attention)
+    with torch.no_grad():  # SelfAttention2d is x + proj(...): a zero projection makes it the identity
+        with_attention.mid_attention.proj.weight.zero_()
+        with_attention.mid_attention.proj.bias.zero_()
+    without = ConvNeXtUNet(tiny_unet_config(num_classes=3, mid_attention=False))
+    missing, unexpected = without.load_state_dict(with_attention.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("mid_attention.") for k in unexpected)
+    x, t, c = torch.randn(3, 4, 8, 8), times(3), torch.tensor([0, 1, 2])
+    torch.testing.assert_close(without(x, t, c), with_attention(x, t, c))
+    # no attention anywhere: the widths need not be divisible by num_heads
+    assert tiny_unet_config(base_channels=6, num_heads=5, mid_attention=False).widths == [6, 12]
+
+
 def test_unet_rejects_out_of_range_class():
     net = ConvNeXtUNet(tiny_unet_config(num_classes=3))
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
@@ -308,6 +355,8 @@ def test_self_attention_shape_and_permutation_equivariance():
         (dict(mlp_ratio=0), "denoiser.unet.mlp_ratio"),
         (dict(layer_scale_init=0.0), "denoiser.unet.layer_scale_init"),
         (dict(dropout=1.0), "denoiser.unet.dropout"),
+        (dict(resample="pixelshuffle"), "denoiser.unet.resample"),
+        (dict(base_channels=6, num_heads=5), "denoiser.unet.num_heads"),  # the middle's attention needs heads
     ],
 )
 def test_unet_config_validation(overrides, key):

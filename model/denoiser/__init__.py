@@ -17,7 +17,7 @@ from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.denoiser.prompted import PromptedNetwork
 from model.denoiser.embeddings import ClassEmbedding, TimeEmbedding, sinusoidal_embedding
 from model.denoiser.toy import ResidualMLPBlock, ToyMLP
-from model.denoiser.unet import ConvNeXtBlock, ConvNeXtUNet, SelfAttention2d
+from model.denoiser.unet import ConvNeXtBlock, ConvNeXtUNet, Downsample, SelfAttention2d, Upsample
 from model.errors import UserError
 
 
@@ -87,12 +87,14 @@ __all__ = [
     "ClassEmbedding",
     "ConvNeXtBlock",
     "ConvNeXtUNet",
+    "Downsample",
     "ResidualMLPBlock",
     "SelfAttention2d",
     "TimeEmbedding",
     "ToyMLP",
     "ToyMLPConfig",
     "UNetConfig",
+    "Upsample",
     "Network",
     "build_network",
     "denoiser_network",

@@ -16,6 +16,9 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+RESAMPLERS = ("conv", "patch")
+
+
 @dataclass
 class UNetConfig:
     """ConvNeXt UNet denoiser. Width of level i is `base_channels * channel_mult[i]`; levels = len(channel_mult)."""
@@ -34,6 +37,11 @@ class UNetConfig:
     cross_attention_levels: list[int] = field(default_factory=list)
     context_dim: int = 0  # width of the encoded prompt; 0 = no prompt (set from denoiser.text when it is on)
     time_embed_dim: int | None = None  # None = 4 * base_channels, the width ratio of Ho et al.'s time MLP
+    # how levels change size: "conv" = stride-2 3x3 conv down, nearest x2 + 3x3 conv up (Ho et al. 2020); "patch" =
+    # 2x2 stride-2 conv down and 2x2 stride-2 transposed conv up (patch merging and splitting, as Crowson et al. 2024's
+    # hourglass transformer), a ninth and a quarter of the arithmetic
+    resample: str = "conv"
+    mid_attention: bool = True  # self-attention between the two middle blocks; at 2x2 it sees only 4 positions
     kernel_size: int = 7  # depthwise kernel (Liu et al. 2022 use 7); 3 suits latents of 8x8 and smaller
     mlp_ratio: int = 4  # ConvNeXt inverted-bottleneck expansion (Liu et al. 2022 use 4)
     layer_scale_init: float = 1e-6  # initial layer-scale gamma (Liu et al. 2022): blocks start near identity
@@ -81,7 +89,8 @@ class UNetConfig:
                f"denoiser.unet.cross_attention_levels must be distinct levels in [0, {levels - 1}], got "
                f"{self.cross_attention_levels}")
         _check(self.context_dim >= 0, f"denoiser.unet.context_dim must be >= 0, got {self.context_dim}")
-        attended = sorted(set(self.attention_levels) | set(self.cross_attention_levels) | {levels - 1})  # the middle attends at the last level's width
+        middle = {levels - 1} if self.mid_attention or self.cross_attention_levels else set()  # the middle's width
+        attended = sorted(set(self.attention_levels) | set(self.cross_attention_levels) | middle)
         bad_widths = [self.widths[i] for i in attended if self.widths[i] % self.num_heads]
         _check(
             not bad_widths,
@@ -98,6 +107,8 @@ class UNetConfig:
             self.time_embed_dim is None or self.time_embed_dim > 0,
             f"denoiser.unet.time_embed_dim must be > 0 or null, got {self.time_embed_dim}; null = 4 * base_channels",
         )
+        _check(self.resample in RESAMPLERS,
+               f"denoiser.unet.resample must be one of {', '.join(RESAMPLERS)}, got {self.resample!r}; try conv")
         _check(self.kernel_size >= 1 and self.kernel_size % 2 == 1,
                f"denoiser.unet.kernel_size must be an odd number >= 1, got {self.kernel_size}; try 7 or 3")
         _check(self.mlp_ratio >= 1, f"denoiser.unet.mlp_ratio must be >= 1, got {self.mlp_ratio}; try 4")

@@ -122,24 +122,35 @@ class CrossAttention2d(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+    """(B, C_in, H, W) -> (B, C_out, H/2, W/2): a stride-2 3x3 conv ("conv"), or a 2x2 stride-2 conv that maps each
+    2x2 patch to one position ("patch")."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, resample: str = "conv") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        if resample == "patch":
+            self.conv = nn.Conv2d(in_channels, out_channels, 2, stride=2)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 then 3x3 conv: (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+    """(B, C_in, H, W) -> (B, C_out, 2H, 2W): nearest x2 then a 3x3 conv ("conv"), or a 2x2 stride-2 transposed conv
+    that maps each position to one 2x2 patch ("patch")."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, resample: str = "conv") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.patch = resample == "patch"
+        if self.patch:
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.patch:
+            return self.conv(x)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -168,10 +179,10 @@ class ConvNeXtUNet(nn.Module):
     Layout (L = len(channel_mult), w_i = base_channels * channel_mult[i]):
         stem 3x3 conv -> w_0 (+ class_bias[c], a learned w_0 x n x n map per class, when class_bias_size = n > 0)
         encoder level i: blocks_per_level[i] blocks at w_i (+ attention if i in attention_levels), each output kept
-                         as a skip; then a stride-2 conv w_i -> w_{i+1} (not after the last level)
-        middle:          block, attention, block at w_{L-1}
+                         as a skip; then a downsample w_i -> w_{i+1} (not after the last level; `resample`)
+        middle:          block, attention (unless mid_attention is off), block at w_{L-1}
         decoder level i (L-1 .. 0): per block, concatenate the matching skip (2 w_i -> w_i) (+ attention); then
-                         nearest x2 upsample + 3x3 conv w_i -> w_{i-1} (not after level 0)
+                         an upsample w_i -> w_{i-1} (not after level 0; `resample`)
         output:          GroupNorm, SiLU, 3x3 conv w_0 -> in_channels, zero-initialised so the initial output is 0
     Conditioning e = TimeEmbedding(t) (+ ClassEmbedding(c) when num_classes > 0, + a projection of the prompt's
     mean token when context_dim > 0, as Imagen adds its pooled text embedding, Saharia et al. 2022) is FiLM-injected
@@ -195,11 +206,12 @@ class ConvNeXtUNet(nn.Module):
         self.encoder = nn.ModuleList(
             Level([w] * n, w, cfg, i in cfg.attention_levels, i in crossed) for i, (w, n) in enumerate(zip(widths, blocks))
         )
-        self.downsamples = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(cfg.levels - 1))
+        self.downsamples = nn.ModuleList(Downsample(widths[i], widths[i + 1], cfg.resample)
+                                         for i in range(cfg.levels - 1))
 
         w_mid = widths[-1]
         self.mid_block1 = convnext_block(w_mid, w_mid, cfg)
-        self.mid_attention = SelfAttention2d(w_mid, cfg.num_heads)
+        self.mid_attention = SelfAttention2d(w_mid, cfg.num_heads) if cfg.mid_attention else nn.Identity()
         if crossed:
             self.mid_cross_attention = CrossAttention2d(w_mid, cfg.context_dim, cfg.num_heads)
         self.mid_block2 = convnext_block(w_mid, w_mid, cfg)
@@ -209,7 +221,7 @@ class ConvNeXtUNet(nn.Module):
             Level([2 * w] * n, w, cfg, i in cfg.attention_levels, i in crossed)
             for i, (w, n) in enumerate(zip(widths, blocks))
         )
-        self.upsamples = nn.ModuleList(Upsample(widths[i + 1], widths[i]) for i in range(cfg.levels - 1))
+        self.upsamples = nn.ModuleList(Upsample(widths[i + 1], widths[i], cfg.resample) for i in range(cfg.levels - 1))
 
         self.out_norm = nn.GroupNorm(group_count(widths[0]), widths[0])
         self.out_conv = nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)
