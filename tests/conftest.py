@@ -58,7 +58,8 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
                  "--vae.trainer.max_steps", "4", "--denoiser.trainer.max_steps", "4",
                  "--vae.trainer.profile", "true", "--denoiser.trainer.profile", "true"]) == 0
     assert main(["-cfg", DIGITS, "--train-denoiser", "-n", "2", *common, "--denoiser.autoencoder", "none",
-                 "--denoiser.unet.in_channels", "1", "--denoiser.diffusion.cache_latents", "false",
+                 "--denoiser.unet.in_channels", "1", "--denoiser.unet.class_bias_size", "16",
+                 "--denoiser.diffusion.cache_latents", "false",
                  "--denoiser.trainer.max_steps", "2"]) == 0
     assert main(["-cfg", str(ROOT / "config" / "toy2d.json"), "--train-denoiser", "-n", "1", "--output_dir",
                  str(root), "--data.toy_num_points", "600", "--denoiser.trainer.max_steps", "2", "--denoiser.diffusion.T", "100",
