@@ -240,16 +240,20 @@ def load_config(path: str):
     return from_dict(json.loads(p.read_text()))
 
 
-def build_unet(cfg, in_channels: Optional[int] = None) -> nn.Module:
+def build_unet(cfg, in_channels: Optional[int] = None, size: Optional[int] = None) -> nn.Module:
     """The config's denoiser network with random weights, through the package's `denoiser_network`.
 
-    `in_channels` swaps the input channels only (pixel space: 1 for grey images), keeping width and depth.
+    `in_channels` swaps the input channels only (pixel space: 1 for grey images), keeping width and depth; `size`
+    is the side of the input when it is not the config's, which the class bias maps (when the config has them) follow.
     """
     from model.denoiser import denoiser_network
 
+    unet = cfg.denoiser.unet
     if in_channels is not None:
-        unet = dataclasses.replace(cfg.denoiser.unet, in_channels=in_channels)
-        cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, unet=unet))
+        unet = dataclasses.replace(unet, in_channels=in_channels)
+    if size is not None and unet.class_bias_size:
+        unet = dataclasses.replace(unet, class_bias_size=size)
+    cfg = dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, unet=unet))
     return denoiser_network(cfg, cfg.denoiser.unet.num_classes)
 
 

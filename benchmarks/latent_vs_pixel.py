@@ -60,6 +60,11 @@ def shapes(cfg, size: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return (cfg.vae.net.in_channels, size, size), latent_shape(cfg, size)
 
 
+def unet_for(cfg, shape: tuple[int, int, int], device: torch.device) -> nn.Module:
+    """The config's UNet (random weights) for inputs of `shape` (C, H, W): latents or pixels."""
+    return build_unet(cfg, in_channels=shape[0], size=shape[1]).to(device)
+
+
 def training(net: nn.Module, x: Tensor, c: Optional[Tensor], schedule: base.Schedule,
              encode: Optional[Callable[[Tensor], Tensor]] = None) -> Callable[[], Tensor]:
     """One training step of `net` on the fixed batch x (encoded first when `encode` is given)."""
@@ -88,9 +93,9 @@ def train_rows(args, cfg, schedule, vae, image: tuple, latent: tuple) -> list[di
     x_img, c = random_batch((B, *image), K, device)
     z_lat, _ = random_batch((B, *latent), K, device)
     encode = lambda x: vae.encode(x)[0]  # noqa: E731  posterior mean, no grad (frozen)
-    fns = {"latent, cached latents": training(build_unet(cfg).to(device), z_lat, c, schedule),
-           "latent, encoding each batch": training(build_unet(cfg).to(device), x_img, c, schedule, encode),
-           "pixel": training(build_unet(cfg, in_channels=image[0]).to(device), x_img, c, schedule)}
+    fns = {"latent, cached latents": training(unet_for(cfg, latent, device), z_lat, c, schedule),
+           "latent, encoding each batch": training(unet_for(cfg, latent, device), x_img, c, schedule, encode),
+           "pixel": training(unet_for(cfg, image, device), x_img, c, schedule)}
     res = measure(fns, device, args.warmup, args.repeats)
     pixel = res["pixel"].median
     return [{"space": name, "UNet input": "×".join(map(str, (latent if name != "pixel" else image)[::-1])),
@@ -102,9 +107,8 @@ def sample_rows(args, cfg, schedule, vae, image: tuple, latent: tuple) -> list[d
     device, B, K = args.device, args.sample_batch, cfg.denoiser.unet.num_classes
     z_T, c = random_batch((B, *latent), K, device)
     x_T, _ = random_batch((B, *image), K, device)
-    latent_net = build_unet(cfg).to(device)
-    fns = {"latent (with decode)": sampling(latent_net, z_T, c, schedule, args.steps, vae.decode),
-           "pixel": sampling(build_unet(cfg, in_channels=image[0]).to(device), x_T, c, schedule, args.steps)}
+    fns = {"latent (with decode)": sampling(unet_for(cfg, latent, device), z_T, c, schedule, args.steps, vae.decode),
+           "pixel": sampling(unet_for(cfg, image, device), x_T, c, schedule, args.steps)}
     with torch.no_grad():
         res = measure(fns, device, args.warmup, args.repeats)
         decode = measure({"decode": lambda: vae.decode(z_T)}, device, args.warmup, args.repeats)["decode"]
