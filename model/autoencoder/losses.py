@@ -50,7 +50,8 @@ def gaussian_blur_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Te
     operator as torchmetrics' reflect pad + 11-tap window (sigma 1.5) + valid convolution along one axis."""
     half = SSIM_WINDOW // 2
     if n <= half:
-        raise UserError(f"vae.loss.ssim needs images of at least {half + 1} px a side, got {n}; set vae.loss.ssim 0")
+        raise UserError(f"vae.loss.ssim and vae.loss.ycbcr need images of at least {half + 1} px a side, got {n}; set "
+                        f"them to 0")
     d = torch.arange(SSIM_WINDOW, dtype=torch.float64) - half
     g = torch.exp(-0.5 * (d / SSIM_SIGMA) ** 2)
     g = g / g.sum()  # (window,)
