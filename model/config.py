@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 from data.config import MAX_BATCH_SIZE, DataConfig
 from data.sources import kind_of
-from model.autoencoder.config import DiscConfig, LossConfig, VAEConfig
+from model.autoencoder.config import SSIM_MIN_SIZE, DiscConfig, LossConfig, VAEConfig
 from model.denoiser import NETWORKS, network_config
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.text.config import TextConfig
@@ -269,6 +269,10 @@ def check_vae_shapes(cfg: Config) -> None:
     _check(data.image_size % f == 0,
            f"data.image_size ({data.image_size}) must be divisible by the VAE downsampling factor {f}; "
            f"change data.image_size or vae.net.channel_mult")
+    blurred = [f"vae.loss.{name}" for name in ("ssim", "ycbcr") if name in cfg.vae.loss.weights()]
+    _check(not blurred or data.image_size >= SSIM_MIN_SIZE,
+           f"{' and '.join(blurred)}: SSIM needs images of at least {SSIM_MIN_SIZE} px a side, got data.image_size "
+           f"{data.image_size}; use larger images or set {' and '.join(blurred)} to 0")
     if cfg.vae.disc.enabled:
         check_disc_depth(data.image_size, cfg.vae.disc.layers)
 

@@ -112,6 +112,8 @@ INVENTORY = [
               "--denoiser.diffusion.flow_logit_mean", "0", "--denoiser.diffusion.sigma_data", "0"], ["sigma_data", "> 0"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.diffusion.objective", "vp"], ["flow_logit_mean", "vp"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "31"], ["data.image_size", "divisible"]),
+    ("main", ["-cfg", DIGITS, "--train-vae", "--data.image_size", "4", "--vae.net.channel_mult", "[1]"],
+     ["vae.loss.ssim", "6 px"]),
     ("main", ["-cfg", DIGITS, "--train-vae", "--data.name", "imagenet"], ["data.name"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.in_channels", "3"], ["denoiser.unet.in_channels"]),
     ("main", ["-cfg", DIGITS, "--train-denoiser", "--denoiser.unet.class_bias_size", "64"],

@@ -102,6 +102,10 @@ class VAEConfig:
         return self.latent_channels, height // f, width // f
 
 
+SSIM_WINDOW = 11  # taps of the SSIM's Gaussian window (Wang et al. 2004; torchmetrics' default)
+SSIM_MIN_SIZE = SSIM_WINDOW // 2 + 1  # its reflect padding needs more pixels a side than half the window
+
+
 @dataclass
 class LossConfig:
     """Weights of the reconstruction terms; the loss is sum_k weight_k * term_k, each term a per-sample mean.

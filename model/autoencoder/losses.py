@@ -7,10 +7,12 @@ independent of image and latent size (see `model.autoencoder.kl`).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
-from model.autoencoder.config import LossConfig
+from model.autoencoder.config import SSIM_MIN_SIZE, SSIM_WINDOW, LossConfig
 from model.errors import UserError
 
 # ITU-R BT.601 luma weights with JPEG/JFIF full-range chroma (rows: Y, Cb, Cr; columns: R, G, B).
@@ -41,17 +43,19 @@ def mse_loss(x_hat: Tensor, x: Tensor) -> Tensor:
     return (x_hat - x).pow(2).flatten(1).mean(dim=1)
 
 
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004's Gaussian window, as torchmetrics builds it
+SSIM_SIGMA = 1.5  # the window's width, as torchmetrics builds it
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
+@functools.lru_cache(maxsize=16)
 def gaussian_blur_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(n, n) matrix A with A @ v = the SSIM window's 1-D Gaussian pass over v after reflect padding: the same
-    operator as torchmetrics' reflect pad + 11-tap window (sigma 1.5) + valid convolution along one axis."""
+    operator as torchmetrics' reflect pad + 11-tap window (sigma 1.5) + valid convolution along one axis. Built once
+    per size, type and device (every training step asks for the same one); callers must not write to it."""
+    if n < SSIM_MIN_SIZE:  # the config refuses such images first (check_vae_shapes); this guards direct calls
+        raise UserError(f"vae.loss.ssim and vae.loss.ycbcr need images of at least {SSIM_MIN_SIZE} px a side, got "
+                        f"{n}; set them to 0")
     half = SSIM_WINDOW // 2
-    if n <= half:
-        raise UserError(f"vae.loss.ssim and vae.loss.ycbcr need images of at least {half + 1} px a side, got {n}; set "
-                        f"them to 0")
     d = torch.arange(SSIM_WINDOW, dtype=torch.float64) - half
     g = torch.exp(-0.5 * (d / SSIM_SIGMA) ** 2)
     g = g / g.sum()  # (window,)
