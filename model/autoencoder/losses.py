@@ -7,8 +7,6 @@ independent of image and latent size (see `model.autoencoder.kl`).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
 
@@ -47,11 +45,9 @@ SSIM_SIGMA = 1.5  # the window's width, as torchmetrics builds it
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-@functools.lru_cache(maxsize=16)
 def gaussian_blur_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(n, n) matrix A with A @ v = the SSIM window's 1-D Gaussian pass over v after reflect padding: the same
-    operator as torchmetrics' reflect pad + 11-tap window (sigma 1.5) + valid convolution along one axis. Built once
-    per size, type and device (every training step asks for the same one); callers must not write to it."""
+    operator as torchmetrics' reflect pad + 11-tap window (sigma 1.5) + valid convolution along one axis."""
     if n < SSIM_MIN_SIZE:  # the config refuses such images first (check_vae_shapes); this guards direct calls
         raise UserError(f"vae.loss.ssim and vae.loss.ycbcr need images of at least {SSIM_MIN_SIZE} px a side, got "
                         f"{n}; set them to 0")
@@ -78,7 +74,7 @@ def ssim_loss(x_hat: Tensor, x: Tensor) -> Tensor:
     """
     x_hat, x = x_hat.float(), x.float()
     a_h = gaussian_blur_matrix(x.shape[-2], x.dtype, x.device)
-    a_w = gaussian_blur_matrix(x.shape[-1], x.dtype, x.device)
+    a_w = a_h if x.shape[-1] == x.shape[-2] else gaussian_blur_matrix(x.shape[-1], x.dtype, x.device)  # square: one
     blurred = a_h @ torch.stack((x_hat, x, x_hat * x_hat, x * x, x_hat * x)) @ a_w.T  # (5, B, C, H, W)
     mu_p, mu_t, pp, tt, pt = blurred.unbind(0)
     var_p = (pp - mu_p * mu_p).clamp_min(0)  # non-negative, as torchmetrics clamps them
