@@ -16,9 +16,9 @@ a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored 
 3. Trains the latent peer (`benchmarks.latent_peer`) on our run's VAE latents for our denoiser stage's training
    time (the last `val/elapsed_s` its quality evaluations logged, or `--latent-peer-seconds`).
 4. Draws `--per-class` samples of every class from each at w = 0 (the peer's cond_scale = 1), ours with our
-   config's sampler (the digits config's DPM-Solver++(2M), 10 steps), the peers with their DDIM-25, and scores them
-   with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every `--pixel-size`
-   and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
+   config's sampler (the digits config's DPM-Solver++(2M) SDE, 10 steps), the peers with their DDIM-25, and scores
+   them with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every
+   `--pixel-size` and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
    nearest-training-image distance over held-out images'.
 Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run it alone on the machine.
 """
