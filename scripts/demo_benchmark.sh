@@ -42,6 +42,8 @@ CLF="runs/classifiers/$NAME.pt"
 
 cpu="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
 isa="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile' | tr '\n' ' ')"
+python -c 'import torch' 2>/dev/null || {
+  echo "error: python cannot import torch; activate the project's environment (. .venv/bin/activate)" >&2; exit 2; }
 torch_isa="$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
 machine="$(nproc) CPU cores, ${cpu:-unknown CPU}, flags: ${isa:-none of avx2/avx512f}(torch kernels: $torch_isa)"
 echo "machine: $machine"

@@ -111,3 +111,18 @@ def test_the_demo_benchmark_script_refuses_bad_options_in_one_line(args, needle)
     done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert done.stdout == ""  # nothing trained, nothing printed
+
+
+def test_the_demo_benchmark_script_without_torch_is_one_line(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    fake = tmp_path / "python"  # a python that cannot import torch (a shell outside the project's environment)
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "demo_benchmark.sh"
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "cannot import torch" in done.stderr and ". .venv/bin/activate" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""

@@ -142,16 +142,14 @@ class Upsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, resample: str = "conv") -> None:
         super().__init__()
-        self.patch = resample == "patch"
-        if self.patch:
-            self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
-        else:
-            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        patch = resample == "patch"
+        # the transposed conv doubles the size itself; nn.Upsample has no state, so checkpoints keep their keys
+        self.grow = nn.Identity() if patch else nn.Upsample(scale_factor=2.0, mode="nearest")
+        self.conv = (nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2) if patch
+                     else nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.patch:
-            return self.conv(x)
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(self.grow(x))
 
 
 class Level(nn.Module):
