@@ -5,6 +5,7 @@ values. Both end up as a single-line `UserError` here, which the CLI prints with
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -85,11 +86,18 @@ def _instantiate(ns: Namespace) -> Config:
         raise UserError(one_line(err)) from err
 
 
+_CHECKED: dict[str, Config] = {}  # canonical JSON of a stored config -> its Config, checked once per process
+
+
 def from_dict(d: dict[str, Any]) -> Config:
-    """A Config from a plain dict (`to_dict` output, e.g. a checkpoint's stored config), validated like a JSON file."""
-    parser = _config_only_parser()
-    try:
-        ns = parser.parse_object(d)
-    except Exception as err:
-        raise UserError(f"the stored config is invalid: {one_line(err)}") from err
-    return _instantiate(ns)
+    """A Config from a plain dict (`to_dict` output, e.g. a checkpoint's stored config), validated like a JSON file.
+    A process often reads the same stored config several times (each Lightning system, each checkpoint load); the
+    check costs tens of milliseconds, so it runs once per distinct dict and every caller gets its own copy."""
+    key = json.dumps(d, sort_keys=True, default=repr)
+    if key not in _CHECKED:
+        try:
+            ns = _config_only_parser().parse_object(d)
+        except Exception as err:
+            raise UserError(f"the stored config is invalid: {one_line(err)}") from err
+        _CHECKED[key] = _instantiate(ns)
+    return copy.deepcopy(_CHECKED[key])

@@ -11,6 +11,7 @@ Any config key can follow as `--dotted.key value`; `--print_config` prints the r
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,7 @@ from model.run_lock import RunLock
 from model.writes import check_writable, missing_folders, remove_if_empty
 
 
+@functools.cache  # building it walks every Config field (tens of ms); parsing leaves it unchanged, so reuse it
 def make_parser():
     p = new_parser("python -m model.main", "Train the beta-VAE (stage 1) and/or the denoiser (stage 2).")
     add_config_arguments(p)

@@ -4,6 +4,7 @@ The one-line answers to bad input are in test_bad_inputs.py.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -105,3 +106,32 @@ def test_a_normal_run_prints_its_own_lines_and_a_step_bar_and_verbose_shows_the_
     for noise in ("Epoch", "Tip", "GPU available", "Warning", "deprecated", "| Name"):
         assert noise not in out, noise
     assert "GPU available" in train("-n", "2", "--verbose")
+
+
+def test_main_reuses_one_parser_and_an_override_does_not_reach_the_next_command():
+    """The parser is built once per process (building it walks every Config field); parsing must leave it as built."""
+    from model.cli_config import build_config, parse
+    from model.main import make_parser
+
+    parser = make_parser()
+    assert make_parser() is parser
+    overridden = build_config(parser, parse(parser, ["-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "0.5"]))
+    plain = build_config(parser, parse(parser, ["-cfg", DIGITS, "--train-vae"]))
+    assert overridden.vae.optim.lr == 0.5
+    assert plain.vae.optim.lr == json.loads(open(DIGITS).read())["vae"]["optim"]["lr"]
+
+
+def test_a_stored_config_is_checked_once_and_every_caller_gets_its_own_copy():
+    from model.cli_config import from_dict
+    from model.config import to_dict
+    from model.errors import UserError
+
+    stored = to_dict(from_dict(json.loads(open(DIGITS).read())))
+    first = from_dict(stored)
+    first.vae.optim.lr = 123.0  # a caller that edits its Config (encode_latents does) must not change the next one's
+    second = from_dict(stored)
+    assert second is not first and second.vae.optim.lr == stored["vae"]["optim"]["lr"]
+    broken = {**stored, "vae": {**stored["vae"], "optim": {**stored["vae"]["optim"], "lr": -1.0}}}
+    for _ in range(2):  # a refused dict is refused every time, never remembered as valid
+        with pytest.raises(UserError, match="lr"):
+            from_dict(broken)
