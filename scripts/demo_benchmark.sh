@@ -9,9 +9,9 @@
 # --config picks config/<name>.json (default digits; emoji needs `python -m model.scripts.fetch_emoji --output
 # data/emoji` first). RUN is the first run number (default 1; the runs must not exist yet); the k-th training seed
 # (k = 0 .. N-1, default N = 1) trains run RUN+k with --seed S+k (default S = 0; the data split stays the same), so
-# --first-seed 6 adds seeds to the ones a first call trained. Prints the machine (CPU
-# model, vector ISA, cores), each run's wall time and report, then one error-budget row per seed and their
-# mean ± std with the recipe's bounds (benchmarks.demo_seeds). OVERRIDES after -- go to every run's main command
+# --first-seed 6 adds seeds to the ones a first call trained. Prints the machine (CPU model, vector ISA, cores),
+# each run's wall time and report, then one error-budget row per seed and their mean ± std with the recipe's bounds
+# (benchmarks.demo_seeds). OVERRIDES after -- go to every run's main command
 # (e.g. -- --denoiser.diffusion.flow_logit_mean 0.5: a variation of the recipe over the same seeds). Leaves
 # everything in runs/<name>-<n>/. Run it alone on the machine: the timings count wall-clock seconds.
 set -euo pipefail

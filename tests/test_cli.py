@@ -1,4 +1,5 @@
-"""The training CLI as a process: overrides, --print_config, exit 2 from the shell, --debug, train.sh, 2-process DDP.
+"""The training CLI as a process: overrides, --print_config, exit 2 from the shell, --debug, train.sh, 2-process DDP;
+and in one process: the parser and the stored configs it reuses.
 
 The one-line answers to bad input are in test_bad_inputs.py.
 """
@@ -9,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,7 +120,7 @@ def test_main_reuses_one_parser_and_an_override_does_not_reach_the_next_command(
     overridden = build_config(parser, parse(parser, ["-cfg", DIGITS, "--train-vae", "--vae.optim.lr", "0.5"]))
     plain = build_config(parser, parse(parser, ["-cfg", DIGITS, "--train-vae"]))
     assert overridden.vae.optim.lr == 0.5
-    assert plain.vae.optim.lr == json.loads(open(DIGITS).read())["vae"]["optim"]["lr"]
+    assert plain.vae.optim.lr == json.loads(Path(DIGITS).read_text())["vae"]["optim"]["lr"]
 
 
 def test_a_stored_config_is_checked_once_and_every_caller_gets_its_own_copy():
@@ -126,7 +128,7 @@ def test_a_stored_config_is_checked_once_and_every_caller_gets_its_own_copy():
     from model.config import to_dict
     from model.errors import UserError
 
-    stored = to_dict(from_dict(json.loads(open(DIGITS).read())))
+    stored = to_dict(from_dict(json.loads(Path(DIGITS).read_text())))
     first = from_dict(stored)
     first.vae.optim.lr = 123.0  # a caller that edits its Config (encode_latents does) must not change the next one's
     second = from_dict(stored)
