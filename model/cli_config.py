@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -66,15 +67,11 @@ def build_config(parser: ArgumentParser, ns: Namespace) -> Config:
     return cfg
 
 
-_CONFIG_PARSER: ArgumentParser | None = None
-
-
+@functools.cache  # built once per process, like the main command's parser: parsing leaves it unchanged
 def _config_only_parser() -> ArgumentParser:
-    global _CONFIG_PARSER
-    if _CONFIG_PARSER is None:
-        _CONFIG_PARSER = new_parser("config", "Config only")
-        _CONFIG_PARSER.add_class_arguments(Config, None, as_group=False)
-    return _CONFIG_PARSER
+    parser = new_parser("config", "Config only")
+    parser.add_class_arguments(Config, None, as_group=False)
+    return parser
 
 
 def _instantiate(ns: Namespace) -> Config:

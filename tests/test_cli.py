@@ -123,16 +123,28 @@ def test_main_reuses_one_parser_and_an_override_does_not_reach_the_next_command(
     assert plain.vae.optim.lr == json.loads(Path(DIGITS).read_text())["vae"]["optim"]["lr"]
 
 
-def test_a_stored_config_is_checked_once_and_every_caller_gets_its_own_copy():
+def test_a_stored_config_is_checked_once_and_every_caller_gets_its_own_copy(monkeypatch):
+    from jsonargparse import ArgumentParser
+
     from model.cli_config import from_dict
     from model.config import to_dict
     from model.errors import UserError
 
     stored = to_dict(from_dict(json.loads(Path(DIGITS).read_text())))
+    stored["name"] = "checked-once"  # a dict no other test has stored in this process
+    checks = []
+    parse_object = ArgumentParser.parse_object
+
+    def counted(self, *args, **kwargs):
+        checks.append(1)
+        return parse_object(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArgumentParser, "parse_object", counted)
     first = from_dict(stored)
     first.vae.optim.lr = 123.0  # a caller that edits its Config (encode_latents does) must not change the next one's
     second = from_dict(stored)
     assert second is not first and second.vae.optim.lr == stored["vae"]["optim"]["lr"]
+    assert len(checks) == 1  # the second caller got a copy of the first check's Config
     broken = {**stored, "vae": {**stored["vae"], "optim": {**stored["vae"]["optim"], "lr": -1.0}}}
     for _ in range(2):  # a refused dict is refused every time, never remembered as valid
         with pytest.raises(UserError, match="lr"):
