@@ -3,8 +3,9 @@
 
     python -m benchmarks.demo_seeds runs/digits-1 runs/digits-2 runs/digits-3 [--cfg-scale 0]
     python -m benchmarks.demo_seeds runs/emoji-1 runs/emoji-2 runs/emoji-3 --bounds emoji
+    python -m benchmarks.demo_seeds runs/digits-1 runs/digits-2 --report report-s1.1  # another sampling's reports
 
-Each run folder needs denoiser/report/report.json; `main_wall_s` beside it (written by scripts/demo_benchmark.sh)
+Each run folder needs denoiser/report/report.json (denoiser/<--report>/report.json: demo_report's --output there); `main_wall_s` beside it (written by scripts/demo_benchmark.sh)
 adds the main command's wall time. Every figure is the run's error budget at one guidance scale w: in each feature
 space (pixels at each compared size, the classifier's features), the samples' FD over the real floor's, their
 precision and recall over the floor's (1 = as good as real images); then the class accuracy beside the classifier's
@@ -62,9 +63,9 @@ BOUNDS = {
 }
 
 
-def read_report(folder: Path, w: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A run's sample report and its entry for guidance scale w."""
-    path = folder / "denoiser" / "report" / "report.json"
+def read_report(folder: Path, w: float, name: str = "report") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's sample report (the folder `name` beside its checkpoints) and its entry for guidance scale w."""
+    path = folder / "denoiser" / name / "report.json"
     if not path.is_file():
         raise UserError(f"{path} does not exist; run model.scripts.demo_report on {folder} first")
     report = json.loads(path.read_text())
@@ -101,9 +102,9 @@ def class_row(folder: Path, report: dict[str, Any], scale: dict[str, Any]) -> di
     return row
 
 
-def run_tables(folder: Path, w: float) -> tuple[dict[str, dict[str, Any]], str]:
+def run_tables(folder: Path, w: float, name: str = "report") -> tuple[dict[str, dict[str, Any]], str]:
     """{table: row} of one run (one per feature space of its report, then CLASSES) and how its samples were drawn."""
-    report, scale = read_report(folder, w)
+    report, scale = read_report(folder, w, name)
     tables = {space: space_row(folder, budget, w) for space, budget in all_budgets(report).items()}
     return {**tables, CLASSES: class_row(folder, report, scale)}, sampling(report)
 
@@ -136,9 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run folders (runs/digits-1 ...), one per training seed")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0, help="guidance scale w to read (0)")
     p.add_argument("--bounds", choices=sorted(BOUNDS), default="digits", help="the recipe whose bounds to check")
+    p.add_argument("--report", default="report",
+                   help="the report folder in each run's denoiser folder (demo_report's default output: report)")
     args = p.parse_args(argv)
+    if Path(args.report).name != args.report:
+        raise UserError(f"--report names a folder inside each run's denoiser folder, got the path {args.report!r}")
     report = Report(NAME, torch.device("cpu"))  # the header names the machine the figures are read on
-    per_run, samplings = zip(*(run_tables(Path(folder), args.cfg_scale) for folder in args.runs))
+    per_run, samplings = zip(*(run_tables(Path(folder), args.cfg_scale, args.report) for folder in args.runs))
     tables = {name: [run[name] for run in per_run if name in run] for name in per_run[0]}
     drawn = " / ".join(sorted(set(samplings)))  # one sampler, unless the runs' reports differ
     for name, rows in tables.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -152,6 +153,8 @@ class DiffusionConfig:
     sample_spacing: str = "uniform"  # the grid of noise levels (model/sampling/grids.py): uniform, noise-dense, ...
     guidance_interval: Optional[list[float]] = None  # [lo, hi]: guide only for σ in (lo, hi]; None: at every level
     guidance_rescale: float = 0.0  # CFG rescale φ in [0, 1] (Lin et al. 2024, eq. 16), with zero_terminal_snr 0.7
+    # the stochastic samplers' fresh noise times s_noise (Karras et al. 2022, S_noise): above 1 widens the samples
+    s_noise: float = 1.0
     zero_terminal_snr: bool = False  # rescale the vp table to alpha_bar_T = 0 (Lin et al. 2024, Alg. 1); v or x0 only
     offset_noise: float = 0.0  # training noise + offset · N(0, 1) per channel (Guttenberg 2023); 0.1 is common
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
@@ -176,6 +179,9 @@ class DiffusionConfig:
                "give x0; set parametrisation to v (or x0), or zero_terminal_snr to false")
         _check(0.0 <= self.guidance_rescale <= 1.0,
                f"denoiser.diffusion.guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+        _check(math.isfinite(self.s_noise) and self.s_noise > 0,
+               f"denoiser.diffusion.s_noise must be a finite number > 0 (1 = the sampler's own noise), "
+               f"got {self.s_noise}")
         _check(self.offset_noise >= 0.0, f"denoiser.diffusion.offset_noise must be >= 0, got {self.offset_noise}")
         _check(0.0 <= self.p_uncond <= 1.0,
                f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")

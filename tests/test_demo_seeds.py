@@ -21,11 +21,12 @@ def budget(size, fd: float, recall: float, precision: float = 0.9) -> dict:
     return {"protocol": {"size": size}, "rows": rows}
 
 
-def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: int, budgets=None, sampling=None):
+def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: int, budgets=None, sampling=None,
+             report_folder: str = "report"):
     """A run folder with a sample report: one pixel budget at 8 px and DDIM samples (as reports were first written)
     unless `budgets` gives several and `sampling` another sampler."""
     folder = root / name
-    (folder / "denoiser" / "report").mkdir(parents=True)
+    (folder / "denoiser" / report_folder).mkdir(parents=True)
     report = {"scales": [{"cfg_scale": 0.0, "accuracy": accuracy, "nn_distance_ratio": 1.0}],
               "pixel_budget": budget(8, fd, recall), "classifier_val_accuracy": 0.6,
               "sampler": "ddim", "steps": 25, "spacing": "noise-dense"}
@@ -33,7 +34,7 @@ def fake_run(root, name: str, fd: float, recall: float, accuracy: float, wall: i
         report["sampling"] = sampling
     if budgets:
         report["budgets"] = budgets
-    (folder / "denoiser" / "report" / "report.json").write_text(json.dumps(report))
+    (folder / "denoiser" / report_folder / "report.json").write_text(json.dumps(report))
     (folder / "main_wall_s").write_text(f"{wall}\n")
     return str(folder)
 
@@ -77,6 +78,19 @@ def test_the_tables_name_how_the_samples_were_drawn_and_runs_drawn_otherwise(tmp
     assert demo_seeds.main(runs) == 0
     table = next(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))["table"]
     assert f"DDIM 25 steps, noise-dense (eta 0) / {dpm} at w = 0" in table
+
+
+def test_another_sampling_is_read_from_its_own_report_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    run = fake_run(tmp_path, "digits-1", fd=0.1, recall=0.9, accuracy=1.0, wall=100)
+    fake_run(tmp_path, "digits-1", fd=0.2, recall=0.8, accuracy=0.98, wall=100, report_folder="report-s1.1",
+             sampling="DPM-Solver++(2M) SDE 10 steps, noise-dense (s_noise 1.1)")
+    assert demo_seeds.main([run, "--report", "report-s1.1"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))
+    assert float(rows[0]["FD / floor"]) == pytest.approx(2.0) and "(s_noise 1.1) at w = 0" in rows[0]["table"]
+    assert "MISSED: every seed's class accuracy >= 99%" in capsys.readouterr().out
+    assert demo_seeds.main([run, "--report", "../report"]) == 2
+    assert "--report names a folder inside" in capsys.readouterr().err
 
 
 def test_a_run_without_its_report_is_one_line(tmp_path, capsys):

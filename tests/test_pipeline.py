@@ -102,6 +102,22 @@ def test_pipeline_samples_equal_the_sample_command(pipe, tiny_runs, tmp_path):
     np.testing.assert_array_equal(images, written["images"])
 
 
+def test_s_noise_reaches_the_stochastic_sampler_from_the_command_and_the_pipeline(pipe, tiny_runs, tmp_path):
+    from model.scripts.sample import main as sample_main
+
+    assert sample_main(["--load", str(tiny_runs["latent"]), "--sampler", "dpmpp_2m_sde", "--steps", "3",
+                        "--s-noise", "1.3", "--per-class", "1", "--seed", "7", "--output", str(tmp_path)]) == 0
+    images, z = pipe(10, class_labels=list(range(10)), sampler="dpmpp_2m_sde", steps=3, seed=7, s_noise=1.3,
+                     return_latents=True)
+    np.testing.assert_array_equal(images, np.load(tmp_path / "samples.npz")["images"])
+    _, z_own = pipe(10, class_labels=list(range(10)), sampler="dpmpp_2m_sde", steps=3, seed=7, return_latents=True)
+    assert (z - z_own).abs().max() > 1e-3
+    # a deterministic solver draws no noise to scale
+    _, a = pipe(4, sampler="dpmpp_2m", steps=3, seed=7, s_noise=1.3, return_latents=True)
+    _, b = pipe(4, sampler="dpmpp_2m", steps=3, seed=7, return_latents=True)
+    assert torch.equal(a, b)
+
+
 def test_pipeline_call_is_reproducible_batched_and_returns_latents(pipe):
     a, z = pipe(5, sampler="dpmpp_2m", steps=3, seed=1, batch_size=2, return_latents=True)
     b = pipe(5, sampler="dpmpp_2m", steps=3, seed=1, batch_size=2)

@@ -124,22 +124,42 @@ def test_samplers_match_k_diffusion_on_the_gaussian_oracle(cosine, name, spacing
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
 
 
-def test_the_sde_solver_matches_k_diffusion_given_the_same_noise(cosine):
-    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde, eta 1, midpoint): both draw one N(0, I) per step from
-    generators seeded alike, so the trajectories must meet."""
+@pytest.mark.parametrize("s_noise", [1.0, 1.1])
+def test_the_sde_solver_matches_k_diffusion_given_the_same_noise(cosine, s_noise):
+    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde, eta 1, midpoint, its s_noise): both draw one N(0, I)
+    per step from generators seeded alike, so the trajectories must meet, with the noise scaled as well."""
     kd = k_diffusion_sampling()
     levels = make_grid(cosine, "karras", 12)
     x_T = start(levels[0])
-    ours = sampling.run(SAMPLERS["dpmpp_2m_sde"], oracle, x_T, levels, {},
+    ours = sampling.run(SAMPLERS["dpmpp_2m_sde"], oracle, x_T, levels, {"s_noise": s_noise},
                         generator=torch.Generator().manual_seed(3))
     theirs_gen = torch.Generator().manual_seed(3)
     noise = lambda sigma, sigma_next: torch.randn(x_T.shape, generator=theirs_gen, dtype=f64)  # noqa: E731
     sigmas = torch.tensor([lv.sigma_ve for lv in levels], dtype=f64)
     model = lambda x, sigma, **_: exact_denoiser(x, float(sigma.reshape(-1)[0]))  # noqa: E731
-    theirs = kd.sample_dpmpp_2m_sde(model, x_T / levels[0].alpha, sigmas, disable=True, noise_sampler=noise)
+    theirs = kd.sample_dpmpp_2m_sde(model, x_T / levels[0].alpha, sigmas, disable=True, noise_sampler=noise,
+                                    s_noise=s_noise)
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
-    again = sampling.run(SAMPLERS["dpmpp_2m_sde"], oracle, x_T, levels, {}, generator=torch.Generator().manual_seed(4))
+    again = sampling.run(SAMPLERS["dpmpp_2m_sde"], oracle, x_T, levels, {"s_noise": s_noise},
+                         generator=torch.Generator().manual_seed(4))
     assert (again - ours).abs().max() > 1e-3  # the noise matters
+
+
+@pytest.mark.parametrize("name,options", [("ddpm", {}), ("ddim", {"eta": 0.6}), ("dpmpp_2m_sde", {})])
+def test_s_noise_scales_only_the_fresh_noise_of_a_step(cosine, name, options):
+    """One step with the same draw is affine in s_noise: x(s) = x(0) + s (x(1) - x(0)), the deterministic part x(0)
+    untouched; only the samplers that draw noise take an s_noise."""
+    cur, nxt = make_grid(cosine, "karras", 12)[3:5]
+    x = start(cur)
+
+    def step(s: float) -> torch.Tensor:
+        return SAMPLERS[name].step(oracle, x, cur, nxt, {}, generator=torch.Generator().manual_seed(2),
+                                   s_noise=s, **options)[0]
+
+    noise_part = step(1.0) - step(0.0)
+    assert noise_part.abs().max() > 1e-2
+    torch.testing.assert_close(step(1.3), step(0.0) + 1.3 * noise_part, rtol=1e-9, atol=1e-9)
+    assert {n for n, info in SAMPLERS.items() if "s_noise" in info.options} == {"ddpm", "ddim", "dpmpp_2m_sde"}
 
 
 def test_ddim_is_euler_on_the_same_grid(cosine):
@@ -219,12 +239,18 @@ def test_the_spec_takes_its_defaults_from_the_config_and_overrides_where_given()
     spec = SamplerSpec.from_config(diff, sampler="heun", steps=None, spacing="karras", guidance=3.0)
     assert (spec.sampler, spec.steps, spec.spacing, spec.guidance) == ("heun", 25, "karras", 3.0)
     assert spec.describe() == "Heun 25 steps, karras"
+    noisy = DiffusionConfig(sampler="dpmpp_2m_sde", sample_steps=10, s_noise=1.1)
+    assert SamplerSpec.from_config(noisy).s_noise == 1.1  # the config's noise scale, unless overridden
+    assert SamplerSpec.from_config(noisy, s_noise=1.2).options() == {"s_noise": 1.2}
+    assert SamplerSpec.from_config(noisy).describe() == "DPM-Solver++(2M) SDE 10 steps (s_noise 1.1)"
+    assert SamplerSpec.from_config(diff, s_noise=1.1).describe() == "DDIM 25 steps, noise-dense (eta 0, s_noise 1.1)"
 
 
 @pytest.mark.parametrize("kwargs,needle", [(dict(sampler="plms"), "unknown sampler"),
                                            (dict(spacing="cubic"), "unknown timestep spacing"),
                                            (dict(steps=0), "steps"), (dict(eta=1.5), "eta"),
                                            (dict(clip_limit=0.0), "clip_limit"),
+                                           (dict(s_noise=0.0), "s_noise"), (dict(s_noise=math.inf), "s_noise"),
                                            (dict(guidance_interval=(2.0, 1.0)), "guidance interval")])
 def test_bad_specs_are_one_line_errors(kwargs, needle):
     with pytest.raises(UserError, match=needle) as err:

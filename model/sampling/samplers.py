@@ -32,7 +32,7 @@ class SamplerInfo:
     display: str  # for tables and messages
     step: Step
     order: int  # of convergence in the step size, on an exact denoiser (tests/test_samplers.py measures it)
-    options: tuple[str, ...] = ()  # SamplerSpec fields it reads besides steps and spacing (eta)
+    options: tuple[str, ...] = ()  # SamplerSpec fields it reads besides steps and spacing (eta, s_noise)
     evals_per_step: int = 1  # network calls per interval (Heun: 2, except into the data)
     every_step_by_default: bool = False  # steps None runs every step of the table (DDPM), else the config's
     multistep: bool = False  # keeps a history in `state`, so an interval cannot be repeated (RePaint resampling)
@@ -51,8 +51,11 @@ def register(name: str, display: str, order: int, **info) -> Callable[[Step], St
     return add
 
 
-def noise_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    return base.sample_noise(tuple(x.shape), generator, x.device, x.dtype)
+def noise_like(x: Tensor, generator: Optional[torch.Generator], s_noise: float = 1.0) -> Tensor:
+    """A draw of N(0, I) shaped like x, times `s_noise`: the stochastic samplers' fresh noise, scaled as Karras et al.
+    2022 (Alg. 2, S_noise) scale it; above 1 it makes up for the detail and variety an imperfect denoiser removes."""
+    z = base.sample_noise(tuple(x.shape), generator, x.device, x.dtype)
+    return z if s_noise == 1.0 else s_noise * z
 
 
 def previous_prediction(state: dict, key: str, x0: Tensor, cur: Level) -> Optional[tuple[Tensor, Level]]:
@@ -62,26 +65,29 @@ def previous_prediction(state: dict, key: str, x0: Tensor, cur: Level) -> Option
     return prev
 
 
-@register("ddpm", "DDPM", order=1, every_step_by_default=True, stochastic=True, paper="Ho et al. 2020, Alg. 2")
+@register("ddpm", "DDPM", order=1, options=("s_noise",), every_step_by_default=True, stochastic=True,
+          paper="Ho et al. 2020, Alg. 2")
 def ddpm(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, *,
-         generator: Optional[torch.Generator] = None, variance: str = "beta_tilde") -> tuple[Tensor, Tensor]:
+         generator: Optional[torch.Generator] = None, variance: str = "beta_tilde",
+         s_noise: float = 1.0) -> tuple[Tensor, Tensor]:
     """Ancestral step: x_next ~ q(x_next | x, x0) with the implied beta of the jump, no noise into the data;
     variance beta_tilde (the posterior's) or beta (Ho et al. Sec. 3.2)."""
     x0, _ = denoise(x, cur)
     mean, var = base.ddpm_posterior_at(x, cur.ab, nxt.ab, x0, variance)
     if nxt.is_data:
         return mean, x0
-    return mean + base._sqrt(var) * noise_like(x, generator), x0
+    return mean + base._sqrt(var) * noise_like(x, generator, s_noise), x0
 
 
-@register("ddim", "DDIM", order=1, options=("eta",), paper="Song et al. 2021, eq. 12")
+@register("ddim", "DDIM", order=1, options=("eta", "s_noise"), paper="Song et al. 2021, eq. 12")
 def ddim(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, *, eta: float = 0.0,
-         generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+         generator: Optional[torch.Generator] = None, s_noise: float = 1.0) -> tuple[Tensor, Tensor]:
     """x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - σ²) eps + σ z; eta = 0 is deterministic, 1 is DDPM."""
     x0, eps = denoise(x, cur)
     if nxt.is_data:
         return x0, x0
-    return base.ddim_update(x, cur.ab, nxt.ab, x0, eps, eta, generator=generator), x0
+    z = noise_like(x, generator, s_noise) if eta > 0.0 else None
+    return base.ddim_update(x, cur.ab, nxt.ab, x0, eps, eta, noise=z), x0
 
 
 @register("dpmpp_2m", "DPM-Solver++(2M)", order=2, multistep=True, paper="Lu et al. 2022, Alg. 2")
@@ -101,14 +107,14 @@ def dpmpp_2m(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict,
     return base.dpm_solver_update(x, d, cur.sigma, nxt.alpha, nxt.sigma, h), x0
 
 
-@register("dpmpp_2m_sde", "DPM-Solver++(2M) SDE", order=1, multistep=True, stochastic=True,
+@register("dpmpp_2m_sde", "DPM-Solver++(2M) SDE", order=1, options=("s_noise",), multistep=True, stochastic=True,
           paper="Lu et al. 2022b, Sec. 4 (the SDE solver), midpoint form as k-diffusion")
 def dpmpp_2m_sde(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: dict, *,
-                 generator: Optional[torch.Generator] = None, **_) -> tuple[Tensor, Tensor]:
+                 generator: Optional[torch.Generator] = None, s_noise: float = 1.0, **_) -> tuple[Tensor, Tensor]:
     """The second-order multistep solver of the reverse SDE (noise η = 1) in lambda:
 
     x_next = (sigma_next / sigma) e^{-h} x + alpha_next (1 - e^{-2h}) (x0 + (1 / (2r)) (x0 - x0_prev))
-             + sigma_next sqrt(1 - e^{-2h}) z,
+             + sigma_next sqrt(1 - e^{-2h}) s_noise z,
     the correction only after the first step; into the data it returns x0."""
     x0, _ = denoise(x, cur)
     prev = previous_prediction(state, "dpmpp_2m_sde", x0, cur)
@@ -121,7 +127,7 @@ def dpmpp_2m_sde(denoise: DenoiseAt, x: Tensor, cur: Level, nxt: Level, state: d
         x0_prev, level_prev = prev
         r = (cur.lam - level_prev.lam) / h
         x_next = x_next + (nxt.alpha * decay * 0.5 / r) * (x0 - x0_prev)
-    return x_next + (nxt.sigma * math.sqrt(decay)) * noise_like(x, generator), x0
+    return x_next + (nxt.sigma * math.sqrt(decay)) * noise_like(x, generator, s_noise), x0
 
 
 # ----- Karras et al. 2022: the probability-flow ODE in the variance-exploding view x̃ = x / alpha ---------------------

@@ -1,7 +1,7 @@
 """`SamplerSpec`: everything that decides how a trained model is sampled, built once and passed down whole.
 
 Its defaults live here and in the checkpoint's config (`denoiser.diffusion`: sampler, sample_steps,
-sample_spacing, clip_limit, guidance_interval, guidance_rescale); `SamplerSpec.from_config(diffusion, **overrides)`
+sample_spacing, clip_limit, guidance_interval, guidance_rescale, s_noise); `SamplerSpec.from_config(diffusion, **overrides)`
 is how the commands, the pipeline and training build one, overrides (command-line flags, pipeline arguments) winning
 where given.
 """
@@ -23,6 +23,7 @@ class SamplerSpec:
     steps: Optional[int] = None  # intervals of the grid; None: every step of the table (DDPM's default)
     spacing: str = "uniform"  # a name of model.sampling.GRIDS
     eta: float = 0.0  # DDIM's noise (0 deterministic, 1 DDPM-like); the other samplers ignore it
+    s_noise: float = 1.0  # scale of the stochastic samplers' fresh noise (Karras et al. 2022, S_noise); 1: none
     guidance: float = 0.0  # classifier-free guidance scale w: (1 + w) out(x, c) - w out(x, ∅)
     guidance_interval: Optional[tuple[float, float]] = None  # guide only for σ in (lo, hi] (Kynkäänniemi et al. 2024)
     guidance_rescale: float = 0.0  # CFG rescale φ in [0, 1] (Lin et al. 2024, eq. 16); 0: plain guidance
@@ -38,6 +39,9 @@ class SamplerSpec:
             raise UserError(f"sampling steps must be an integer >= 1, got {self.steps!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {self.eta}")
+        if not (math.isfinite(self.s_noise) and self.s_noise > 0):
+            raise UserError(f"the noise scale s_noise must be a finite number > 0 (1 = the sampler's own noise), "
+                            f"got {self.s_noise}")
         if not math.isfinite(self.guidance):
             raise UserError(f"the guidance scale must be a finite number, got {self.guidance}")
         if not 0.0 <= self.guidance_rescale <= 1.0:
@@ -87,14 +91,18 @@ class SamplerSpec:
                    clip_limit=given.pop("clip_limit", diffusion.clip_limit),
                    guidance_interval=given.pop("guidance_interval", tuple(interval) if interval else None),
                    guidance_rescale=given.pop("guidance_rescale", getattr(diffusion, "guidance_rescale", 0.0)),
-                   **given)
+                   s_noise=given.pop("s_noise", getattr(diffusion, "s_noise", 1.0)), **given)
 
     def step_count(self, T: Optional[int]) -> Optional[int]:
         """The intervals the grid has: `steps`, else every step of a T-step table."""
         return self.steps if self.steps is not None else T
 
     def describe(self, T: Optional[int] = None) -> str:
-        """e.g. "DDIM 25 steps, noise-dense (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps"."""
+        """e.g. "DDIM 25 steps, noise-dense (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps", and the noise
+        scale where a stochastic sampler's is not 1: "DPM-Solver++(2M) SDE 10 steps (s_noise 1.1)"."""
         steps = self.step_count(T)
         text = f"{self.info.display} {steps} steps" + ("" if self.spacing == "uniform" else f", {self.spacing}")
-        return text + (f" (eta {self.eta:g})" if "eta" in self.info.options else "")
+        said = [f"eta {self.eta:g}"] if "eta" in self.info.options else []
+        if "s_noise" in self.info.options and self.s_noise != 1.0:
+            said.append(f"s_noise {self.s_noise:g}")
+        return text + (f" ({', '.join(said)})" if said else "")

@@ -1,6 +1,7 @@
 """What the command-line scripts share: the device, the output folder beside a checkpoint, and input images."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -92,8 +93,8 @@ CHECKPOINT_DEFAULTS = {"sampler": "the checkpoint's sampler",
 
 
 def add_sampler_arguments(p, eta: bool = True, defaults: Optional[dict[str, str]] = None) -> None:
-    """--sampler, its shorthand --ddim, --steps, --spacing (and --eta) as the sampling commands take them; each
-    defaults to the checkpoint's config (`denoiser.diffusion`), or to what `defaults` (flag → text) says."""
+    """--sampler, its shorthand --ddim, --steps, --spacing, --s-noise (and --eta) as the sampling commands take them;
+    each defaults to the checkpoint's config (`denoiser.diffusion`), or to what `defaults` (flag → text) says."""
     said = {**CHECKPOINT_DEFAULTS, **(defaults or {})}
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="; ".join(f"{name}: {info.display} ({info.paper})" for name, info in SAMPLERS.items())
@@ -101,6 +102,10 @@ def add_sampler_arguments(p, eta: bool = True, defaults: Optional[dict[str, str]
     p.add_argument("--ddim", action="store_true", help="shorthand for --sampler ddim")
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {said['steps']})")
     add_spacing_argument(p, said["spacing"])
+    p.add_argument("--s-noise", "--s_noise", type=float, default=None, metavar="S",
+                   help="scale of the fresh noise of the stochastic samplers (ddpm, ddim with --eta > 0, "
+                        "dpmpp_2m_sde; Karras et al. 2022's S_noise): above 1 widens the samples, at some cost in "
+                        "fidelity (default: the checkpoint's s_noise, else 1)")
     if eta:
         p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (0 = deterministic)")
 
@@ -128,10 +133,13 @@ def sampler_spec(args, diffusion, **overrides):
     eta, clip = getattr(args, "eta", None), getattr(args, "clip_limit", None)
     if eta is not None and not 0 <= eta <= 1:
         raise UserError(f"--eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
+    s_noise = getattr(args, "s_noise", None)
+    if s_noise is not None and not (math.isfinite(s_noise) and s_noise > 0):
+        raise UserError(f"--s-noise must be a finite number > 0 (1 = the sampler's own noise), got {s_noise}")
     if clip is not None and clip <= 0:
         raise UserError(f"--clip_limit must be > 0, got {clip}; leave it out for the checkpoint's")
     flags = dict(sampler=chosen_sampler(args), steps=steps, spacing=getattr(args, "spacing", None), eta=eta,
-                 clip_limit=clip)
+                 s_noise=s_noise, clip_limit=clip)
     return SamplerSpec.from_config(diffusion, **{**flags, **overrides})
 
 
