@@ -5,12 +5,12 @@
     python -m benchmarks.demo_seeds runs/emoji-1 runs/emoji-2 runs/emoji-3 --bounds emoji
     python -m benchmarks.demo_seeds runs/digits-1 runs/digits-2 --report report-s1.1  # another sampling's reports
 
-Each run folder needs denoiser/report/report.json (denoiser/<--report>/report.json: demo_report's --output there); `main_wall_s` beside it (written by scripts/demo_benchmark.sh)
-adds the main command's wall time. Every figure is the run's error budget at one guidance scale w: in each feature
-space (pixels at each compared size, the classifier's features), the samples' FD over the real floor's, their
-precision and recall over the floor's (1 = as good as real images); then the class accuracy beside the classifier's
-on held-out real images, and the memorisation ratio (median distance to the nearest training image over held-out
-images').
+Each run folder needs denoiser/report/report.json (or denoiser/<--report>/report.json: demo_report's --output there);
+`main_wall_s` beside it (written by scripts/demo_benchmark.sh) adds the main command's wall time. Every figure is the
+run's error budget at one guidance scale w: in each feature space (pixels at each compared size, the classifier's
+features), the samples' FD over the real floor's, their precision and recall over the floor's (1 = as good as real
+images); then the class accuracy beside the classifier's on held-out real images, and the memorisation ratio (median
+distance to the nearest training image over held-out images').
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """`SamplerSpec`: everything that decides how a trained model is sampled, built once and passed down whole.
 
 Its defaults live here and in the checkpoint's config (`denoiser.diffusion`: sampler, sample_steps,
-sample_spacing, clip_limit, guidance_interval, guidance_rescale, s_noise); `SamplerSpec.from_config(diffusion, **overrides)`
-is how the commands, the pipeline and training build one, overrides (command-line flags, pipeline arguments) winning
-where given.
+sample_spacing, clip_limit, guidance_interval, guidance_rescale, s_noise);
+`SamplerSpec.from_config(diffusion, **overrides)` is how the commands, the pipeline and training build one, overrides
+(command-line flags, pipeline arguments) winning where given.
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ class SamplerSpec:
                    clip_limit=given.pop("clip_limit", diffusion.clip_limit),
                    guidance_interval=given.pop("guidance_interval", tuple(interval) if interval else None),
                    guidance_rescale=given.pop("guidance_rescale", getattr(diffusion, "guidance_rescale", 0.0)),
-                   s_noise=given.pop("s_noise", getattr(diffusion, "s_noise", 1.0)), **given)
+                   s_noise=given.pop("s_noise", getattr(diffusion, "s_noise", 1.0)),  # configs before it: 1
+                   **given)
 
     def step_count(self, T: Optional[int]) -> Optional[int]:
         """The intervals the grid has: `steps`, else every step of a T-step table."""
