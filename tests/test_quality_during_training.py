@@ -30,6 +30,24 @@ def test_quality_is_logged_during_training_and_best_ckpt_follows_it(tmp_path, ca
     assert best["global_step"] == min(scores, key=scores.get)  # best.ckpt is the step with the lowest pixel FD
 
 
+@pytest.mark.slow
+def test_the_configured_sampler_leaves_the_trained_weights_alone(tmp_path):
+    """Quality evaluations during training draw their samples with the config's sampler from their own generator: a
+    stochastic sampler or a deterministic one gives the same weights, so a config's sampler can change without
+    retraining (docs/evaluation.md relies on it)."""
+    weights = {}
+    for run, sampler in ((1, "ddim"), (2, "dpmpp_2m_sde")):
+        assert main(["-cfg", DIGITS, "--train-vae", "--train-denoiser", "-n", str(run), "--output_dir", str(tmp_path),
+                     *tiny(val_every=100, log_every=1), "--vae.trainer.max_steps", "2",
+                     "--denoiser.trainer.max_steps", "4", "--denoiser.trainer.fid_every_n_steps", "2",
+                     "--denoiser.trainer.fid_num_samples", "20", "--denoiser.diffusion.sampler", sampler,
+                     "--denoiser.diffusion.sample_steps", "3"]) == 0
+        ckpt = torch.load(tmp_path / f"digits-{run}" / "denoiser" / "checkpoints" / "last.ckpt", weights_only=True)
+        weights[sampler] = ckpt["state_dict"]
+    assert weights["ddim"].keys() == weights["dpmpp_2m_sde"].keys()
+    assert all(torch.equal(weights["ddim"][k], weights["dpmpp_2m_sde"][k]) for k in weights["ddim"])
+
+
 def test_quality_settings_are_checked_before_training(tmp_path, capsys):
     base = ["-cfg", DIGITS, "--train-denoiser", "-n", "1", "--output_dir", str(tmp_path)]
     for extra, needle in ((["--denoiser.trainer.fid_every_n_steps", "3"], "multiple of trainer.log_every_n_steps"),
