@@ -6,6 +6,7 @@ a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored 
         [--per-class 50] [--pixel-size 8] [-- <overrides for our main command>]
     python -m benchmarks.peer_equal_time --config config/emoji.json --classifier runs/classifiers/emoji.pt \
         --pixel-size 16 32 --output runs/bench-peer-emoji
+    python -m benchmarks.peer_equal_time --classifier runs/classifiers/digits.pt --s-noise 1.1  # a second row of ours
 
 1. Trains our demo with the README's main command (both stages, a fresh process) and times it.
 2. Trains the peer in this process on the same training split, at the same image size and at `--peer-batch`, for
@@ -19,7 +20,8 @@ a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored 
    config's sampler (the digits config's DPM-Solver++(2M) SDE, 10 steps), the peers with their DDIM-25, and scores
    them with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every
    `--pixel-size` and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
-   nearest-training-image distance over held-out images'.
+   nearest-training-image distance over held-out images'. `--s-noise S` adds a row: the same network of ours drawn
+   with its sampler's fresh noise scaled by S (docs/evaluation.md, the noise scale).
 Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run it alone on the machine.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -101,7 +104,8 @@ def grid_of(name: str, x: Tensor, labels: Tensor, held: tuple[Tensor, Tensor], o
     from model.scripts.demo_report import side_by_side
 
     keep = min(per_class, int(torch.bincount(labels).min()))
-    slug = name.split(" ")[0].lower()
+    model, _, setting = name.partition(", ")  # "ours (latent), s_noise 1.1" -> real_vs_ours_s_noise_1.1.png
+    slug = "_".join([model.split(" ")[0].lower(), *setting.split()])
     save_grid(side_by_side(*held, x, labels, keep), out / f"real_vs_{slug}.png", nrow=2 * keep + 1)
 
 
@@ -141,12 +145,13 @@ def training_data(run: Path, batch_size: Optional[int] = None):
 OURS, PEER, LATENT_PEER = "ours (latent)", "peer (pixel)", "diffusers UNet2DModel (our latents)"
 
 
-def our_samples(pipe, labels: Tensor, seed: int) -> tuple[Tensor, str]:
-    """Our samples of `labels` at w = 0 with the checkpoint's sampler (its config's), in [-1, 1], and that sampler."""
+def our_samples(pipe, labels: Tensor, seed: int, s_noise: Optional[float] = None) -> tuple[Tensor, str]:
+    """Our samples of `labels` at w = 0 with the checkpoint's sampler (its config's, its noise scaled by `s_noise`
+    when given), in [-1, 1], and that sampler."""
     from model.evaluation import generate
     from model.sampling import SamplerSpec
 
-    spec = SamplerSpec.from_config(pipe.diff, guidance=0.0)
+    spec = SamplerSpec.from_config(pipe.diff, guidance=0.0, s_noise=s_noise)
     return generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250), spec.describe(pipe.diff.T)
 
 
@@ -201,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="the diffusers UNet's training time (default: our denoiser stage's)")
     p.add_argument("--pixel-size", type=int, nargs="+", default=None,
                    help="sides the pixel budget compares at (default: the data's native size, else <= 32)")
+    p.add_argument("--s-noise", "--s_noise", type=float, default=None, metavar="S",
+                   help="also draw our network with its sampler's fresh noise scaled by S (a row of its own)")
     p.add_argument("overrides", nargs="*", help="after --: overrides for our main command, as on its command line")
     args = parse(p, argv)
     if min(args.peer_batch, args.peer_dim, *args.peer_mults) < 1:
         raise UserError(f"--peer-batch, --peer-dim and --peer-mults must be >= 1, got {args.peer_batch}, "
                         f"{args.peer_dim} and {args.peer_mults}")  # before our stages train
+    if args.s_noise is not None and not (math.isfinite(args.s_noise) and args.s_noise > 0):
+        raise UserError(f"--s-noise must be a finite number > 0 (1 = the sampler's own noise), got {args.s_noise}")
     peer_classes()  # a missing peer fails before anything trains
     from benchmarks import latent_peer
     from model.classifier import load_classifier
@@ -237,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     ours, our_sampler = our_samples(pipe, labels, args.seed)
     samples = {OURS: ours, PEER: peer_samples(ema, labels, args.seed, 250),
                LATENT_PEER: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), args.seed)}
+    if args.s_noise is not None:
+        noisier, noisier_sampler = our_samples(pipe, labels, args.seed, args.s_noise)
+        samples[f"{OURS}, s_noise {args.s_noise:g}"] = noisier
     protocols = [PixelProtocol(size=size, seed=args.seed) for size in args.pixel_size or [pixel_size(dm)]]
     held = held_out_set(dm)
     rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols)
@@ -246,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                     "sampler": "DDIM 25 steps (its own)"})
     rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps),
                     "sampler": "DDIM 25 steps, trailing (diffusers)"})
+    if args.s_noise is not None:  # the same network as the first row
+        rows[3].update({**{k: rows[0][k] for k in ("training s", "trained", "steps")}, "sampler": noisier_sampler})
     notes = [f"{space}: {b['protocol']['features']}; mean over {b['protocol']['draws']} draws; our VAE's round trip "
              f"scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor" for space, b in budgets.items()]
     report.table(f"Our demo and its peers at equal wall time ({args.config}, w = 0, "
