@@ -62,8 +62,13 @@ def remove_if_empty(folders: list[Path]) -> None:
     for d in reversed(folders):
         try:
             d.rmdir()
+        except FileNotFoundError:
+            continue  # already removed (by a concurrent start of the same command): go on outwards
         except OSError:
             return
+
+
+PROBE_TRIES = 5  # check_writable's tries when a concurrent start removes the folder under its probe
 
 
 def check_writable(folder: Path, what: str = "--output") -> None:
@@ -73,9 +78,16 @@ def check_writable(folder: Path, what: str = "--output") -> None:
     folder = Path(folder).absolute()
     created = missing_folders(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
-            pass
+        for tries_left in reversed(range(PROBE_TRIES)):
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+                    return
+            except FileNotFoundError:
+                # the folder went between mkdir and the probe: the other tasks of an srun start the same command,
+                # and one that made the folder for its probe removes it again; make it once more
+                if not tries_left:
+                    raise
     except OSError as err:
         raise UserError(f"cannot write to {folder}: {reason(err, folder)}; choose a writable {what}") from err
     finally:

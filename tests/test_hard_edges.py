@@ -217,6 +217,34 @@ def test_an_output_dir_under_a_file_is_refused_and_nothing_is_left(tmp_path, cap
     assert err.startswith("error: cannot write to") and "output_dir" in err and "\n" not in err
 
 
+def test_a_write_probe_whose_folder_another_start_removes_tries_again_and_leaves_nothing(tmp_path, monkeypatch):
+    """The tasks of an srun start the same command at once: one task's probe folder can be removed by another's
+    clean-up between its mkdir and its probe. The probe makes the folder again; a folder that keeps going is still the
+    one-line refusal."""
+    import tempfile
+
+    from model import writes
+
+    real = tempfile.NamedTemporaryFile
+    removals = []
+
+    def raced(*args, dir, **kwargs):
+        if len(removals) < writes.PROBE_TRIES - 1:  # the other task removes the folder right after this one made it
+            Path(dir).rmdir()
+            removals.append(dir)
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", raced)
+    writes.check_writable(tmp_path / "runs" / "digits-1", "output_dir")
+    assert len(removals) == writes.PROBE_TRIES - 1 and not (tmp_path / "runs").exists()  # probed, nothing left
+    removals.clear()
+    monkeypatch.setattr(writes, "PROBE_TRIES", 2)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", lambda *a, dir, **k: (Path(dir).rmdir(), real(*a, dir=dir, **k)))
+    with pytest.raises(UserError, match="cannot write to .*digits-1.*choose a writable output_dir"):
+        writes.check_writable(tmp_path / "runs" / "digits-1", "output_dir")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_refused_start_leaves_no_run_folder(tmp_path, capsys):
     # fewer training images than one batch is refused inside the stage, after the lock was taken
     assert main([*VAE, "-n", "1", "--output_dir", str(tmp_path / "runs"), "--data.max_items", "20",
