@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from model.errors import UserError
+from model.writes import PROBE_TRIES
 
 LOCK_NAME = ".lock"
 
@@ -76,13 +77,16 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         me = owner()
-        for _ in range(2):  # a second try after taking over a stale lock
+        for _ in range(PROBE_TRIES):  # a try after taking over a stale lock, or after the folder went
+            # made again at every try: another srun task's write probe removes the run folder while it is empty
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # atomic: one creator wins
             except FileExistsError:
                 self.take_over_if_stale()
+                continue
+            except FileNotFoundError:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)

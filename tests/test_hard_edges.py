@@ -47,6 +47,21 @@ def test_a_lock_names_its_owner_and_is_removed_when_the_run_ends(tmp_path):
     assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
+def test_a_lock_whose_folder_another_task_removes_is_taken_all_the_same(tmp_path, monkeypatch):
+    """Another srun task's write probe may remove the still-empty run folder between the lock's mkdir and its open."""
+    real_open, removed = os.open, []
+
+    def raced(path, *args, **kwargs):
+        if Path(path).name == LOCK_NAME and not removed:
+            Path(path).parent.rmdir()
+            removed.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", raced)
+    with RunLock(tmp_path / "run") as lock:
+        assert removed and read_lock(lock.path)["pid"] == os.getpid()
+
+
 def test_a_lock_is_released_however_the_run_ends(tmp_path):
     with pytest.raises(RuntimeError):
         with RunLock(tmp_path / "run"):
