@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -213,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.peer_batch, args.peer_dim, *args.peer_mults) < 1:
         raise UserError(f"--peer-batch, --peer-dim and --peer-mults must be >= 1, got {args.peer_batch}, "
                         f"{args.peer_dim} and {args.peer_mults}")  # before our stages train
-    if args.s_noise is not None and not (math.isfinite(args.s_noise) and args.s_noise > 0):
-        raise UserError(f"--s-noise must be a finite number > 0 (1 = the sampler's own noise), got {args.s_noise}")
+    from model.sampling import NOISE_SCALE_RULE, noise_scale_ok
+
+    if args.s_noise is not None and not noise_scale_ok(args.s_noise):
+        raise UserError(f"--s-noise must be {NOISE_SCALE_RULE}, got {args.s_noise}")
     peer_classes()  # a missing peer fails before anything trains
     from benchmarks import latent_peer
     from model.classifier import load_classifier

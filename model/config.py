@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -20,7 +19,7 @@ from model.autoencoder.config import SSIM_MIN_SIZE, DiscConfig, LossConfig, VAEC
 from model.denoiser import NETWORKS, network_config
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.text.config import TextConfig
-from model.sampling import GRIDS, SAMPLERS
+from model.sampling import GRIDS, NOISE_SCALE_RULE, SAMPLERS, noise_scale_ok
 from model.objectives import OBJECTIVES
 from model.errors import UserError
 
@@ -179,9 +178,8 @@ class DiffusionConfig:
                "give x0; set parametrisation to v (or x0), or zero_terminal_snr to false")
         _check(0.0 <= self.guidance_rescale <= 1.0,
                f"denoiser.diffusion.guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
-        _check(math.isfinite(self.s_noise) and self.s_noise > 0,
-               f"denoiser.diffusion.s_noise must be a finite number > 0 (1 = the sampler's own noise), "
-               f"got {self.s_noise}")
+        _check(noise_scale_ok(self.s_noise),
+               f"denoiser.diffusion.s_noise must be {NOISE_SCALE_RULE}, got {self.s_noise}")
         _check(self.offset_noise >= 0.0, f"denoiser.diffusion.offset_noise must be >= 0, got {self.offset_noise}")
         _check(0.0 <= self.p_uncond <= 1.0,
                f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")

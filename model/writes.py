@@ -68,7 +68,7 @@ def remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-PROBE_TRIES = 5  # check_writable's tries when a concurrent start removes the folder under its probe
+PROBE_TRIES = 5  # tries of the probe and the run lock when a concurrent start removes the folder under them
 
 
 def check_writable(folder: Path, what: str = "--output") -> None:

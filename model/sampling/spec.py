@@ -17,6 +17,14 @@ from model.sampling.grids import GRIDS
 from model.sampling.samplers import SAMPLERS
 
 
+NOISE_SCALE_RULE = "a finite number > 0 (1 = the sampler's own noise)"
+
+
+def noise_scale_ok(s_noise: float) -> bool:
+    """Whether `s_noise` is a noise scale the stochastic samplers take (NOISE_SCALE_RULE)."""
+    return math.isfinite(s_noise) and s_noise > 0
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     sampler: str = "ddim"  # a name of model.sampling.SAMPLERS
@@ -39,9 +47,8 @@ class SamplerSpec:
             raise UserError(f"sampling steps must be an integer >= 1, got {self.steps!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {self.eta}")
-        if not (math.isfinite(self.s_noise) and self.s_noise > 0):
-            raise UserError(f"the noise scale s_noise must be a finite number > 0 (1 = the sampler's own noise), "
-                            f"got {self.s_noise}")
+        if not noise_scale_ok(self.s_noise):
+            raise UserError(f"the noise scale s_noise must be {NOISE_SCALE_RULE}, got {self.s_noise}")
         if not math.isfinite(self.guidance):
             raise UserError(f"the guidance scale must be a finite number, got {self.guidance}")
         if not 0.0 <= self.guidance_rescale <= 1.0:

@@ -1,7 +1,6 @@
 """What the command-line scripts share: the device, the output folder beside a checkpoint, and input images."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.sampling import GRIDS, SAMPLERS
+from model.sampling import GRIDS, NOISE_SCALE_RULE, SAMPLERS, noise_scale_ok
 from model.errors import UserError
 from model.writes import check_writable
 
@@ -134,8 +133,8 @@ def sampler_spec(args, diffusion, **overrides):
     if eta is not None and not 0 <= eta <= 1:
         raise UserError(f"--eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
     s_noise = getattr(args, "s_noise", None)
-    if s_noise is not None and not (math.isfinite(s_noise) and s_noise > 0):
-        raise UserError(f"--s-noise must be a finite number > 0 (1 = the sampler's own noise), got {s_noise}")
+    if s_noise is not None and not noise_scale_ok(s_noise):
+        raise UserError(f"--s-noise must be {NOISE_SCALE_RULE}, got {s_noise}")
     if clip is not None and clip <= 0:
         raise UserError(f"--clip_limit must be > 0, got {clip}; leave it out for the checkpoint's")
     flags = dict(sampler=chosen_sampler(args), steps=steps, spacing=getattr(args, "spacing", None), eta=eta,
