@@ -92,7 +92,8 @@ class RunLock:
                 json.dump(me, f)
             self.mine = me
             return
-        raise UserError(f"could not take the lock {self.path}; another run took it first, try again")
+        raise UserError(f"could not take the lock {self.path}; another run took it first or removed its folder, "
+                        f"try again")
 
     def take_over_if_stale(self) -> None:
         holder = read_lock(self.path)

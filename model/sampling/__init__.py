@@ -4,5 +4,5 @@ from model.sampling.loop import renoise, run, sample, sample_ddim, sample_ddpm, 
 from model.sampling.samplers import SAMPLERS, SamplerInfo, register
 from model.sampling.spec import NOISE_SCALE_RULE, SamplerSpec, noise_scale_ok
 
-__all__ = ["GRIDS", "NOISE_SCALE_RULE", "SAMPLERS", "SamplerInfo", "SamplerSpec", "make_grid", "noise_scale_ok", "register", "renoise", "run", "sample",
-           "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]
+__all__ = ["GRIDS", "NOISE_SCALE_RULE", "SAMPLERS", "SamplerInfo", "SamplerSpec", "make_grid", "noise_scale_ok",
+           "register", "renoise", "run", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]

@@ -54,8 +54,7 @@ def register(name: str, display: str, order: int, **info) -> Callable[[Step], St
 def noise_like(x: Tensor, generator: Optional[torch.Generator], s_noise: float = 1.0) -> Tensor:
     """A draw of N(0, I) shaped like x, times `s_noise`: the stochastic samplers' fresh noise, scaled as Karras et al.
     2022 (Alg. 2, S_noise) scale it; above 1 it makes up for the detail and variety an imperfect denoiser removes."""
-    z = base.sample_noise(tuple(x.shape), generator, x.device, x.dtype)
-    return z if s_noise == 1.0 else s_noise * z
+    return s_noise * base.sample_noise(tuple(x.shape), generator, x.device, x.dtype)  # times 1.0: the same bits
 
 
 def previous_prediction(state: dict, key: str, x0: Tensor, cur: Level) -> Optional[tuple[Tensor, Level]]:
