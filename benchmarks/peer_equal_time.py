@@ -104,7 +104,7 @@ def grid_of(name: str, x: Tensor, labels: Tensor, held: tuple[Tensor, Tensor], o
 
     keep = min(per_class, int(torch.bincount(labels).min()))
     model, _, setting = name.partition(", ")  # "ours (latent), s_noise 1.1" -> real_vs_ours_s_noise_1.1.png
-    slug = "_".join([model.split(" ")[0].lower(), *setting.split()])
+    slug = "_".join([model.split(" ")[0].lower(), *setting.replace(",", "").split()])
     save_grid(side_by_side(*held, x, labels, keep), out / f"real_vs_{slug}.png", nrow=2 * keep + 1)
 
 
@@ -144,13 +144,13 @@ def training_data(run: Path, batch_size: Optional[int] = None):
 OURS, PEER, LATENT_PEER = "ours (latent)", "peer (pixel)", "diffusers UNet2DModel (our latents)"
 
 
-def our_samples(pipe, labels: Tensor, seed: int, s_noise: Optional[float] = None) -> tuple[Tensor, str]:
-    """Our samples of `labels` at w = 0 with the checkpoint's sampler (its config's, its noise scaled by `s_noise`
-    when given), in [-1, 1], and that sampler."""
+def our_samples(pipe, labels: Tensor, seed: int, **overrides) -> tuple[Tensor, str]:
+    """Our samples of `labels` at w = 0 with the checkpoint's sampler (its config's, with the overrides given:
+    s_noise, autoguidance), in [-1, 1], and that sampler."""
     from model.evaluation import generate
     from model.sampling import SamplerSpec
 
-    spec = SamplerSpec.from_config(pipe.diff, guidance=0.0, s_noise=s_noise)
+    spec = SamplerSpec.from_config(pipe.diff, guidance=0.0, **overrides)
     return generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250), spec.describe(pipe.diff.T)
 
 
@@ -207,15 +207,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="sides the pixel budget compares at (default: the data's native size, else <= 32)")
     p.add_argument("--s-noise", "--s_noise", type=float, default=None, metavar="S",
                    help="also draw our network with its sampler's fresh noise scaled by S (a row of its own)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="A",
+                   help="also draw our network with autoguidance weight A (0: without; the same row as --s-noise)")
     p.add_argument("overrides", nargs="*", help="after --: overrides for our main command, as on its command line")
     args = parse(p, argv)
     if min(args.peer_batch, args.peer_dim, *args.peer_mults) < 1:
         raise UserError(f"--peer-batch, --peer-dim and --peer-mults must be >= 1, got {args.peer_batch}, "
                         f"{args.peer_dim} and {args.peer_mults}")  # before our stages train
-    from model.sampling import NOISE_SCALE_RULE, noise_scale_ok
+    from model.sampling import GUIDANCE_WEIGHT_RULE, NOISE_SCALE_RULE, guidance_weight_ok, noise_scale_ok
 
     if args.s_noise is not None and not noise_scale_ok(args.s_noise):
         raise UserError(f"--s-noise must be {NOISE_SCALE_RULE}, got {args.s_noise}")
+    if args.autoguidance is not None and not guidance_weight_ok(args.autoguidance):
+        raise UserError(f"--autoguidance must be {GUIDANCE_WEIGHT_RULE}, got {args.autoguidance}")
     peer_classes()  # a missing peer fails before anything trains
     from benchmarks import latent_peer
     from model.classifier import load_classifier
@@ -247,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     ours, our_sampler = our_samples(pipe, labels, args.seed)
     samples = {OURS: ours, PEER: peer_samples(ema, labels, args.seed, 250),
                LATENT_PEER: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), args.seed)}
-    if args.s_noise is not None:
-        noisier, noisier_sampler = our_samples(pipe, labels, args.seed, args.s_noise)
-        samples[f"{OURS}, s_noise {args.s_noise:g}"] = noisier
+    again = {k: v for k, v in (("s_noise", args.s_noise), ("autoguidance", args.autoguidance)) if v is not None}
+    if again:  # the same network drawn again with other sampling settings
+        other, other_sampler = our_samples(pipe, labels, args.seed, **again)
+        samples[f"{OURS}, " + ", ".join(f"{k} {v:g}" for k, v in again.items())] = other
     protocols = [PixelProtocol(size=size, seed=args.seed) for size in args.pixel_size or [pixel_size(dm)]]
     held = held_out_set(dm)
     rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols)
@@ -259,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                     "sampler": "DDIM 25 steps (its own)"})
     rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps),
                     "sampler": "DDIM 25 steps, trailing (diffusers)"})
-    if args.s_noise is not None:  # the same network as the first row
-        rows[3].update({**{k: rows[0][k] for k in ("training s", "trained", "steps")}, "sampler": noisier_sampler})
+    if again:  # the same network as the first row
+        rows[3].update({**{k: rows[0][k] for k in ("training s", "trained", "steps")}, "sampler": other_sampler})
     notes = [f"{space}: {b['protocol']['features']}; mean over {b['protocol']['draws']} draws; our VAE's round trip "
              f"scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor" for space, b in budgets.items()]
     report.table(f"Our demo and its peers at equal wall time ({args.config}, w = 0, "

@@ -693,6 +693,24 @@ def classifier_free_guidance(denoiser: Network, w: float, null_class: int, resca
     return guided
 
 
+def autoguidance(denoiser: Network, guide: Network, weight: float) -> Network:
+    """Autoguidance (Karras et al. 2024, eq. 2): out = guide(x, c) + (1 + a)(out(x, c) - guide(x, c)), with `guide` a
+    weaker version of the same model (fewer steps or less capacity, the same condition) and a = `weight`; a = 0 is the
+    model itself. The two share their errors in kind, the guide's larger, so stepping away from it removes what the
+    model gets wrong without pushing every sample towards its class's mode, as classifier-free guidance does: variety
+    is kept. Affine with weights summing to 1, so it holds for any parametrisation's output, as for CFG."""
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"the autoguidance weight must be a finite number >= 0, got {weight}")
+    if weight == 0.0:
+        return denoiser
+
+    def guided(x_t: Tensor, t: Tensor, c) -> Tensor:
+        weak = guide(x_t, t, c)
+        return weak + (1.0 + weight) * (denoiser(x_t, t, c) - weak)
+
+    return guided
+
+
 def rescale_guidance(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
     """CFG rescale (Lin et al. 2024, eq. 15-16): x_rescaled = x_cfg std(x_pos) / std(x_cfg), the std over each
     sample's elements, and φ x_rescaled + (1 - φ) x_cfg; strong guidance then stops over-exposing. φ = 0: x_cfg."""

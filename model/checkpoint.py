@@ -92,8 +92,13 @@ def checkpoint_step(path: str | Path) -> int:
 
 def state_dict_under(ckpt: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of the module state dict that start with `prefix.`, with the prefix removed."""
+    return tensors_under(ckpt["state_dict"], prefix)
+
+
+def tensors_under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named `prefix.*`, with the prefix removed."""
     start = prefix + "."
-    return {k[len(start):]: v for k, v in ckpt["state_dict"].items() if k.startswith(start)}
+    return {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:

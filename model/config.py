@@ -19,7 +19,7 @@ from model.autoencoder.config import SSIM_MIN_SIZE, DiscConfig, LossConfig, VAEC
 from model.denoiser import NETWORKS, network_config
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.text.config import TextConfig
-from model.sampling import GRIDS, NOISE_SCALE_RULE, SAMPLERS, noise_scale_ok
+from model.sampling import GRIDS, GUIDANCE_WEIGHT_RULE, NOISE_SCALE_RULE, SAMPLERS, guidance_weight_ok, noise_scale_ok
 from model.objectives import OBJECTIVES
 from model.errors import UserError
 
@@ -154,6 +154,10 @@ class DiffusionConfig:
     guidance_rescale: float = 0.0  # CFG rescale φ in [0, 1] (Lin et al. 2024, eq. 16), with zero_terminal_snr 0.7
     # the stochastic samplers' fresh noise times s_noise (Karras et al. 2022, S_noise): above 1 widens the samples
     s_noise: float = 1.0
+    # autoguidance (Karras et al. 2024): sampling steps away from the EMA weights of an early step by the weight a:
+    # out = guide + (1 + a)(out - guide); it widens the samples without costing their class. 0: off
+    autoguidance: float = 0.0
+    guide_fraction: float = 0.0  # training keeps the EMA weights after this share of max_steps as the guide; 0: none
     zero_terminal_snr: bool = False  # rescale the vp table to alpha_bar_T = 0 (Lin et al. 2024, Alg. 1); v or x0 only
     offset_noise: float = 0.0  # training noise + offset · N(0, 1) per channel (Guttenberg 2023); 0.1 is common
     val_timesteps: list[int] = field(default_factory=list)  # fixed-t validation losses; [] = 5 evenly spaced
@@ -180,6 +184,13 @@ class DiffusionConfig:
                f"denoiser.diffusion.guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         _check(noise_scale_ok(self.s_noise),
                f"denoiser.diffusion.s_noise must be {NOISE_SCALE_RULE}, got {self.s_noise}")
+        _check(guidance_weight_ok(self.autoguidance),
+               f"denoiser.diffusion.autoguidance must be {GUIDANCE_WEIGHT_RULE}, got {self.autoguidance}")
+        _check(0.0 <= self.guide_fraction < 1.0,
+               f"denoiser.diffusion.guide_fraction must be in [0, 1) (0: no guide), got {self.guide_fraction}")
+        _check(self.autoguidance == 0.0 or self.guide_fraction > 0,
+               f"denoiser.diffusion.autoguidance {self.autoguidance} needs a guide: set guide_fraction (e.g. 0.18, "
+               f"the EMA weights after 18% of the steps), or autoguidance to 0")
         _check(self.offset_noise >= 0.0, f"denoiser.diffusion.offset_noise must be >= 0, got {self.offset_noise}")
         _check(0.0 <= self.p_uncond <= 1.0,
                f"denoiser.diffusion.p_uncond must be in [0, 1], got {self.p_uncond}")
@@ -243,6 +254,13 @@ class DenoiserStage:
         _check(self.text.on or not self.unet.cross_attention_levels,
                "denoiser.unet.cross_attention_levels is set but denoiser.text.encoder is none; choose a text "
                "encoder (bytes, or pretrained with denoiser.text.path) or clear cross_attention_levels")
+
+    @property
+    def guide_step(self) -> int:
+        """The optimiser step whose EMA weights become autoguidance's guide: guide_fraction of max_steps, at least
+        1; 0 without a guide."""
+        fraction = self.diffusion.guide_fraction
+        return max(1, round(fraction * self.trainer.max_steps)) if fraction else 0
 
 
 @dataclass

@@ -43,12 +43,14 @@ class Denoiser(nn.Module):
 
     def __init__(self, net: Callable, schedule: base.Schedule, parametrisation: base.Parametrisation,
                  num_classes: int = 0, latent_shift: Optional[Tensor] = None,
-                 latent_scale: Optional[Tensor] = None, objective=None) -> None:
+                 latent_scale: Optional[Tensor] = None, objective=None, guide: Optional[Callable] = None) -> None:
         """`objective` (`model.objectives`, e.g. from_config) defaults to the VP process of `schedule` with a
-        `parametrisation` network; another objective brings its own table, which replaces `schedule`."""
+        `parametrisation` network; another objective brings its own table, which replaces `schedule`. `guide` is
+        the weaker network autoguidance steps away from (the EMA weights of an early step), None without one."""
         super().__init__()
         self.objective = objective if objective is not None else VP(schedule, parametrisation)
         self.net = net
+        self.guide = guide
         self.schedule = self.objective.table
         self.num_classes = num_classes
         self.register_buffer("latent_shift", latent_shift)
@@ -70,16 +72,19 @@ class Denoiser(nn.Module):
     # ----- (x_t, level, c) -> (x0, eps) -------------------------------------------------------------------------
     def forward(self, x_t: Tensor, t: Union[base.Level, base.TimeLike], c: AnyCondition = None,
                 guidance: float = 0.0, clip_limit: Optional[float] = None,
-                guidance_rescale: float = 0.0, uncond: AnyCondition = None) -> tuple[Tensor, Tensor]:
+                guidance_rescale: float = 0.0, uncond: AnyCondition = None,
+                autoguidance: float = 0.0) -> tuple[Tensor, Tensor]:
         """(x0, eps) at (x_t, t) for the condition c (labels or a `Condition`; None: the null class), guided by
         w = `guidance` (Ho & Salimans 2022, (1 + w) out(x, c) - w out(x, uncond), uncond the null class unless given:
         a prompt model's empty or negative prompt; rescaled by φ = `guidance_rescale`, Lin et al. 2024) and with x0
-        clamped to [-clip_limit, clip_limit].
+        clamped to [-clip_limit, clip_limit]. `autoguidance` a > 0 first steps the network away from its guide
+        (`base.autoguidance`); classifier-free guidance then mixes that network's two conditions.
 
         t is a noise level of a sampling grid (the network embeds its float time), a step of the table (an int), or
         one step per sample (an int tensor (B,), as in training)."""
-        net = self.net if guidance == 0.0 else base.classifier_free_guidance(self.net, guidance, self.null_class,
-                                                                             guidance_rescale, uncond)
+        net = self.autoguided(autoguidance)
+        if guidance != 0.0:
+            net = base.classifier_free_guidance(net, guidance, self.null_class, guidance_rescale, uncond)
         if isinstance(t, Tensor):
             if not isinstance(self.objective, VP):
                 raise ValueError("one step per sample is the VP objective's; give a noise level (base.Level)")
@@ -88,20 +93,28 @@ class Denoiser(nn.Module):
         x0, eps = self.objective.predict(net, x_t, level, c)
         return base._clipped(x0, eps, x_t, level.ab, clip_limit)
 
+    def autoguided(self, weight: float) -> Callable:
+        """The network stepped away from the guide by `weight` (itself at 0); refused without a guide."""
+        if weight != 0.0 and self.guide is None:
+            raise ValueError(f"autoguidance {weight:g} needs a guide network, and this Denoiser has none")
+        return base.autoguidance(self.net, self.guide, weight)
+
     def bind(self, c: AnyCondition = None, guidance: float = 0.0, clip_limit: Optional[float] = None,
              guidance_at: Optional[Callable[[float], float]] = None, guidance_rescale: float = 0.0,
-             uncond: AnyCondition = None) -> Callable:
+             uncond: AnyCondition = None, autoguidance: float = 0.0) -> Callable:
         """`denoise(x_t, level) -> (x0, eps)` for a sampler, with the labels and options fixed (checked once here);
         `guidance_at(σ)` replaces the constant scale where guidance depends on the noise level (an interval)."""
         self.check_options(c, guidance, clip_limit)
+        self.autoguided(autoguidance)  # refuses a weight without a guide before any step
         encode = getattr(self.net, "encode_prompt", None)  # a network with its own prompt encoder: encode once
         if encode is not None:
             c, uncond = encode(c), encode(uncond)
         if guidance_at is None:
-            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit, guidance_rescale, uncond)
+            return lambda x_t, t: self(x_t, t, c, guidance, clip_limit, guidance_rescale, uncond, autoguidance)
 
         def denoise(x_t: Tensor, level: base.Level) -> tuple[Tensor, Tensor]:
-            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit, guidance_rescale, uncond)
+            return self(x_t, level, c, guidance_at(level.sigma_ve), clip_limit, guidance_rescale, uncond,
+                        autoguidance)
 
         return denoise
 
@@ -118,14 +131,14 @@ class Denoiser(nn.Module):
         base.clip_x0(torch.zeros(1), clip_limit)  # refuses a limit <= 0
 
     def bind_spec(self, c: AnyCondition, spec, device: torch.device, uncond: AnyCondition = None) -> Callable:
-        """`bind` with the guidance, its interval and the clip limit of a `SamplerSpec`; bare labels are dropped
-        for a model without classes."""
+        """`bind` with the guidance, its interval, the autoguidance and the clip limit of a `SamplerSpec`; bare
+        labels are dropped for a model without classes."""
         if isinstance(c, Tensor) and not self.num_classes:
             c = None
         c, uncond = (None if v is None else v.to(device) for v in (c, uncond))
         interval = spec.guides_at if spec.guidance_interval is not None else None
         return self.bind(c, spec.guidance, spec.clip_limit, guidance_at=interval,
-                         guidance_rescale=spec.guidance_rescale, uncond=uncond)
+                         guidance_rescale=spec.guidance_rescale, uncond=uncond, autoguidance=spec.autoguidance)
 
     @torch.no_grad()
     def sample(self, x_T: Tensor, c: AnyCondition, spec, *, generator: Optional[torch.Generator] = None,

@@ -2,7 +2,8 @@
 anyone can load: tensors in safetensors files (loading runs no code), the config as JSON and a model card.
 
     DIR/config.json            the resolved config the model was trained with
-    DIR/denoiser.safetensors   the EMA network ("net.*") and the latent statistics ("latent_shift", "latent_scale");
+    DIR/denoiser.safetensors   the EMA network ("net.*"), its autoguidance guide where training kept one ("guide.*")
+                               and the latent statistics ("latent_shift", "latent_scale");
                                metadata: format, num_classes, global_step
     DIR/vae.safetensors        the frozen VAE (latent models only)
     DIR/README.md              the model card: data, image size, steps trained, sampler defaults, evaluation figures
@@ -28,7 +29,8 @@ def export_tensors(tensors: dict[str, dict[str, Tensor]]) -> dict[str, dict[str,
     def plain(d: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in d.items()}
 
-    files = {"denoiser": {**{f"net.{k}": v for k, v in plain(tensors["denoiser"]).items()}}}
+    files = {"denoiser": {**{f"net.{k}": v for k, v in plain(tensors["denoiser"]).items()},
+                          **{f"guide.{k}": v for k, v in plain(tensors.get("guide") or {}).items()}}}
     if tensors.get("autoencoder"):
         files["denoiser"].update(latent_shift=tensors["latent"]["shift"].cpu(), latent_scale=tensors["latent"]["scale"].cpu())
         files["vae"] = plain(tensors["autoencoder"])
@@ -66,6 +68,7 @@ def read_export(folder: Path):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from model.checkpoint import tensors_under
     from model.cli_config import from_dict
 
     missing = [name for name in FILES if not (folder / name).is_file()]
@@ -88,7 +91,7 @@ def read_export(folder: Path):
     if meta.get("format") != FORMAT:
         raise UserError(f"{folder / 'denoiser.safetensors'} is not a denoiser export of this package (format "
                         f"{meta.get('format')!r}); re-export the model")
-    tensors = {"denoiser": {k[4:]: v for k, v in den.items() if k.startswith("net.")}, "autoencoder": vae,
+    tensors = {"denoiser": tensors_under(den, "net"), "guide": tensors_under(den, "guide"), "autoencoder": vae,
                "latent": {"shift": den.get("latent_shift"), "scale": den.get("latent_scale")}}
     return cfg, int(meta["num_classes"]), tensors
 
@@ -188,12 +191,14 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
 
 
 def checkpoint_contents(path: Path) -> tuple[dict[str, Any], int, int, dict[str, dict[str, Tensor]]]:
-    """(config dict, number of classes, global step, state dicts) of a denoiser training checkpoint."""
+    """(config dict, number of classes, global step, state dicts) of a denoiser training checkpoint; the guide's
+    only once training has filled it."""
     from model.checkpoint import CONFIG_KEY, EXTRA_KEY, read_checkpoint, state_dict_under
 
     ckpt = read_checkpoint(path, expected="denoiser")
-    state = ckpt["state_dict"]
-    tensors = {"denoiser": state_dict_under(ckpt, "ema"), "autoencoder": state_dict_under(ckpt, "autoencoder"),
+    state, step = ckpt["state_dict"], int(ckpt.get("global_step", 0))
+    ready = bool(state.get("guide_ready", False))  # before its step the guide is a copy of the initial network
+    tensors = {"denoiser": state_dict_under(ckpt, "ema"), "guide": state_dict_under(ckpt, "guide") if ready else {},
+               "autoencoder": state_dict_under(ckpt, "autoencoder"),
                "latent": {"shift": state["latent_shift"], "scale": state["latent_scale"]}}
-    return ckpt[CONFIG_KEY], int(ckpt.get(EXTRA_KEY, {}).get("num_classes", 0)), int(ckpt.get("global_step", 0)), \
-        tensors
+    return ckpt[CONFIG_KEY], int(ckpt.get(EXTRA_KEY, {}).get("num_classes", 0)), step, tensors

@@ -29,6 +29,13 @@ from model.sampling import SamplerSpec
 from model.text import prompt_encoder
 
 
+def no_guide(weight: float) -> UserError:
+    """The error for an autoguidance weight on a model that has no guide."""
+    return UserError(f"autoguidance {weight:g} needs the guide network that training keeps with "
+                     f"denoiser.diffusion.guide_fraction, and this model has none; use autoguidance 0 "
+                     f"(--autoguidance 0)")
+
+
 class LatentDiffusionPipeline:
     """Sample and evaluate a trained model: `denoiser` (the wrapper, EMA weights) and `autoencoder` (None in pixel
     space and for points), on `device`."""
@@ -65,8 +72,8 @@ class LatentDiffusionPipeline:
     @classmethod
     def build(cls, cfg: Config, num_classes: int, tensors: dict[str, dict[str, Tensor]], device: str,
               source: str) -> "LatentDiffusionPipeline":
-        """From a config and the state dicts "denoiser" (the EMA network), "autoencoder" and "latent" (shift and
-        scale), as both file formats give them."""
+        """From a config and the state dicts "denoiser" (the EMA network), "guide" (autoguidance's, where kept),
+        "autoencoder" and "latent" (shift and scale), as both file formats give them."""
         from model.checkpoint import load_weights
 
         net = denoiser_network(cfg, num_classes)
@@ -78,9 +85,15 @@ class LatentDiffusionPipeline:
             autoencoder = BetaVAE(cfg.vae.net)
             load_weights(autoencoder, tensors["autoencoder"], source)
             shift, scale = tensors["latent"]["shift"], tensors["latent"]["scale"]
+        guide = None
+        if tensors.get("guide"):
+            guide = denoiser_network(cfg, num_classes)
+            load_weights(guide, tensors["guide"], source)
+        else:  # saved before its guide was kept, or trained without one: the config says it has none
+            cfg.denoiser.diffusion.autoguidance, cfg.denoiser.diffusion.guide_fraction = 0.0, 0.0
         objective = objectives.from_config(cfg.denoiser.diffusion)
         denoiser = Denoiser(net, objective.table, cfg.denoiser.diffusion.parametrisation, num_classes, shift, scale,
-                            objective=objective)
+                            objective=objective, guide=guide)
         return cls(cfg, denoiser, autoencoder, device, source,
                    Conditioner(num_classes, prompt_encoder(cfg.denoiser.text, device)))
 
@@ -154,13 +167,14 @@ class LatentDiffusionPipeline:
     # ----- sampling --------------------------------------------------------------------------------------------
     def spec(self, spec: Optional[SamplerSpec] = None, **overrides) -> SamplerSpec:
         """The sampling spec: `spec`, else the checkpoint's defaults (sampler, sample_steps, sample_spacing,
-        clip_limit), with the keyword overrides that are not None (sampler, steps, spacing, eta, cfg_scale,
-        guidance_interval, clip_limit)."""
+        clip_limit, autoguidance), with the keyword overrides that are not None (sampler, steps, spacing, eta,
+        cfg_scale, guidance_interval, clip_limit, autoguidance); autoguidance without a guide is refused."""
         if "cfg_scale" in overrides:
             overrides["guidance"] = overrides.pop("cfg_scale")
-        if spec is not None:
-            return spec.replace(**overrides)
-        return SamplerSpec.from_config(self.diff, **overrides)
+        spec = spec.replace(**overrides) if spec is not None else SamplerSpec.from_config(self.diff, **overrides)
+        if spec.autoguidance and self.denoiser.guide is None:
+            raise no_guide(spec.autoguidance)
+        return spec
 
     @torch.no_grad()
     def sample(self, n: int, labels: Optional[Tensor] = None, spec: Optional[SamplerSpec] = None, *,

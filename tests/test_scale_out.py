@@ -107,17 +107,18 @@ def train_losses(out: Path, n: str, stage: str) -> list[tuple[int, str]]:
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path):
     """Run 2 stops the VAE at step 6 (a validation step) and the denoiser at 5, and resumes both to 12 (the VAE by
-    --auto-resume, the denoiser on cached latents by --load): weights, EMA, AdamW state and the logged loss curve
-    (values and steps) equal the uninterrupted run 1 bit for bit."""
+    --auto-resume, the denoiser on cached latents by --load): weights, EMA, autoguidance's guide, AdamW state and the
+    logged loss curve (values and steps) equal the uninterrupted run 1 bit for bit."""
     to = {stage: ("--vae.trainer.max_steps" if stage == "vae" else "--denoiser.trainer.max_steps") for stage in
           ("vae", "denoiser")}
-    assert train(tmp_path, "1", "--train-vae", "--train-denoiser", to["vae"], "12", to["denoiser"], "12") == 0
+    guide = ["--denoiser.diffusion.guide_fraction", "0.6"]  # step 7 of 12: the resumed part keeps it as run 1 does
+    assert train(tmp_path, "1", "--train-vae", "--train-denoiser", to["vae"], "12", to["denoiser"], "12", *guide) == 0
     assert train(tmp_path, "2", "--train-vae", to["vae"], "6") == 0
     assert train(tmp_path, "2", "--train-vae", "--auto-resume", to["vae"], "12") == 0
     vae = str(tmp_path / "digits-2" / "vae" / "checkpoints" / "last.ckpt")
-    assert train(tmp_path, "2", "--train-denoiser", "--load-vae", vae, to["denoiser"], "5") == 0
+    assert train(tmp_path, "2", "--train-denoiser", "--load-vae", vae, to["denoiser"], "5", *guide) == 0
     den = str(tmp_path / "digits-2" / "denoiser" / "checkpoints" / "last.ckpt")
-    assert train(tmp_path, "2", "--train-denoiser", "--load", den, to["denoiser"], "12") == 0
+    assert train(tmp_path, "2", "--train-denoiser", "--load", den, to["denoiser"], "12", *guide) == 0
     for stage in ("vae", "denoiser"):
         assert_same_training_state(last(tmp_path, "1", stage), last(tmp_path, "2", stage))
         curve = train_losses(tmp_path, "2", stage)  # both starts' rows in one metrics.csv

@@ -1,7 +1,7 @@
 """`SamplerSpec`: everything that decides how a trained model is sampled, built once and passed down whole.
 
 Its defaults live here and in the checkpoint's config (`denoiser.diffusion`: sampler, sample_steps,
-sample_spacing, clip_limit, guidance_interval, guidance_rescale, s_noise);
+sample_spacing, clip_limit, guidance_interval, guidance_rescale, s_noise, autoguidance);
 `SamplerSpec.from_config(diffusion, **overrides)` is how the commands, the pipeline and training build one, overrides
 (command-line flags, pipeline arguments) winning where given.
 """
@@ -25,6 +25,14 @@ def noise_scale_ok(s_noise: float) -> bool:
     return math.isfinite(s_noise) and s_noise > 0
 
 
+GUIDANCE_WEIGHT_RULE = "a finite number >= 0 (0 = off)"
+
+
+def guidance_weight_ok(weight: float) -> bool:
+    """Whether `weight` is an autoguidance weight (GUIDANCE_WEIGHT_RULE)."""
+    return math.isfinite(weight) and weight >= 0
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     sampler: str = "ddim"  # a name of model.sampling.SAMPLERS
@@ -33,6 +41,7 @@ class SamplerSpec:
     eta: float = 0.0  # DDIM's noise (0 deterministic, 1 DDPM-like); the other samplers ignore it
     s_noise: float = 1.0  # scale of the stochastic samplers' fresh noise (Karras et al. 2022, S_noise); 1: none
     guidance: float = 0.0  # classifier-free guidance scale w: (1 + w) out(x, c) - w out(x, ∅)
+    autoguidance: float = 0.0  # a: guide + (1 + a)(out - guide), the guide an early EMA (Karras et al. 2024); 0: off
     guidance_interval: Optional[tuple[float, float]] = None  # guide only for σ in (lo, hi] (Kynkäänniemi et al. 2024)
     guidance_rescale: float = 0.0  # CFG rescale φ in [0, 1] (Lin et al. 2024, eq. 16); 0: plain guidance
     clip_limit: Optional[float] = None  # clamp of the predicted x0 in the network's space; None or inf: none
@@ -49,6 +58,8 @@ class SamplerSpec:
             raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {self.eta}")
         if not noise_scale_ok(self.s_noise):
             raise UserError(f"the noise scale s_noise must be {NOISE_SCALE_RULE}, got {self.s_noise}")
+        if not guidance_weight_ok(self.autoguidance):
+            raise UserError(f"the autoguidance weight must be {GUIDANCE_WEIGHT_RULE}, got {self.autoguidance}")
         if not math.isfinite(self.guidance):
             raise UserError(f"the guidance scale must be a finite number, got {self.guidance}")
         if not 0.0 <= self.guidance_rescale <= 1.0:
@@ -99,6 +110,7 @@ class SamplerSpec:
                    guidance_interval=given.pop("guidance_interval", tuple(interval) if interval else None),
                    guidance_rescale=given.pop("guidance_rescale", getattr(diffusion, "guidance_rescale", 0.0)),
                    s_noise=given.pop("s_noise", getattr(diffusion, "s_noise", 1.0)),  # configs before it: 1
+                   autoguidance=given.pop("autoguidance", getattr(diffusion, "autoguidance", 0.0)),  # before: 0
                    **given)
 
     def step_count(self, T: Optional[int]) -> Optional[int]:
@@ -107,10 +119,13 @@ class SamplerSpec:
 
     def describe(self, T: Optional[int] = None) -> str:
         """e.g. "DDIM 25 steps, noise-dense (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps", and the noise
-        scale where a stochastic sampler's is not 1: "DPM-Solver++(2M) SDE 10 steps (s_noise 1.1)"."""
+        scale where a stochastic sampler's is not 1 and the autoguidance weight where on: "DPM-Solver++(2M) SDE 10
+        steps (s_noise 1.1, autoguidance 0.3)"."""
         steps = self.step_count(T)
         text = f"{self.info.display} {steps} steps" + ("" if self.spacing == "uniform" else f", {self.spacing}")
         said = [f"eta {self.eta:g}"] if "eta" in self.info.options else []
         if "s_noise" in self.info.options and self.s_noise != 1.0:
             said.append(f"s_noise {self.s_noise:g}")
+        if self.autoguidance:
+            said.append(f"autoguidance {self.autoguidance:g}")
         return text + (f" ({', '.join(said)})" if said else "")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.sampling import GRIDS, NOISE_SCALE_RULE, SAMPLERS, noise_scale_ok
+from model.sampling import GRIDS, GUIDANCE_WEIGHT_RULE, NOISE_SCALE_RULE, SAMPLERS, guidance_weight_ok, noise_scale_ok
 from model.errors import UserError
 from model.writes import check_writable
 
@@ -92,8 +92,9 @@ CHECKPOINT_DEFAULTS = {"sampler": "the checkpoint's sampler",
 
 
 def add_sampler_arguments(p, eta: bool = True, defaults: Optional[dict[str, str]] = None) -> None:
-    """--sampler, its shorthand --ddim, --steps, --spacing, --s-noise (and --eta) as the sampling commands take them;
-    each defaults to the checkpoint's config (`denoiser.diffusion`), or to what `defaults` (flag → text) says."""
+    """--sampler, its shorthand --ddim, --steps, --spacing, --s-noise, --autoguidance (and --eta) as the sampling
+    commands take them; each defaults to the checkpoint's config (`denoiser.diffusion`), or to what `defaults`
+    (flag → text) says."""
     said = {**CHECKPOINT_DEFAULTS, **(defaults or {})}
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="; ".join(f"{name}: {info.display} ({info.paper})" for name, info in SAMPLERS.items())
@@ -105,6 +106,10 @@ def add_sampler_arguments(p, eta: bool = True, defaults: Optional[dict[str, str]
                    help="scale of the fresh noise of the stochastic samplers (ddpm, ddim with --eta > 0, "
                         "dpmpp_2m_sde; Karras et al. 2022's S_noise): above 1 widens the samples, at some cost in "
                         "fidelity (default: the checkpoint's s_noise, else 1)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="A",
+                   help="autoguidance weight a (Karras et al. 2024): guide + (1 + a)(out - guide), the guide the EMA "
+                        "weights of an early training step; widens the samples and keeps their class; 0 turns it "
+                        "off (default: the checkpoint's autoguidance, else 0)")
     if eta:
         p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (0 = deterministic)")
 
@@ -135,10 +140,17 @@ def sampler_spec(args, diffusion, **overrides):
     s_noise = getattr(args, "s_noise", None)
     if s_noise is not None and not noise_scale_ok(s_noise):
         raise UserError(f"--s-noise must be {NOISE_SCALE_RULE}, got {s_noise}")
+    autoguidance = getattr(args, "autoguidance", None)
+    if autoguidance is not None and not guidance_weight_ok(autoguidance):
+        raise UserError(f"--autoguidance must be {GUIDANCE_WEIGHT_RULE}, got {autoguidance}")
+    if autoguidance and not getattr(diffusion, "guide_fraction", 0.0):  # no guide (the pipeline's config says so)
+        from model.pipeline import no_guide
+
+        raise no_guide(autoguidance)
     if clip is not None and clip <= 0:
         raise UserError(f"--clip_limit must be > 0, got {clip}; leave it out for the checkpoint's")
     flags = dict(sampler=chosen_sampler(args), steps=steps, spacing=getattr(args, "spacing", None), eta=eta,
-                 s_noise=s_noise, clip_limit=clip)
+                 s_noise=s_noise, autoguidance=autoguidance, clip_limit=clip)
     return SamplerSpec.from_config(diffusion, **{**flags, **overrides})
 
 

@@ -44,6 +44,12 @@ class DenoiserSystem(System):
         # its weights stay in its folder rather than in every checkpoint)
         self.conditioner = Conditioner(num_classes, prompt_encoder(self.cfg.denoiser.text))
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        # autoguidance's guide: the EMA weights at an early step (Karras et al. 2024), absent without one so that
+        # checkpoints keep their keys; `guide_ready` says whether training has reached that step
+        self.guide_step = self.cfg.denoiser.guide_step
+        self.guide = copy.deepcopy(self.net).requires_grad_(False) if self.guide_step else None
+        if self.guide is not None:
+            self.register_buffer("guide_ready", torch.tensor(False))
         self.autoencoder: Optional[BetaVAE] = None
         if self.cfg.denoiser.autoencoder == "vae":
             self.autoencoder = BetaVAE(self.cfg.vae.net).requires_grad_(False).eval()
@@ -65,10 +71,12 @@ class DenoiserSystem(System):
         return [self.net, self.ema]
 
     def denoiser(self, net: Optional[nn.Module] = None) -> Denoiser:
-        """The wrapper around `net` (default: the EMA network) with this system's schedule and latent statistics."""
+        """The wrapper around `net` (default: the EMA network, with its guide once kept) with this system's schedule
+        and latent statistics."""
         stats = (self.latent_shift, self.latent_scale) if self.autoencoder is not None else (None, None)
+        guide = self.guide if net is None and self.guide is not None and bool(self.guide_ready) else None
         return Denoiser(self.ema if net is None else net, self.schedule, self.diff.parametrisation, self.num_classes,
-                        *stats, objective=self.objective)
+                        *stats, objective=self.objective, guide=guide)
 
     # ----- the frozen autoencoder and the latent statistics --------------------------------------------------
     def load_vae(self, path: str, kind: str = "vae") -> None:
@@ -152,6 +160,9 @@ class DenoiserSystem(System):
         # because the weights are.
         with self.trainer.profiler.profile("ema_update"):  # its own line in trainer.profile's table
             ema_update(self.ema, self.net, ema_decay_at(self.global_step, self.diff.ema_decay))
+        if self.guide is not None and self.global_step + 1 == self.guide_step:  # global_step counts this one after
+            self.guide.load_state_dict(self.ema.state_dict())
+            self.guide_ready.fill_(True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """The EMA network's loss at fixed timesteps with fixed noise (seeded by the batch index), and their mean."""
@@ -181,10 +192,14 @@ class DenoiserSystem(System):
     @torch.no_grad()
     def draw(self, n: int, labels: Optional[Tensor], generator: torch.Generator,
              prompts: Optional[list[str]] = None) -> Tensor:
-        """n images in [-1, 1] from the EMA network with the config's sampler, steps, spacing and clip limit, for
-        the labels and prompts (None: the null class, the empty prompt); the noise comes from `generator` (on the
-        CPU, so a seed gives the same images on every device)."""
+        """n images in [-1, 1] from the EMA network with the config's sampler, steps, spacing, clip limit and
+        autoguidance (from the guide's step on), for the labels and prompts (None: the null class, the empty
+        prompt); the noise comes from `generator` (on the CPU, so a seed gives the same images on every device)."""
         x_T = torch.randn(sample_shape(self.cfg, n), generator=generator).to(self.device)
         c = self.conditioner(labels, prompts, n, device=self.device)
-        z = self.denoiser().sample(x_T, c, SamplerSpec.from_config(self.diff), generator=generator)
+        denoiser = self.denoiser()
+        spec = SamplerSpec.from_config(self.diff)
+        if denoiser.guide is None:  # before the guide's step: the EMA alone
+            spec = spec.replace(autoguidance=0.0)
+        z = denoiser.sample(x_T, c, spec, generator=generator)
         return self.decode(z)
