@@ -85,14 +85,16 @@ def test_the_guide_step_is_the_fraction_of_the_steps_at_least_one():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two tiny runs of 4 steps with a checkpoint after every step: one keeps the guide at step 2, one keeps none."""
+    """Two tiny runs of 4 steps with a checkpoint after every step: one keeps the guide at step 2 and samples with
+    autoguidance 0.3 by default, one keeps none."""
     from model.main import main
 
     root = tmp_path_factory.mktemp("autoguidance")
     common = ["-cfg", DIGITS, "--train-vae", "--train-denoiser", "--output_dir", str(root), *tiny(val_every=100),
               "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "4",
               "--denoiser.trainer.checkpoint_every_n_steps", "1"]
-    assert main([*common, "-n", "1", "--denoiser.diffusion.guide_fraction", "0.5"]) == 0
+    assert main([*common, "-n", "1", "--denoiser.diffusion.guide_fraction", "0.5",
+                 "--denoiser.diffusion.autoguidance", "0.3"]) == 0
     assert main([*common, "-n", "2", "--denoiser.diffusion.guide_fraction", "0",
                  "--denoiser.diffusion.autoguidance", "0"]) == 0
     return root / "digits-1" / "denoiser" / "checkpoints", root / "digits-2" / "denoiser" / "checkpoints"
@@ -117,7 +119,7 @@ def test_a_checkpoint_before_the_guide_step_samples_without_autoguidance(runs):
     early = LatentDiffusionPipeline.from_pretrained(guided / "step0000001.ckpt")
     assert early.denoiser.guide is None and early.spec().autoguidance == 0.0
     late = LatentDiffusionPipeline.from_pretrained(guided / "last.ckpt")
-    assert late.denoiser.guide is not None and late.spec().autoguidance == 0.3  # config/digits.json's
+    assert late.denoiser.guide is not None and late.spec().autoguidance == 0.3  # its config's
     on, off = (late.sample(4, torch.arange(4), generator=torch.Generator().manual_seed(0), autoguidance=a)
                for a in (0.3, 0.0))
     assert not torch.allclose(on, off)

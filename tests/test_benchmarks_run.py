@@ -16,8 +16,8 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
                      "--denoiser.trainer.max_steps", "2"],
     "peer_equal_time": ["--output", "{tmp}/runs", "--per-class", "2", "--peer-seconds", "2", "--peer-dim", "8",
                         "--latent-peer-seconds", "2", "--pixel-size", "8", "16", "--classifier", "{tmp}/clf.pt",
-                        "--peer-mults", "1", "2", "--peer-batch", "8", "--s-noise", "1.1", "--autoguidance", "0", "--",
-                        *tiny(val_every=2),
+                        "--peer-mults", "1", "2", "--peer-batch", "8", "--s-noise", "1.1", "--autoguidance", "0.3",
+                        "--", *tiny(val_every=2),
                         "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
     "memory_knobs": ["--repeats", "1", "--warmup", "0", "--vae-batch", "2", "--unet-batch", "2", "--knobs", "fp32"],
@@ -56,15 +56,14 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
         assert [r["trained"] for r in rows if r["model"] == "peer (pixel)"] == ["steps of batch 8"]
         diffusion = common.load_config(common.DIGITS_CONFIG).denoiser.diffusion  # ours: the config's sampler
         assert rows[0]["sampler"].startswith(f"{SAMPLERS[diffusion.sampler].display} {diffusion.sample_steps} steps")
-        assert rows[0]["sampler"].endswith(f"(autoguidance {diffusion.autoguidance:g})")
-        # --s-noise and --autoguidance: the same network again, its noise scaled and without its guide
-        noisier = [r for r in rows if r["model"] == "ours (latent), s_noise 1.1, autoguidance 0"]
-        assert len(noisier) == 1 and noisier[0]["sampler"].endswith("(s_noise 1.1)")
+        # --s-noise and --autoguidance: the same network again, its noise scaled and stepped away from its guide
+        noisier = [r for r in rows if r["model"] == "ours (latent), s_noise 1.1, autoguidance 0.3"]
+        assert len(noisier) == 1 and noisier[0]["sampler"].endswith("(s_noise 1.1, autoguidance 0.3)")
         fd = next(column for column in rows[0] if column.startswith("FD"))
         assert noisier[0]["steps"] == rows[0]["steps"] and noisier[0][fd] != rows[0][fd]
         grids = {path.name for path in (tmp_path / "runs").glob("real_vs_*.png")}
         assert grids == {"real_vs_ours.png", "real_vs_peer.png", "real_vs_diffusers.png",
-                         "real_vs_ours_s_noise_1.1_autoguidance_0.png"}
+                         "real_vs_ours_s_noise_1.1_autoguidance_0.3.png"}
 
 
 @pytest.mark.parametrize("flag,value", [("--peer-batch", "0"), ("--peer-dim", "-1"), ("--peer-mults", "0"),

@@ -172,13 +172,14 @@ def test_demo_report(tmp_path, capsys):
     # at 299x299 on a CPU every image counts
     weights = random_inception_weights(tmp_path / "inception.pth")
     assert report_main(["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "1", "--steps", "2",
-                        "--class-per-class", "1", "--sampler", "euler", "--spacing", "karras", "--autoguidance", "0",
+                        "--class-per-class", "1", "--sampler", "euler", "--spacing", "karras", "--autoguidance", "0.3",
                         "--cfg-scale", "0", "--pixel-size", "8", "--real-pool", "40", "--draws", "2",
                         "--inception-weights", str(weights), "--output", str(tmp_path / "inception")]) == 0
     report = json.loads((tmp_path / "inception" / "report.json").read_text())
     inception = report["budgets"]["inception"]
-    assert report["sampling"] == "Euler 2 steps, karras" and report["autoguidance"] == 0  # the flag over the config's
-    assert "Euler 2 steps, karras, 1 samples per class" in (tmp_path / "inception" / "report.md").read_text()
+    assert report["sampling"] == "Euler 2 steps, karras (autoguidance 0.3)" and report["autoguidance"] == 0.3
+    assert "Euler 2 steps, karras (autoguidance 0.3), 1 samples per class" in \
+        (tmp_path / "inception" / "report.md").read_text()
     assert list(report["budgets"]) == ["pixels 8", "domain", "inception"]
     assert str(weights) in inception["protocol"]["features"] and inception["protocol"]["real_pool"] == 40
     assert [r["row"] for r in inception["rows"]] == ["samples w=0", "VAE round trip", "real floor"]

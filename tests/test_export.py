@@ -36,7 +36,7 @@ def test_the_export_holds_the_ema_weights_latent_statistics_config_and_card(expo
         meta, keys = f.metadata(), set(f.keys())
         assert torch.equal(f.get_tensor("latent_scale"), ckpt["state_dict"]["latent_scale"])
         ema, guide = state_dict_under(ckpt, "ema"), state_dict_under(ckpt, "guide")
-        assert guide.keys() == ema.keys() and bool(ckpt["state_dict"]["guide_ready"])  # the config's autoguidance
+        assert guide.keys() == ema.keys() and bool(ckpt["state_dict"]["guide_ready"])  # the config's guide_fraction
         assert keys == {f"net.{k}" for k in ema} | {f"guide.{k}" for k in guide} | {"latent_shift", "latent_scale"}
         assert all(torch.equal(f.get_tensor(f"net.{k}"), v) for k, v in ema.items())
         assert all(torch.equal(f.get_tensor(f"guide.{k}"), v) for k, v in guide.items())
