@@ -214,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.peer_batch, args.peer_dim, *args.peer_mults) < 1:
         raise UserError(f"--peer-batch, --peer-dim and --peer-mults must be >= 1, got {args.peer_batch}, "
                         f"{args.peer_dim} and {args.peer_mults}")  # before our stages train
-    from model.sampling import GUIDANCE_WEIGHT_RULE, NOISE_SCALE_RULE, guidance_weight_ok, noise_scale_ok
+    from model.sampling import AUTOGUIDANCE_RULE, NOISE_SCALE_RULE, autoguidance_ok, noise_scale_ok
 
     if args.s_noise is not None and not noise_scale_ok(args.s_noise):
         raise UserError(f"--s-noise must be {NOISE_SCALE_RULE}, got {args.s_noise}")
-    if args.autoguidance is not None and not guidance_weight_ok(args.autoguidance):
-        raise UserError(f"--autoguidance must be {GUIDANCE_WEIGHT_RULE}, got {args.autoguidance}")
+    if args.autoguidance is not None and not autoguidance_ok(args.autoguidance):
+        raise UserError(f"--autoguidance must be {AUTOGUIDANCE_RULE}, got {args.autoguidance}")
     peer_classes()  # a missing peer fails before anything trains
     from benchmarks import latent_peer
     from model.classifier import load_classifier

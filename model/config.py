@@ -19,7 +19,7 @@ from model.autoencoder.config import SSIM_MIN_SIZE, DiscConfig, LossConfig, VAEC
 from model.denoiser import NETWORKS, network_config
 from model.denoiser.config import ToyMLPConfig, UNetConfig
 from model.text.config import TextConfig
-from model.sampling import GRIDS, GUIDANCE_WEIGHT_RULE, NOISE_SCALE_RULE, SAMPLERS, guidance_weight_ok, noise_scale_ok
+from model.sampling import AUTOGUIDANCE_RULE, GRIDS, NOISE_SCALE_RULE, SAMPLERS, autoguidance_ok, noise_scale_ok
 from model.objectives import OBJECTIVES
 from model.errors import UserError
 
@@ -184,8 +184,8 @@ class DiffusionConfig:
                f"denoiser.diffusion.guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         _check(noise_scale_ok(self.s_noise),
                f"denoiser.diffusion.s_noise must be {NOISE_SCALE_RULE}, got {self.s_noise}")
-        _check(guidance_weight_ok(self.autoguidance),
-               f"denoiser.diffusion.autoguidance must be {GUIDANCE_WEIGHT_RULE}, got {self.autoguidance}")
+        _check(autoguidance_ok(self.autoguidance),
+               f"denoiser.diffusion.autoguidance must be {AUTOGUIDANCE_RULE}, got {self.autoguidance}")
         _check(0.0 <= self.guide_fraction < 1.0,
                f"denoiser.diffusion.guide_fraction must be in [0, 1) (0: no guide), got {self.guide_fraction}")
         _check(self.autoguidance == 0.0 or self.guide_fraction > 0,

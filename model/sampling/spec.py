@@ -25,11 +25,11 @@ def noise_scale_ok(s_noise: float) -> bool:
     return math.isfinite(s_noise) and s_noise > 0
 
 
-GUIDANCE_WEIGHT_RULE = "a finite number >= 0 (0 = off)"
+AUTOGUIDANCE_RULE = "a finite number >= 0 (0 = off)"
 
 
-def guidance_weight_ok(weight: float) -> bool:
-    """Whether `weight` is an autoguidance weight (GUIDANCE_WEIGHT_RULE)."""
+def autoguidance_ok(weight: float) -> bool:
+    """Whether `weight` is an autoguidance weight (AUTOGUIDANCE_RULE)."""
     return math.isfinite(weight) and weight >= 0
 
 
@@ -58,8 +58,8 @@ class SamplerSpec:
             raise UserError(f"DDIM eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like), got {self.eta}")
         if not noise_scale_ok(self.s_noise):
             raise UserError(f"the noise scale s_noise must be {NOISE_SCALE_RULE}, got {self.s_noise}")
-        if not guidance_weight_ok(self.autoguidance):
-            raise UserError(f"the autoguidance weight must be {GUIDANCE_WEIGHT_RULE}, got {self.autoguidance}")
+        if not autoguidance_ok(self.autoguidance):
+            raise UserError(f"the autoguidance weight must be {AUTOGUIDANCE_RULE}, got {self.autoguidance}")
         if not math.isfinite(self.guidance):
             raise UserError(f"the guidance scale must be a finite number, got {self.guidance}")
         if not 0.0 <= self.guidance_rescale <= 1.0:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.sampling import GRIDS, GUIDANCE_WEIGHT_RULE, NOISE_SCALE_RULE, SAMPLERS, guidance_weight_ok, noise_scale_ok
+from model.sampling import AUTOGUIDANCE_RULE, GRIDS, NOISE_SCALE_RULE, SAMPLERS, autoguidance_ok, noise_scale_ok
 from model.errors import UserError
 from model.writes import check_writable
 
@@ -141,8 +141,8 @@ def sampler_spec(args, diffusion, **overrides):
     if s_noise is not None and not noise_scale_ok(s_noise):
         raise UserError(f"--s-noise must be {NOISE_SCALE_RULE}, got {s_noise}")
     autoguidance = getattr(args, "autoguidance", None)
-    if autoguidance is not None and not guidance_weight_ok(autoguidance):
-        raise UserError(f"--autoguidance must be {GUIDANCE_WEIGHT_RULE}, got {autoguidance}")
+    if autoguidance is not None and not autoguidance_ok(autoguidance):
+        raise UserError(f"--autoguidance must be {AUTOGUIDANCE_RULE}, got {autoguidance}")
     if autoguidance and not getattr(diffusion, "guide_fraction", 0.0):  # no guide (the pipeline's config says so)
         from model.pipeline import no_guide
 
