@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     # a requeued job whose stage had reached its max_steps goes on to the next stage
     finished = {stage: step >= getattr(cfg, stage).trainer.max_steps for stage, (_, step) in resumed.items()}
 
-    from model.lightning.trainer import quiet_frameworks
+    from model.lightning.trainer import quiet_frameworks, release_process_group
 
     if not args.verbose:
         quiet_frameworks()
@@ -163,6 +163,7 @@ def main(argv: list[str]) -> int:
     try:
         with RunLock(folder):  # one run per folder: a second start on it stops here, naming the first
             train_stages(args, cfg, folder, loads, finished)
+        release_process_group()
     finally:
         remove_if_empty(created)  # refused before anything was written: leave no empty run folder behind
     return 0

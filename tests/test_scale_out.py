@@ -278,3 +278,17 @@ def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):
         assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in floats)
         fp32, bf16 = (float(train_losses(tmp_path, n, stage)[0][1]) for n in ("1", "2"))
         assert fp32 != bf16 and abs(bf16 - fp32) < 0.05 * fp32
+
+
+def test_the_process_group_is_released_after_training():
+    """A DDP run destroys its process group before the interpreter exits, where gloo's threads could abort it."""
+    import torch.distributed as dist
+
+    from model.lightning.trainer import release_process_group
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    release_process_group()
+    assert not dist.is_initialized()
+    release_process_group()  # without a group: nothing to do
+    assert not dist.is_initialized()

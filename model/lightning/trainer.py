@@ -247,6 +247,16 @@ def describe_batch(stage: str, cfg: Config, tc: TrainerConfig, world_size: int, 
 QUIET_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
 
 
+def release_process_group() -> None:
+    """Destroy the DDP process group where training made one. Lightning leaves it to the interpreter's exit, where
+    gloo's worker threads can be torn down while joinable and abort the process ("terminate called without an active
+    exception", exit status -6) after a run that finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def quiet_frameworks() -> None:
     """A normal run prints the package's lines and the progress bar only: Lightning's start-up notes (devices, tips,
     model summary) and the framework warnings that say nothing about the run (deprecations inside Lightning, the
