@@ -1,6 +1,7 @@
 """The denoiser wrapper (model/denoising.py) and the Lightning-free pipeline (model/pipeline.py)."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -116,6 +117,33 @@ def test_s_noise_reaches_the_stochastic_sampler_from_the_command_and_the_pipelin
     _, a = pipe(4, sampler="dpmpp_2m", steps=3, seed=7, s_noise=1.3, return_latents=True)
     _, b = pipe(4, sampler="dpmpp_2m", steps=3, seed=7, return_latents=True)
     assert torch.equal(a, b)
+
+
+def test_the_guidance_interval_reaches_the_sample_command_and_the_pipeline(pipe, tiny_runs, tmp_path, capsys):
+    from model.scripts.sample import main as sample_main
+
+    assert sample_main(["--load", str(tiny_runs["latent"]), "--sampler", "dpmpp_2m", "--steps", "3", "--per-class",
+                        "1", "--seed", "7", "--cfg-scale", "1.5", "--guidance-interval", "2", "inf",
+                        "--output", str(tmp_path)]) == 0
+    assert "guidance for σ in (2, inf]), w = 1.5" in capsys.readouterr().out
+    images = pipe(10, class_labels=list(range(10)), sampler="dpmpp_2m", steps=3, seed=7, cfg_scale=1.5,
+                  guidance_interval=(2.0, math.inf))
+    np.testing.assert_array_equal(images, np.load(tmp_path / "samples.npz")["images"])
+
+
+@pytest.mark.parametrize("command,argv", [("sample", ["--load", "ckpt"]), ("evaluate", ["--load", "ckpt"]),
+                                          ("demo_report", ["--load", "ckpt", "--classifier", "clf.pt"])])
+def test_the_sampling_commands_take_the_guidance_interval_or_the_checkpoints(command, argv):
+    import importlib
+
+    from model.config import DiffusionConfig
+    from model.scripts.common import sampler_spec
+
+    parser = importlib.import_module(f"model.scripts.{command}").make_parser()
+    diff = DiffusionConfig(guidance_interval=[0.3, 4.0])
+    given = parser.parse_args(argv + ["--guidance-interval", "3", "inf"])
+    assert sampler_spec(given, diff).guidance_interval == (3.0, math.inf)
+    assert sampler_spec(parser.parse_args(argv), diff).guidance_interval == (0.3, 4.0)
 
 
 def test_pipeline_call_is_reproducible_batched_and_returns_latents(pipe):

@@ -244,6 +244,8 @@ def test_the_spec_takes_its_defaults_from_the_config_and_overrides_where_given()
     assert SamplerSpec.from_config(noisy, s_noise=1.2).options() == {"s_noise": 1.2}
     assert SamplerSpec.from_config(noisy).describe() == "DPM-Solver++(2M) SDE 10 steps (s_noise 1.1)"
     assert SamplerSpec.from_config(diff, s_noise=1.1).describe() == "DDIM 25 steps, noise-dense (eta 0, s_noise 1.1)"
+    assert SamplerSpec.from_config(noisy, guidance_interval=(3.0, math.inf)).describe() == \
+        "DPM-Solver++(2M) SDE 10 steps (s_noise 1.1, guidance for σ in (3, inf])"
 
 
 @pytest.mark.parametrize("kwargs,needle", [(dict(sampler="plms"), "unknown sampler"),

@@ -119,8 +119,8 @@ class SamplerSpec:
 
     def describe(self, T: Optional[int] = None) -> str:
         """e.g. "DDIM 25 steps, noise-dense (eta 0)", "DPM-Solver++(2M) 10 steps", "DDPM 1000 steps", and the noise
-        scale where a stochastic sampler's is not 1 and the autoguidance weight where on: "DPM-Solver++(2M) SDE 10
-        steps (s_noise 1.1, autoguidance 0.3)"."""
+        scale where a stochastic sampler's is not 1, the autoguidance weight where on and the guidance interval where
+        set: "DPM-Solver++(2M) SDE 10 steps (s_noise 1.1, autoguidance 0.3, guidance for σ in (3, inf])"."""
         steps = self.step_count(T)
         text = f"{self.info.display} {steps} steps" + ("" if self.spacing == "uniform" else f", {self.spacing}")
         said = [f"eta {self.eta:g}"] if "eta" in self.info.options else []
@@ -128,4 +128,6 @@ class SamplerSpec:
             said.append(f"s_noise {self.s_noise:g}")
         if self.autoguidance:
             said.append(f"autoguidance {self.autoguidance:g}")
+        if self.guidance_interval is not None:
+            said.append("guidance for σ in ({:g}, {:g}]".format(*self.guidance_interval))
         return text + (f" ({', '.join(said)})" if said else "")

@@ -114,6 +114,12 @@ def add_sampler_arguments(p, eta: bool = True, defaults: Optional[dict[str, str]
         p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (0 = deterministic)")
 
 
+def add_guidance_interval_argument(p) -> None:
+    p.add_argument("--guidance-interval", "--guidance_interval", type=float, nargs=2, default=None,
+                   metavar=("LO", "HI"), help="guide only for noise levels σ in (LO, HI] (Kynkäänniemi et al. 2024); "
+                                              "HI may be inf (default: the checkpoint's, else every level)")
+
+
 def add_spacing_argument(p, default: str = CHECKPOINT_DEFAULTS["spacing"]) -> None:
     p.add_argument("--spacing", choices=list(GRIDS), default=None,
                    help=f"the grid of noise levels from T to 0 (default: {default})")
@@ -150,7 +156,8 @@ def sampler_spec(args, diffusion, **overrides):
     if clip is not None and clip <= 0:
         raise UserError(f"--clip_limit must be > 0, got {clip}; leave it out for the checkpoint's")
     flags = dict(sampler=chosen_sampler(args), steps=steps, spacing=getattr(args, "spacing", None), eta=eta,
-                 s_noise=s_noise, autoguidance=autoguidance, clip_limit=clip)
+                 s_noise=s_noise, autoguidance=autoguidance, clip_limit=clip,
+                 guidance_interval=getattr(args, "guidance_interval", None))
     return SamplerSpec.from_config(diffusion, **{**flags, **overrides})
 
 

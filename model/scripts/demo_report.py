@@ -33,7 +33,8 @@ from model.writes import write_text
 from model.evaluation import (check_classifier_fits, class_major_labels, generate, model_budgets, per_class_accuracy,
                               predict, wilson_interval)
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
-from model.scripts.common import add_pixel_arguments, add_sampler_arguments, sampler_spec
+from model.scripts.common import (add_guidance_interval_argument, add_pixel_arguments, add_sampler_arguments,
+                                  sampler_spec)
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
 
@@ -47,6 +48,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="samples of every class per scale for the class accuracy (500: about ±0.4 points at 98%%)")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, nargs="+", default=[0.0, 1.0, 3.0],
                    help="guidance scales w to compare: (1+w)·cond − w·uncond")
+    add_guidance_interval_argument(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
     add_sampler_arguments(p)

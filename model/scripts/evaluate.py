@@ -35,7 +35,8 @@ import torch
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import save_npz, write_text
 from model.metrics.budget import as_markdown as budget_markdown, as_text as budget_text
-from model.scripts.common import add_pixel_arguments, add_sampler_arguments, describe_sampler, sampler_spec
+from model.scripts.common import (add_guidance_interval_argument, add_pixel_arguments, add_sampler_arguments,
+                                  describe_sampler, sampler_spec)
 
 GRID_MAX = 100  # samples shown in each samples_w<w>.png
 
@@ -46,6 +47,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", "--num-samples", type=int, default=500, help="samples per guidance scale")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, nargs="+", default=[0.0],
                    help="guidance scales w, one FID each: (1+w)·cond − w·uncond")
+    add_guidance_interval_argument(p)
     add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
     p.add_argument("--classifier", default=None, help="classifier .pt from model.scripts.train_classifier")

@@ -23,8 +23,8 @@ import torch
 
 from model.errors import ArgParser, UserError, cli_entry
 from model.writes import save_npz, write_text
-from model.scripts.common import (add_sampler_arguments, evenly_spaced, output_folder, resolve_device, sampler_spec,
-                                  step_number)
+from model.scripts.common import (add_guidance_interval_argument, add_sampler_arguments, evenly_spaced, output_folder,
+                                  resolve_device, sampler_spec, step_number)
 
 STRIP_FRAMES = 10  # decoded predictions shown in the reverse-process strip (t = T, T-n, ..., 0)
 GRID_MAX = 1024  # samples shown in grid.png; every sample still gets its own PNG
@@ -43,8 +43,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="clamp the predicted x0 (normalised latent) to [-L, L] at each step")
     p.add_argument("--cfg-scale", "--cfg_scale", type=float, default=0.0,
                    help="classifier-free guidance w: (1+w)·cond − w·uncond")
-    p.add_argument("--guidance-interval", "--guidance_interval", type=float, nargs=2, default=None,
-                   metavar=("LO", "HI"), help="guide only for noise levels σ in (LO, HI] (Kynkäänniemi et al. 2024)")
+    add_guidance_interval_argument(p)
     p.add_argument("--guidance-rescale", "--guidance_rescale", type=float, default=None, metavar="PHI",
                    help="CFG rescale φ in [0, 1] (Lin et al. 2024); default: the checkpoint's")
     group = p.add_mutually_exclusive_group()
@@ -207,8 +206,7 @@ def main(argv: list[str]) -> int:
     labels, n = class_labels(args, pipe.num_classes)
     negative = [args.negative_prompt] if args.negative_prompt is not None else None
     pipe.check_prompts(prompts, negative, n)
-    spec = sampler_spec(args, defaults, guidance=args.cfg_scale, guidance_interval=args.guidance_interval,
-                        guidance_rescale=args.guidance_rescale)
+    spec = sampler_spec(args, defaults, guidance=args.cfg_scale, guidance_rescale=args.guidance_rescale)
     pipe.check_guidance(args.cfg_scale)  # refuses --cfg-scale on an unconditional model before anything is written
     check_memory(n, (pipe.cfg.data.channels, pipe.cfg.data.image_size, pipe.cfg.data.image_size))
     out = output_folder(args.output, args.load, "samples")
