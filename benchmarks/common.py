@@ -75,15 +75,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def threads_source() -> str:
+    """Where torch's intra-op thread count came from: OMP_NUM_THREADS=N, or torch's default (the cores)."""
+    given = os.environ.get("OMP_NUM_THREADS")
+    return f"OMP_NUM_THREADS={given}" if given else "default"
+
+
 def machine_header(device: torch.device) -> str:
-    """One line naming what the numbers were measured on (threads are torch's default: never changed here)."""
+    """One line naming what the numbers were measured on (the benchmarks never change torch's thread count; the
+    environment's OMP_NUM_THREADS, where set, does)."""
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
         what = f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}"  # the vector ISA torch dispatches to
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {device} ({what}), "
-            f"torch threads {torch.get_num_threads()} (default), python {platform.python_version()}, "
+            f"torch threads {torch.get_num_threads()} ({threads_source()}), python {platform.python_version()}, "
             f"1-min load average {load:.2f}")
 
 

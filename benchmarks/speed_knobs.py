@@ -1,4 +1,4 @@
-"""Speed knobs for the denoiser UNet: fp32, bf16 autocast, channels_last and torch.compile, training and sampling.
+"""Speed knobs for the denoiser UNet: fp32, bf16 autocast, channels_last, torch.compile and both, training, sampling.
 
     python -m benchmarks.speed_knobs
     python -m benchmarks.speed_knobs --device cuda --batch 256          (GPU: autocast runs on cuda with bf16)
@@ -12,7 +12,7 @@ The UNet of config/digits.json (random weights) on its 4×4×8 latents, batch `-
 
 Knobs, one at a time against the fp32 baseline: (a) fp32; (b) `torch.autocast(device, dtype=torch.bfloat16)`
 around the forward pass and the loss (sampling: around the whole loop); (c) the UNet and its input in the
-`channels_last` memory format; (d) `torch.compile` of the UNet (default mode). A knob that fails (no compiler, an
+`channels_last` memory format; (d) `torch.compile` of the UNet (default mode); (e) both (c) and (d). A knob that fails (no compiler, an
 unsupported op) is reported as "failed: <reason>", and one whose UNet call is slower than `--slow-limit` / steps
 as "not timed"; the others still run. The first call of each knob is timed on its own ("first call s"): for
 torch.compile it holds the compilation, which the steady-state figures exclude.
@@ -89,7 +89,8 @@ class Knob:
 
 
 KNOBS = {"fp32": Knob(), "bf16 autocast": Knob(bf16=True), "channels_last": Knob(channels_last=True),
-         "torch.compile": Knob(compile=True)}
+         "torch.compile": Knob(compile=True),
+         "channels_last + torch.compile": Knob(channels_last=True, compile=True)}  # as a channels_last config would
 
 
 def fresh_unet(cfg, seed: int, device: torch.device) -> nn.Module:
@@ -204,7 +205,7 @@ def main(argv: list[str]) -> int:
     if args.steps > schedule.T:
         raise UserError(f"--steps must be at most T = {schedule.T}, got {args.steps}")
     report = Report(NAME, args.device)
-    if "torch.compile" in args.knobs:
+    if any(KNOBS[name].compile for name in args.knobs):
         print(compile_cache(args.cold_compile))
     shape = latent_shape(cfg)
     batch = random_batch((args.batch, *shape), cfg.denoiser.unet.num_classes, args.device)

@@ -6,6 +6,7 @@ import csv
 import importlib
 
 import pytest
+import torch
 
 from benchmarks import common
 from model.sampling import SAMPLERS
@@ -75,3 +76,12 @@ def test_a_bad_peer_size_is_refused_before_anything_trains(flag, value, tmp_path
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_machine_header_says_where_the_thread_count_came_from(monkeypatch):
+    from benchmarks.common import machine_header
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert f"torch threads {torch.get_num_threads()} (default)" in machine_header(torch.device("cpu"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read when torch starts: the header names it beside torch's count
+    assert "(OMP_NUM_THREADS=1)" in machine_header(torch.device("cpu"))
