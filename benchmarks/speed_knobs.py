@@ -10,10 +10,10 @@ The UNet of config/digits.json (random weights) on its 4×4×8 latents, batch `-
   AdamW, EMA) on a fixed random batch;
 - sampling: one DDIM-`--steps` call (`model.sampling.sample_ddim`) from fixed noise.
 
-Knobs, one at a time against the fp32 baseline: (a) fp32; (b) `torch.autocast(device, dtype=torch.bfloat16)`
-around the forward pass and the loss (sampling: around the whole loop); (c) the UNet and its input in the
-`channels_last` memory format; (d) `torch.compile` of the UNet (default mode); (e) both (c) and (d). A knob that fails (no compiler, an
-unsupported op) is reported as "failed: <reason>", and one whose UNet call is slower than `--slow-limit` / steps
+Knobs, one at a time against the fp32 baseline: (a) fp32; (b) `torch.autocast(device, dtype=torch.bfloat16)` around
+the forward pass and the loss (sampling: around the whole loop); (c) the UNet and its input in the `channels_last`
+memory format; (d) `torch.compile` of the UNet (default mode); (e) both (c) and (d). A knob that fails (no compiler,
+an unsupported op) is reported as "failed: <reason>", and one whose UNet call is slower than `--slow-limit` / steps
 as "not timed"; the others still run. The first call of each knob is timed on its own ("first call s"): for
 torch.compile it holds the compilation, which the steady-state figures exclude.
 """
@@ -90,7 +90,8 @@ class Knob:
 
 KNOBS = {"fp32": Knob(), "bf16 autocast": Knob(bf16=True), "channels_last": Knob(channels_last=True),
          "torch.compile": Knob(compile=True),
-         "channels_last + torch.compile": Knob(channels_last=True, compile=True)}  # as a channels_last config would
+         # as a config with trainer.channels_last and trainer.compile trains
+         "channels_last + torch.compile": Knob(channels_last=True, compile=True)}
 
 
 def fresh_unet(cfg, seed: int, device: torch.device) -> nn.Module:
