@@ -168,6 +168,21 @@ def test_demo_report(tmp_path, capsys):
     assert Image.open(out / "real_vs_samples_w0.png").size == (21 * 18 + 2, 10 * 18 + 2)  # 10 real | 10 samples
     assert "held-out real images" in capsys.readouterr().out
 
+    # more draws of the samples: rows of their own, after the --seed draw, which reads as it does alone
+    first = ["--load", str(ckpt), "--classifier", str(clf_path), "--per-class", "2", "--steps", "2",
+             "--class-per-class", "3", "--cfg-scale", "0", "1", "--pixel-size", "8"]
+    assert report_main(first + ["--sample-draws", "3", "--output", str(tmp_path / "draws")]) == 0
+    drawn = json.loads((tmp_path / "draws" / "report.json").read_text())
+    rows = {r["row"]: r for r in drawn["budgets"]["pixels 8"]["rows"]}
+    assert list(rows) == ["samples w=0", "samples w=1", "samples w=0, seed 1", "samples w=0, seed 2",
+                          "samples w=1, seed 1", "samples w=1, seed 2", "VAE round trip", "real floor"]
+    assert rows["samples w=0"] == budget["rows"][0]
+    assert rows["samples w=0, seed 1"]["pixel_fd"] != rows["samples w=0"]["pixel_fd"]
+    assert drawn["sample_draws"] == 3 and drawn["scales"] == report["scales"]
+    assert '"samples w=…, seed S" are 2 more draws' in (tmp_path / "draws" / "report.md").read_text()
+    assert report_main(first + ["--sample-draws", "0"]) == 2
+    assert "--sample-draws must be > 0" in capsys.readouterr().err
+
     # Inception-v3 itself (torch-fidelity's network through torchmetrics, random weights from disk) on a few images:
     # at 299x299 on a CPU every image counts
     weights = random_inception_weights(tmp_path / "inception.pth")

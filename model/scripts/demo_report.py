@@ -15,8 +15,10 @@ error budget on pixel features (pixel Fréchet distance, KID, precision and reca
 VAE round trip and of the real floor; see `model.metrics.budget`; at every `--pixel-size`, e.g. 16 and 32 for RGB
 pictures) says how close the samples come to real images in style and sharpness; the same budget on the classifier's
 penultimate features (domain features) sees shapes that small pixel images blur away, and with --inception the same
-budget on Inception-v3's pool features (the features of FID; weights from disk). Writes report.json, report.md and a
-sample grid per w to `--output` (default: report/ beside the denoiser's checkpoints folder).
+budget on Inception-v3's pool features (the features of FID; weights from disk). The ± of a budget row is over the
+floor's draws; `--sample-draws N` adds rows for N − 1 more draws of the samples (seeds --seed + 1, ...), which show
+how far the draw alone moves each figure. Writes report.json, report.md and a sample grid per w to `--output`
+(default: report/ beside the denoiser's checkpoints folder).
 """
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="guidance scales w to compare: (1+w)·cond − w·uncond")
     add_guidance_interval_argument(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (the same for every w)")
+    p.add_argument("--sample-draws", "--sample_draws", type=int, default=1, metavar="N",
+                   help="budget rows from N draws of the samples, seeds --seed, --seed+1, ...: how far the draw alone "
+                        "moves each figure (the ± of a row is over the floor's draws); the first row is the --seed "
+                        "draw, as with 1")
     p.add_argument("--batch-size", "--batch_size", type=int, default=250, help="samples drawn at once")
     add_sampler_arguments(p)
     add_pixel_arguments(p, several=True)
@@ -63,6 +69,11 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def draw_row(w: float, seed: int) -> str:
+    """The budget row of a further draw of the samples at guidance w."""
+    return f"samples w={w:g}, seed {seed}"
+
+
 def check_args(args) -> None:
     if args.per_class <= 0:
         raise UserError(f"--per-class must be > 0, got {args.per_class}")
@@ -70,6 +81,8 @@ def check_args(args) -> None:
         raise UserError(f"--class-per-class must be > 0, got {args.class_per_class}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
+    if args.sample_draws <= 0:
+        raise UserError(f"--sample-draws must be > 0, got {args.sample_draws}")
 
 
 def check_fit(pipe, clf) -> None:
@@ -159,6 +172,7 @@ def build_report(args, pipe, meta: dict[str, Any], dm, labels: Tensor, preds: li
         "eta": args.spec.eta, "s_noise": args.spec.s_noise,
         "autoguidance": args.spec.autoguidance, "sampling": args.spec.describe(pipe.diff.T),
         "per_class": args.per_class, "class_per_class": args.class_per_class, "seed": args.seed,
+        "sample_draws": args.sample_draws,
         "class_names": list(dm.class_names), "train_items": len(dm.train_set), "held_out_items": len(d_held),
         "held_out_median_nn_distance": held,
         "scales": scales, "budgets": budgets,
@@ -205,6 +219,12 @@ def all_budgets(report: dict[str, Any]) -> dict[str, Any]:
     return {f"pixels {report['pixel_budget']['protocol']['size']}": report["pixel_budget"]}
 
 
+def draws_note(report: dict[str, Any]) -> str:
+    """The sentence naming the rows of the samples' further draws, where the report has them."""
+    n = report.get("sample_draws", 1)  # reports written before the option: one draw
+    return f' The rows "samples w=…, seed S" are {n - 1} more draws of the same samples.' if n > 1 else ""
+
+
 def markdown(report: dict[str, Any], grids: list[str]) -> str:
     names = report["class_names"]
     head = "| w | accuracy (95% interval) | " + " | ".join(names) + " | median NN distance | ratio to held-out |"
@@ -237,7 +257,7 @@ def markdown(report: dict[str, Any], grids: list[str]) -> str:
         "The samples of each w, the real images' VAE round trip and real images themselves (the floor), scored the "
         "same way; a row near the floor is as close to real images as real images are. One budget per feature "
         "space: pixels at each compared size, the classifier's penultimate features (domain), and Inception-v3's "
-        "features when asked for.", "",
+        "features when asked for." + draws_note(report), "",
         *[f"### {name}\n\n{budget_markdown(b)}\n" for name, b in all_budgets(report).items()],
         "## Samples (one row per class)", "",
         *[f"![{g}]({g})" for g in grids], "",
@@ -271,12 +291,15 @@ def main(argv: list[str]) -> int:
     out = output_folder(args.output, args.load, "report")
 
     labels = class_major_labels(K, args.per_class)  # the budget's draw
+    more = {}  # the budget's further draws, rows of their own
     judged = class_major_labels(K, args.class_per_class)  # the class accuracy's draw
     samples, preds, grids = [], [], []
     for w in args.cfg_scale:
         spec = args.spec.replace(guidance=w)
         x = generate(pipe, len(labels), labels, spec, seed=args.seed, batch_size=args.batch_size)
         samples.append(x)
+        for seed in range(args.seed + 1, args.seed + args.sample_draws):
+            more[draw_row(w, seed)] = generate(pipe, len(labels), labels, spec, seed=seed, batch_size=args.batch_size)
         keep = torch.arange(len(labels)) % args.per_class < GRID_PER_CLASS  # the first few of every class
         grids.append(f"samples_w{w:g}.png")
         save_grid(x[keep], out / grids[-1], nrow=min(GRID_PER_CLASS, args.per_class))
@@ -290,8 +313,9 @@ def main(argv: list[str]) -> int:
                   nrow=2 * GRID_PER_CLASS + 1)
     d_all = nearest_distances(torch.cat(samples + [held_out]), dm.train_dataloader())
     d_samples, d_held = list(d_all[: len(labels) * len(samples)].split(len(labels))), d_all[len(labels) * len(samples):]
-    budgets = model_budgets(pipe, dm, {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}, protocols,
-                            args.real_pool, args.batch_size, classifier=clf, inception=inception, device=device)
+    rows = {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}
+    budgets = model_budgets(pipe, dm, {**rows, **more}, protocols, args.real_pool, args.batch_size, classifier=clf,
+                            inception=inception, device=device)
 
     held_pred = predict(clf, held_out, device) if len(held_out) else torch.empty(0, dtype=torch.long)
     report = build_report(args, pipe, meta, dm, judged, preds, d_samples, d_held, budgets,
