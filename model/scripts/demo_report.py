@@ -291,9 +291,9 @@ def main(argv: list[str]) -> int:
     out = output_folder(args.output, args.load, "report")
 
     labels = class_major_labels(K, args.per_class)  # the budget's draw
-    more = {}  # the budget's further draws, rows of their own
     judged = class_major_labels(K, args.class_per_class)  # the class accuracy's draw
     samples, preds, grids = [], [], []
+    more = {}  # the budget's further draws (--sample-draws), rows of their own
     for w in args.cfg_scale:
         spec = args.spec.replace(guidance=w)
         x = generate(pipe, len(labels), labels, spec, seed=args.seed, batch_size=args.batch_size)
