@@ -10,7 +10,8 @@ Each run folder needs denoiser/report/report.json (or denoiser/<--report>/report
 run's error budget at one guidance scale w: in each feature space (pixels at each compared size, the classifier's
 features), the samples' FD over the real floor's, their precision and recall over the floor's (1 = as good as real
 images); then the class accuracy beside the classifier's on held-out real images, and the memorisation ratio (median
-distance to the nearest training image over held-out images').
+distance to the nearest training image over held-out images'). A report with several draws of the samples
+(`demo_report --sample-draws N`) gives the mean of their figures, and its run is named with the count.
 """
 from __future__ import annotations
 
@@ -75,14 +76,22 @@ def read_report(folder: Path, w: float, name: str = "report") -> tuple[dict[str,
     return report, scale
 
 
+def sample_draws(rows: dict[str, dict], w: float) -> list[dict]:
+    """The budget rows of the samples at w: the --seed draw, then those of demo_report --sample-draws."""
+    first = f"samples w={w:g}"
+    return [rows[first]] + [r for name, r in rows.items() if name.startswith(f"{first}, seed ")]
+
+
 def space_row(folder: Path, budget: dict[str, Any], w: float) -> dict[str, Any]:
-    """One run's figures in one feature space, each over the floor's."""
+    """One run's figures in one feature space, each over the floor's; the mean over the samples' draws where the
+    report has several."""
     rows = {r["row"]: r for r in budget["rows"]}
-    samples, floor = rows[f"samples w={w:g}"], rows[FLOOR]
-    row = {"run": folder.name, **{f"{name} / floor": samples[metric]["mean"] / floor[metric]["mean"]
-                                  for name, metric in (("FD", "pixel_fd"), ("precision", "precision"),
-                                                       ("recall", "recall"), ("coverage", "coverage"))
-                                  if metric in samples}}  # reports written before coverage have none
+    draws, floor = sample_draws(rows, w), rows[FLOOR]
+    row = {"run": folder.name + (f" ({len(draws)} draws)" if len(draws) > 1 else "")}
+    for name, metric in (("FD", "pixel_fd"), ("precision", "precision"), ("recall", "recall"),
+                         ("coverage", "coverage")):
+        if metric in draws[0]:  # reports written before coverage have none
+            row[f"{name} / floor"] = statistics.fmean(d[metric]["mean"] for d in draws) / floor[metric]["mean"]
     if ROUND_TRIP in rows:
         row["round trip FD / floor"] = rows[ROUND_TRIP]["pixel_fd"]["mean"] / floor["pixel_fd"]["mean"]
     return row

@@ -66,6 +66,22 @@ def test_coverage_is_read_over_the_floor_where_the_report_has_it(tmp_path, monke
     assert float(rows[0]["coverage / floor"]) == pytest.approx(0.5)
 
 
+def test_a_report_with_several_draws_of_the_samples_is_read_as_their_mean(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    drawn = budget(8, 0.1, 0.9)
+    drawn["rows"][1:1] = [{"row": "samples w=0, seed 1", "pixel_fd": stats(0.2), "precision": stats(0.9),
+                           "recall": stats(0.72)},  # demo_report --sample-draws 2
+                          {"row": "samples w=1", "pixel_fd": stats(0.9), "precision": stats(0.5),
+                           "recall": stats(0.1)}]  # another guidance scale: not a draw of w = 0
+    runs = [fake_run(tmp_path, "digits-1", 0.1, 0.9, 1.0, 100, budgets={"pixels 8": drawn}),
+            fake_run(tmp_path, "digits-2", 0.1, 0.9, 1.0, 100)]  # one draw
+    assert demo_seeds.main(runs) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))
+    assert float(rows[0]["FD / floor"]) == pytest.approx(1.5) and float(rows[0]["recall / floor"]) == pytest.approx(0.9)
+    assert rows[0]["run"] == "digits-1 (2 draws)" and rows[1]["run"] == "digits-2"
+    assert float(rows[1]["FD / floor"]) == pytest.approx(1.0)
+
+
 def test_the_tables_name_how_the_samples_were_drawn_and_runs_drawn_otherwise(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     dpm = "DPM-Solver++(2M) 10 steps, noise-dense"
