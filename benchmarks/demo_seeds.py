@@ -25,7 +25,7 @@ import torch
 from benchmarks.common import Report
 from model.errors import ArgParser, UserError, cli_entry
 from model.metrics.budget import FLOOR, ROUND_TRIP
-from model.scripts.demo_report import all_budgets, sampling
+from model.scripts.demo_report import all_budgets, sample_draws, sampling
 
 NAME = "demo_seeds"
 CLASSES = "class"  # the table of class accuracy, the copy check and the wall time
@@ -74,12 +74,6 @@ def read_report(folder: Path, w: float, name: str = "report") -> tuple[dict[str,
     if scale is None:
         raise UserError(f"{path} has no samples at w = {w:g}; run demo_report with --cfg-scale {w:g}")
     return report, scale
-
-
-def sample_draws(rows: dict[str, dict], w: float) -> list[dict]:
-    """The budget rows of the samples at w: the --seed draw, then those of demo_report --sample-draws."""
-    first = f"samples w={w:g}"
-    return [rows[first]] + [r for name, r in rows.items() if name.startswith(f"{first}, seed ")]
 
 
 def space_row(folder: Path, budget: dict[str, Any], w: float) -> dict[str, Any]:

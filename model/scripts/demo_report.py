@@ -39,6 +39,7 @@ from model.scripts.common import (add_guidance_interval_argument, add_pixel_argu
                                   sampler_spec)
 
 GRID_PER_CLASS = 10  # samples per class (row) shown in each sample grid
+FURTHER_DRAW = ", seed "  # between the samples' row name and the seed of a further draw: "samples w=0, seed 1"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -69,9 +70,20 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sample_row(w: float) -> str:
+    """The budget row of the samples at guidance w (the --seed draw)."""
+    return f"samples w={w:g}"
+
+
 def draw_row(w: float, seed: int) -> str:
-    """The budget row of a further draw of the samples at guidance w."""
-    return f"samples w={w:g}, seed {seed}"
+    """The budget row of a further draw of the samples at guidance w (--sample-draws)."""
+    return f"{sample_row(w)}{FURTHER_DRAW}{seed}"
+
+
+def sample_draws(rows: dict[str, dict], w: float) -> list[dict]:
+    """The budget rows {name: row} of the samples at w: the --seed draw, then the further draws'."""
+    further = sample_row(w) + FURTHER_DRAW
+    return [rows[sample_row(w)]] + [r for name, r in rows.items() if name.startswith(further)]
 
 
 def check_args(args) -> None:
@@ -313,7 +325,7 @@ def main(argv: list[str]) -> int:
                   nrow=2 * GRID_PER_CLASS + 1)
     d_all = nearest_distances(torch.cat(samples + [held_out]), dm.train_dataloader())
     d_samples, d_held = list(d_all[: len(labels) * len(samples)].split(len(labels))), d_all[len(labels) * len(samples):]
-    rows = {f"samples w={w:g}": x for w, x in zip(args.cfg_scale, samples)}
+    rows = {sample_row(w): x for w, x in zip(args.cfg_scale, samples)}
     budgets = model_budgets(pipe, dm, {**rows, **more}, protocols, args.real_pool, args.batch_size, classifier=clf,
                             inception=inception, device=device)
 
