@@ -21,7 +21,9 @@ a diffusers UNet2DModel on our VAE's latents for our stage 2's time, all scored 
    them with our error budgets (beside our VAE's round trip and the real floor) on pixel features at every
    `--pixel-size` and, with `--classifier`, on its features (domain), the classifier's class accuracy and the
    nearest-training-image distance over held-out images'. `--s-noise S` adds a row: the same network of ours drawn
-   with its sampler's fresh noise scaled by S (docs/evaluation.md, the noise scale).
+   with its sampler's fresh noise scaled by S (docs/evaluation.md, the noise scale). `--sample-draws N` draws every
+   model N times (seeds --seed, --seed + 1, ...) and gives each figure as the mean ± std over the draws: one draw of
+   500 samples moves recall by up to about 0.02, more than some of the gaps the table compares.
 Needs `pip install denoising-diffusion-pytorch==2.3.4` (in the dev extras). Run it alone on the machine.
 """
 from __future__ import annotations
@@ -116,18 +118,39 @@ def peer_samples(ema: nn.Module, labels: Tensor, seed: int, batch_size: int) -> 
     return torch.cat(out) * 2 - 1  # [0, 1] -> [-1, 1], as ours
 
 
-def budget_columns(budget: dict[str, Any], row: str, space: str, several: bool) -> dict[str, Any]:
-    """A row's FD over the floor's, precision, recall and coverage beside the floor's, in one feature space (named in
-    the columns when the table holds several)."""
-    from model.metrics.budget import FLOOR, floor_ratio
+SET_METRICS = ("precision", "recall", "coverage")  # shown beside the floor's
 
-    rows = {r["row"]: r for r in budget["rows"]}
-    mine, floor = rows[row], rows[FLOOR]
+
+def draw_figures(budget: dict[str, Any], row: str) -> dict[str, float]:
+    """One draw's figures in one feature space: FD over the floor's, precision, recall and coverage."""
+    from model.metrics.budget import floor_ratio
+
+    mine = next(r for r in budget["rows"] if r["row"] == row)
+    return {"FD": floor_ratio(budget, row), **{m: mine[m]["mean"] for m in SET_METRICS}}
+
+
+def over_draws(values: list[float], digits: int) -> Any:
+    """One draw's figure as it is; several draws' as "mean ± std" (the spread the draw alone gives)."""
+    if len(values) == 1:
+        return values[0]
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{float(t.mean()):.{digits}f} ± {float(t.std()):.{digits}f}"
+
+
+def budget_columns(budget: dict[str, Any], rows: list[str], space: str, several: bool) -> dict[str, Any]:
+    """A model's FD over the floor's, precision, recall and coverage beside the floor's, in one feature space (named
+    in the columns when the table holds several), over its draws (`rows`, the budget rows of its sample sets)."""
+    from model.metrics.budget import FLOOR
+
+    floor = next(r for r in budget["rows"] if r["row"] == FLOOR)
+    figures = [draw_figures(budget, row) for row in rows]
     tag = f" {space}" if several else ""
-    return {f"FD{tag} (× floor)": floor_ratio(budget, row),
-            f"precision{tag} (floor's)": f"{mine['precision']['mean']:.3f} ({floor['precision']['mean']:.3f})",
-            f"recall{tag} (floor's)": f"{mine['recall']['mean']:.3f} ({floor['recall']['mean']:.3f})",
-            f"coverage{tag} (floor's)": f"{mine['coverage']['mean']:.3f} ({floor['coverage']['mean']:.3f})"}
+    columns: dict[str, Any] = {f"FD{tag} (× floor)": over_draws([f["FD"] for f in figures], 2)}
+    for m in SET_METRICS:
+        mean = over_draws([f[m] for f in figures], 3)
+        shown = mean if isinstance(mean, str) else f"{mean:.3f}"
+        columns[f"{m}{tag} (floor's)"] = f"{shown} ({floor[m]['mean']:.3f})"
+    return columns
 
 
 def training_data(run: Path, batch_size: Optional[int] = None):
@@ -144,14 +167,18 @@ def training_data(run: Path, batch_size: Optional[int] = None):
 OURS, PEER, LATENT_PEER = "ours (latent)", "peer (pixel)", "diffusers UNet2DModel (our latents)"
 
 
-def our_samples(pipe, labels: Tensor, seed: int, **overrides) -> tuple[Tensor, str]:
-    """Our samples of `labels` at w = 0 with the checkpoint's sampler (its config's, with the overrides given:
-    s_noise, autoguidance), in [-1, 1], and that sampler."""
-    from model.evaluation import generate
+def our_spec(pipe, **overrides):
+    """Our sampler at w = 0: the checkpoint's (its config's), with the overrides given (s_noise, autoguidance)."""
     from model.sampling import SamplerSpec
 
-    spec = SamplerSpec.from_config(pipe.diff, guidance=0.0, **overrides)
-    return generate(pipe, len(labels), labels, spec, seed=seed, batch_size=250), spec.describe(pipe.diff.T)
+    return SamplerSpec.from_config(pipe.diff, guidance=0.0, **overrides)
+
+
+def our_samples(pipe, labels: Tensor, seed: int, **overrides) -> Tensor:
+    """Our samples of `labels` with `our_spec`, in [-1, 1]."""
+    from model.evaluation import generate
+
+    return generate(pipe, len(labels), labels, our_spec(pipe, **overrides), seed=seed, batch_size=250)
 
 
 def denoiser_seconds(run: Path) -> float:
@@ -167,24 +194,35 @@ def denoiser_seconds(run: Path) -> float:
     return times[-1]
 
 
-def judged(samples: dict[str, Tensor], labels: Tensor, pipe, dm, held: Tensor, clf,
-           protocols: list) -> tuple[list[dict], dict]:
-    """Per model: class accuracy (with a classifier), the copy ratio against the held-out images `held` and every
-    error budget's columns."""
+def draw_names(name: str, seed: int, draws: int) -> list[str]:
+    """The sample sets of a model's draws: its own name for the --seed draw, then "<name>, seed S" (as demo_report
+    names its further draws)."""
+    from model.scripts.demo_report import FURTHER_DRAW
+
+    return [name] + [f"{name}{FURTHER_DRAW}{s}" for s in range(seed + 1, seed + draws)]
+
+
+def judged(samples: dict[str, Tensor], labels: Tensor, pipe, dm, held: Tensor, clf, protocols: list,
+           draws: dict[str, list[str]]) -> tuple[list[dict], dict]:
+    """Per model (`draws`: its name → the names of its sample sets in `samples`): class accuracy (with a
+    classifier), the copy ratio against the held-out images `held` and every error budget's columns, each over its
+    draws."""
     from model.evaluation import model_budgets, predict
     from model.scripts.demo_report import nearest_distances
 
     d = nearest_distances(torch.cat([*samples.values(), held]), dm.train_dataloader())
     d_held = d[len(samples) * len(labels):].median()
+    copy_ratio = {name: float(d_x.median() / d_held) for name, d_x in zip(samples, d.split(len(labels)))}
     budgets = model_budgets(pipe, dm, samples, protocols, 10_000, 250, classifier=clf)
     rows = []
-    for (name, x), d_x in zip(samples.items(), d.split(len(labels))):
-        row: dict[str, Any] = {"model": name}
+    for model, names in draws.items():
+        row: dict[str, Any] = {"model": model}
         if clf is not None:
-            row["class accuracy"] = float((predict(clf, x, "cpu") == labels).float().mean())
-        row["NN / held-out"] = float(d_x.median() / d_held)
+            row["class accuracy"] = over_draws(
+                [float((predict(clf, samples[n], "cpu") == labels).float().mean()) for n in names], 3)
+        row["NN / held-out"] = over_draws([copy_ratio[n] for n in names], 2)
         for space, budget in budgets.items():
-            row.update(budget_columns(budget, name, space, len(budgets) > 1))
+            row.update(budget_columns(budget, names, space, len(budgets) > 1))
         rows.append(row)
     return rows, budgets
 
@@ -209,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also draw our network with its sampler's fresh noise scaled by S (a row of its own)")
     p.add_argument("--autoguidance", type=float, default=None, metavar="A",
                    help="also draw our network with autoguidance weight A (0: without; the same row as --s-noise)")
+    p.add_argument("--sample-draws", "--sample_draws", type=int, default=1, metavar="N",
+                   help="draw every model N times (seeds --seed, --seed+1, ...): each figure is then the mean ± std "
+                        "over the draws (1)")
     p.add_argument("overrides", nargs="*", help="after --: overrides for our main command, as on its command line")
     args = parse(p, argv)
+    if args.sample_draws < 1:
+        raise UserError(f"--sample-draws must be >= 1, got {args.sample_draws}")
     if min(args.peer_batch, args.peer_dim, *args.peer_mults) < 1:
         raise UserError(f"--peer-batch, --peer-dim and --peer-mults must be >= 1, got {args.peer_batch}, "
                         f"{args.peer_dim} and {args.peer_mults}")  # before our stages train
@@ -248,30 +291,37 @@ def main(argv: list[str] | None = None) -> int:
         p_uncond=cfg.denoiser.diffusion.p_uncond, num_classes=pipe.num_classes, seed=args.seed)
 
     labels = class_major_labels(pipe.num_classes, args.per_class)
-    ours, our_sampler = our_samples(pipe, labels, args.seed)
-    samples = {OURS: ours, PEER: peer_samples(ema, labels, args.seed, 250),
-               LATENT_PEER: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), args.seed)}
+    draw = {OURS: lambda seed: our_samples(pipe, labels, seed),
+            PEER: lambda seed: peer_samples(ema, labels, seed, 250),
+            LATENT_PEER: lambda seed: latent_peer.samples(pipe, latent_ema, labels, tuple(latents.shape[1:]), seed)}
     again = {k: v for k, v in (("s_noise", args.s_noise), ("autoguidance", args.autoguidance)) if v is not None}
     if again:  # the same network drawn again with other sampling settings
-        other, other_sampler = our_samples(pipe, labels, args.seed, **again)
-        samples[f"{OURS}, " + ", ".join(f"{k} {v:g}" for k, v in again.items())] = other
+        draw[f"{OURS}, " + ", ".join(f"{k} {v:g}" for k, v in again.items())] = \
+            lambda seed: our_samples(pipe, labels, seed, **again)
+    draws = {model: draw_names(model, args.seed, args.sample_draws) for model in draw}
+    samples = {name: draw[model](args.seed + k) for model, names in draws.items() for k, name in enumerate(names)}
     protocols = [PixelProtocol(size=size, seed=args.seed) for size in args.pixel_size or [pixel_size(dm)]]
     held = held_out_set(dm)
-    rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols)
+    rows, budgets = judged(samples, labels, pipe, dm, held[0], clf, protocols, draws)
     rows[0].update({"training s": ours_s, "trained": "both stages",
-                    "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}", "sampler": our_sampler})
+                    "steps": f"{cfg.vae.trainer.max_steps} + {cfg.denoiser.trainer.max_steps}",
+                    "sampler": our_spec(pipe).describe(pipe.diff.T)})
     rows[1].update({"training s": peer_s, "trained": f"steps of batch {args.peer_batch}", "steps": str(steps),
                     "sampler": "DDIM 25 steps (its own)"})
     rows[2].update({"training s": latent_s, "trained": "stage 2 (our VAE)", "steps": str(latent_steps),
                     "sampler": "DDIM 25 steps, trailing (diffusers)"})
     if again:  # the same network as the first row
-        rows[3].update({**{k: rows[0][k] for k in ("training s", "trained", "steps")}, "sampler": other_sampler})
-    notes = [f"{space}: {b['protocol']['features']}; mean over {b['protocol']['draws']} draws; our VAE's round trip "
-             f"scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor" for space, b in budgets.items()]
+        rows[3].update({**{k: rows[0][k] for k in ("training s", "trained", "steps")},
+                        "sampler": our_spec(pipe, **again).describe(pipe.diff.T)})
+    notes = [f"{space}: {b['protocol']['features']}; each figure the mean over the budget's {b['protocol']['draws']} "
+             f"draws of real images; our VAE's round trip scores {floor_ratio(b, ROUND_TRIP):.2f}x the floor"
+             for space, b in budgets.items()]
+    over = f"; each drawn {args.sample_draws} times, seeds {args.seed} to {args.seed + args.sample_draws - 1}: " \
+        "mean ± std over the draws" if args.sample_draws > 1 else ""
     report.table(f"Our demo and its peers at equal wall time ({args.config}, w = 0, "
-                 f"{len(labels)} samples each)", rows, note="\n".join(notes))
-    for name, x in samples.items():  # real held-out images beside each model's samples, class by class
-        grid_of(name, x, labels, held, out)
+                 f"{len(labels)} samples each{over})", rows, note="\n".join(notes))
+    for model in draws:  # real held-out images beside each model's --seed draw, class by class
+        grid_of(model, samples[model], labels, held, out)
     report.save()
     return 0
 

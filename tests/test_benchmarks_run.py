@@ -18,6 +18,7 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
     "peer_equal_time": ["--output", "{tmp}/runs", "--per-class", "2", "--peer-seconds", "2", "--peer-dim", "8",
                         "--latent-peer-seconds", "2", "--pixel-size", "8", "16", "--classifier", "{tmp}/clf.pt",
                         "--peer-mults", "1", "2", "--peer-batch", "8", "--s-noise", "1.1", "--autoguidance", "0.3",
+                        "--sample-draws", "2",
                         "--", *tiny(val_every=2),
                         "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
@@ -62,13 +63,15 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
         assert len(noisier) == 1 and noisier[0]["sampler"].endswith("(s_noise 1.1, autoguidance 0.3)")
         fd = next(column for column in rows[0] if column.startswith("FD"))
         assert noisier[0]["steps"] == rows[0]["steps"] and noisier[0][fd] != rows[0][fd]
+        # --sample-draws 2: every model's figures are the mean ± std over its two draws
+        assert all(" ± " in r[fd] and " ± " in r["class accuracy"] for r in rows), [r[fd] for r in rows]
         grids = {path.name for path in (tmp_path / "runs").glob("real_vs_*.png")}
         assert grids == {"real_vs_ours.png", "real_vs_peer.png", "real_vs_diffusers.png",
                          "real_vs_ours_s_noise_1.1_autoguidance_0.3.png"}
 
 
 @pytest.mark.parametrize("flag,value", [("--peer-batch", "0"), ("--peer-dim", "-1"), ("--peer-mults", "0"),
-                                        ("--s-noise", "0")])
+                                        ("--s-noise", "0"), ("--sample-draws", "0")])
 def test_a_bad_peer_size_is_refused_before_anything_trains(flag, value, tmp_path, capsys):
     from benchmarks import peer_equal_time
 

@@ -133,6 +133,7 @@ def test_the_emoji_bounds_read_every_feature_space_and_the_held_out_accuracy(tmp
                                           (["--seeds", "x"], "--seeds must be a positive integer"),
                                           (["--fast"], "unknown option --fast"),
                                           (["--first-seed", "-1"], "--first-seed must be an integer >= 0, got -1"),
+                                          (["--draws", "0"], "--draws must be a positive integer, got 0"),
                                           (["0", "--", "--seed", "1"], "RUN must be a positive integer, got 0")])
 def test_the_demo_benchmark_script_refuses_bad_options_in_one_line(args, needle):
     import subprocess
