@@ -65,6 +65,7 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
         assert noisier[0]["steps"] == rows[0]["steps"] and noisier[0][fd] != rows[0][fd]
         # --sample-draws 2: every model's figures are the mean ± std over its two draws
         assert all(" ± " in r[fd] and " ± " in r["class accuracy"] for r in rows), [r[fd] for r in rows]
+        assert all(float(r[fd].split(" ± ")[1]) > 0 for r in rows), [r[fd] for r in rows]  # two different draws
         grids = {path.name for path in (tmp_path / "runs").glob("real_vs_*.png")}
         assert grids == {"real_vs_ours.png", "real_vs_peer.png", "real_vs_diffusers.png",
                          "real_vs_ours_s_noise_1.1_autoguidance_0.3.png"}
