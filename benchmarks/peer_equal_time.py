@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -133,8 +134,7 @@ def over_draws(values: list[float], digits: int) -> Any:
     """One draw's figure as it is; several draws' as "mean ± std" (the spread the draw alone gives)."""
     if len(values) == 1:
         return values[0]
-    t = torch.tensor(values, dtype=torch.float64)
-    return f"{float(t.mean()):.{digits}f} ± {float(t.std()):.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def budget_columns(budget: dict[str, Any], rows: list[str], space: str, several: bool) -> dict[str, Any]:
