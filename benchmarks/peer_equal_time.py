@@ -197,9 +197,9 @@ def denoiser_seconds(run: Path) -> float:
 def draw_names(name: str, seed: int, draws: int) -> list[str]:
     """The sample sets of a model's draws: its own name for the --seed draw, then "<name>, seed S" (as demo_report
     names its further draws)."""
-    from model.scripts.demo_report import FURTHER_DRAW
+    from model.scripts.demo_report import further_draw
 
-    return [name] + [f"{name}{FURTHER_DRAW}{s}" for s in range(seed + 1, seed + draws)]
+    return [name] + [further_draw(name, s) for s in range(seed + 1, seed + draws)]
 
 
 def judged(samples: dict[str, Tensor], labels: Tensor, pipe, dm, held: Tensor, clf, protocols: list,

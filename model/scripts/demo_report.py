@@ -75,9 +75,14 @@ def sample_row(w: float) -> str:
     return f"samples w={w:g}"
 
 
+def further_draw(name: str, seed: int) -> str:
+    """The name of a further draw, with seed `seed`, of the sample set `name`: "samples w=0, seed 1"."""
+    return f"{name}{FURTHER_DRAW}{seed}"
+
+
 def draw_row(w: float, seed: int) -> str:
     """The budget row of a further draw of the samples at guidance w (--sample-draws)."""
-    return f"{sample_row(w)}{FURTHER_DRAW}{seed}"
+    return further_draw(sample_row(w), seed)
 
 
 def sample_draws(rows: dict[str, dict], w: float) -> list[dict]:
