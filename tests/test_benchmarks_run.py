@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import statistics
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
     "peer_equal_time": ["--output", "{tmp}/runs", "--per-class", "2", "--peer-seconds", "2", "--peer-dim", "8",
                         "--latent-peer-seconds", "2", "--pixel-size", "8", "16", "--classifier", "{tmp}/clf.pt",
                         "--peer-mults", "1", "2", "--peer-batch", "8", "--s-noise", "1.1", "--autoguidance", "0.3",
-                        "--sample-draws", "2",
+                        "--sample-draws", "2", "--seeds", "2", "--seed", "3",
                         "--", *tiny(val_every=2),
                         "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
@@ -54,31 +55,59 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
     assert module.main([a.replace("{tmp}", str(tmp_path)) for a in SMALL[name]]) == 0
     rows = list(csv.DictReader(open(tmp_path / "results" / f"{name}.csv")))
     assert rows and all(r["machine"].startswith("machine:") for r in rows)
-    if name == "peer_equal_time":  # the pixel peer trains at its own batch, not our denoiser's
-        assert [r["trained"] for r in rows if r["model"] == "peer (pixel)"] == ["steps of batch 8"]
-        diffusion = common.load_config(common.DIGITS_CONFIG).denoiser.diffusion  # ours: the config's sampler
-        assert rows[0]["sampler"].startswith(f"{SAMPLERS[diffusion.sampler].display} {diffusion.sample_steps} steps")
+    if name == "peer_equal_time":
+        check_peer_comparison(rows, tmp_path)
+
+
+def check_peer_comparison(rows: list[dict], tmp_path) -> None:
+    """Two training seeds (3 and 4), each model drawn twice: a table per run, then one over the runs."""
+    runs = [[r for r in rows if f"training seed {seed}," in r["table"]] for seed in (3, 4)]
+    summary = [r for r in rows if "over 2 training seeds, 3 to 4" in r["table"]]
+    assert len(runs[0]) == len(runs[1]) == 4 and len(rows) == 8 + len(summary), [r["table"] for r in rows]
+    for run in runs:
+        # the pixel peer trains at its own batch, not our denoiser's; ours samples with the config's sampler
+        assert [r["trained"] for r in run if r["model"] == "peer (pixel)"] == ["steps of batch 8"]
+        diffusion = common.load_config(common.DIGITS_CONFIG).denoiser.diffusion
+        assert run[0]["sampler"].startswith(f"{SAMPLERS[diffusion.sampler].display} {diffusion.sample_steps} steps")
         # --s-noise and --autoguidance: the same network again, its noise scaled and stepped away from its guide
-        noisier = [r for r in rows if r["model"] == "ours (latent), s_noise 1.1, autoguidance 0.3"]
+        noisier = [r for r in run if r["model"] == "ours (latent), s_noise 1.1, autoguidance 0.3"]
         assert len(noisier) == 1 and noisier[0]["sampler"].endswith("(s_noise 1.1, autoguidance 0.3)")
-        fd = next(column for column in rows[0] if column.startswith("FD"))
-        assert noisier[0]["steps"] == rows[0]["steps"] and noisier[0][fd] != rows[0][fd]
+        fd = next(column for column in run[0] if column.startswith("FD"))
+        assert noisier[0]["steps"] == run[0]["steps"] and noisier[0][fd] != run[0][fd]
         # --sample-draws 2: every model's figures are the mean ± std over its two draws
-        assert all(" ± " in r[fd] and " ± " in r["class accuracy"] for r in rows), [r[fd] for r in rows]
-        assert all(float(r[fd].split(" ± ")[1]) > 0 for r in rows), [r[fd] for r in rows]  # two different draws
-        grids = {path.name for path in (tmp_path / "runs").glob("real_vs_*.png")}
+        assert all(" ± " in r[fd] and " ± " in r["class accuracy"] for r in run), [r[fd] for r in run]
+        assert all(float(r[fd].split(" ± ")[1]) > 0 for r in run), [r[fd] for r in run]  # two different draws
+    # --seeds 2: another training seed trains other networks, and the summary is their mean ± std per model
+    assert runs[0][0][fd] != runs[1][0][fd]
+    mean = statistics.fmean(float(run[0][fd].split(" ± ")[0]) for run in runs)
+    # of the two runs' means; each is shown to 0.01, as is the summary: they agree to the two roundings
+    assert abs(float(summary[0][fd].split(" ± ")[0]) - mean) <= 0.0100001
+    ahead = [r for r in summary if r["model"].endswith("runs ahead of the peer (pixel)")]
+    assert [r["model"].split(":")[0] for r in ahead] == ["ours (latent)", "ours (latent), s_noise 1.1, autoguidance 0.3"]
+    assert all(r[fd] in ("0 of 2", "1 of 2", "2 of 2") for r in ahead)
+    for seed in (3, 4):  # every run in its own folder, with its grids
+        grids = {path.name for path in (tmp_path / "runs" / f"seed-{seed}").glob("real_vs_*.png")}
         assert grids == {"real_vs_ours.png", "real_vs_peer.png", "real_vs_diffusers.png",
                          "real_vs_ours_s_noise_1.1_autoguidance_0.3.png"}
 
 
 @pytest.mark.parametrize("flag,value", [("--peer-batch", "0"), ("--peer-dim", "-1"), ("--peer-mults", "0"),
-                                        ("--s-noise", "0"), ("--sample-draws", "0")])
+                                        ("--s-noise", "0"), ("--sample-draws", "0"), ("--seeds", "0")])
 def test_a_bad_peer_size_is_refused_before_anything_trains(flag, value, tmp_path, capsys):
     from benchmarks import peer_equal_time
 
     assert peer_equal_time.main(["--output", str(tmp_path / "runs"), flag, value]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
+    assert not (tmp_path / "runs").exists()
+
+
+def test_our_training_seed_is_the_benchmarks_own(tmp_path, capsys):
+    from benchmarks import peer_equal_time
+
+    assert peer_equal_time.main(["--output", str(tmp_path / "runs"), "--", "--seed", "3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pass --seed S before --" in lines[0], lines
     assert not (tmp_path / "runs").exists()
 
 

@@ -39,3 +39,28 @@ def test_several_draws_give_the_mean_and_spread_of_each_figure():
     assert columns["FD pixels 8 (× floor)"] == f"1.00 ± {statistics.stdev([0.5, 1.5]):.2f}"
     assert columns["recall pixels 8 (floor's)"] == f"0.880 ± {sd:.3f} (0.912)"
     assert columns["precision pixels 8 (floor's)"].startswith("0.940 ± ")
+
+
+def test_a_figure_beats_another_in_the_direction_its_column_reads():
+    better = peer_equal_time.better
+    assert better("FD (× floor)", 0.9, 3.0) and not better("FD (× floor)", 3.0, 0.9)
+    assert better("recall (floor's)", 0.88, 0.85) and not better("recall (floor's)", 0.85, 0.88)
+    assert better("class accuracy", 0.99, 0.3)
+    # the copy ratio: near 0 are copies, far above 1 noise; nearer 1 wins on either side
+    assert better("NN / held-out", 0.92, 1.55) and not better("NN / held-out", 0.5, 1.55)
+
+
+def test_over_runs_gives_each_figures_spread_over_the_runs_and_counts_the_runs_ahead():
+    ours, peer = peer_equal_time.OURS, peer_equal_time.PEER
+    runs = [{ours: {"recall (floor's)": [0.86, 0.88], "FD (× floor)": [1.0]},
+             peer: {"recall (floor's)": [0.88, 0.90], "FD (× floor)": [4.0]}},
+            {ours: {"recall (floor's)": [0.88], "FD (× floor)": [0.8]},
+             peer: {"recall (floor's)": [0.84], "FD (× floor)": [5.0]}}]
+    rows = {r["model"]: r for r in peer_equal_time.over_runs(runs, peer)}
+    # a run's figure is the mean over its draws (0.87 and 0.89 for the peer), then mean ± std over the runs
+    assert rows[ours]["recall (floor's)"] == f"0.875 ± {statistics.stdev([0.87, 0.88]):.3f}"
+    assert rows[peer]["recall (floor's)"] == f"0.865 ± {statistics.stdev([0.89, 0.84]):.3f}"
+    ahead = rows[f"{ours}: runs ahead of the {peer}"]
+    assert ahead == {"model": f"{ours}: runs ahead of the {peer}", "recall (floor's)": "1 of 2",
+                     "FD (× floor)": "2 of 2"}
+    assert list(rows) == [ours, peer, f"{ours}: runs ahead of the {peer}"]  # the peers get no count of their own
