@@ -11,11 +11,13 @@ run's error budget at one guidance scale w: in each feature space (pixels at eac
 features), the samples' FD over the real floor's, their precision and recall over the floor's (1 = as good as real
 images); then the class accuracy beside the classifier's on held-out real images, and the memorisation ratio (median
 distance to the nearest training image over held-out images'). A report with several draws of the samples
-(`demo_report --sample-draws N`) gives the mean of their figures, and its run is named with the count.
+(`demo_report --sample-draws N`) gives the mean of their figures, and its run is named with the count. Runs in folders
+of one name (peer_equal_time's seed-S/digits-1) are named by their path below the runs' common parent.
 """
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -76,12 +78,22 @@ def read_report(folder: Path, w: float, name: str = "report") -> tuple[dict[str,
     return report, scale
 
 
-def space_row(folder: Path, budget: dict[str, Any], w: float) -> dict[str, Any]:
+def run_names(folders: list[Path]) -> list[str]:
+    """Each run's name in the tables: its folder's name, or, where two runs share one (runs/a/digits-1 and
+    runs/b/digits-1), its path below the runs' common parent."""
+    names = [f.name for f in folders]
+    if len(set(names)) == len(names):
+        return names
+    parent = Path(os.path.commonpath([f.resolve() for f in folders]))
+    return [str(f.resolve().relative_to(parent)) for f in folders]
+
+
+def space_row(run: str, budget: dict[str, Any], w: float) -> dict[str, Any]:
     """One run's figures in one feature space, each over the floor's; the mean over the samples' draws where the
     report has several."""
     rows = {r["row"]: r for r in budget["rows"]}
     draws, floor = sample_draws(rows, w), rows[FLOOR]
-    row = {"run": folder.name + (f" ({len(draws)} draws)" if len(draws) > 1 else "")}
+    row = {"run": run + (f" ({len(draws)} draws)" if len(draws) > 1 else "")}
     for name, metric in (("FD", "pixel_fd"), ("precision", "precision"), ("recall", "recall"),
                          ("coverage", "coverage")):
         if metric in draws[0]:  # reports written before coverage have none
@@ -91,9 +103,9 @@ def space_row(folder: Path, budget: dict[str, Any], w: float) -> dict[str, Any]:
     return row
 
 
-def class_row(folder: Path, report: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]:
+def class_row(folder: Path, run: str, report: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]:
     """One run's class accuracy beside the classifier's on held-out real images, the copy check, the wall time."""
-    row = {"run": folder.name, "class accuracy": scale["accuracy"]}
+    row = {"run": run, "class accuracy": scale["accuracy"]}
     held = (report.get("held_out") or {}).get("accuracy", report.get("classifier_val_accuracy"))
     if held is not None:
         row["held-out accuracy"] = held
@@ -105,11 +117,13 @@ def class_row(folder: Path, report: dict[str, Any], scale: dict[str, Any]) -> di
     return row
 
 
-def run_tables(folder: Path, w: float, name: str = "report") -> tuple[dict[str, dict[str, Any]], str]:
-    """{table: row} of one run (one per feature space of its report, then CLASSES) and how its samples were drawn."""
+def run_tables(folder: Path, w: float, name: str = "report", run: str = "") -> tuple[dict[str, dict[str, Any]], str]:
+    """{table: row} of one run (one per feature space of its report, then CLASSES; the run named `run`, by default
+    its folder's name) and how its samples were drawn."""
     report, scale = read_report(folder, w, name)
-    tables = {space: space_row(folder, budget, w) for space, budget in all_budgets(report).items()}
-    return {**tables, CLASSES: class_row(folder, report, scale)}, sampling(report)
+    run = run or folder.name
+    tables = {space: space_row(run, budget, w) for space, budget in all_budgets(report).items()}
+    return {**tables, CLASSES: class_row(folder, run, report, scale)}, sampling(report)
 
 
 def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.report).name != args.report:
         raise UserError(f"--report names a folder inside each run's denoiser folder, got the path {args.report!r}")
     report = Report(NAME, torch.device("cpu"))  # the header names the machine the figures are read on
-    per_run, samplings = zip(*(run_tables(Path(folder), args.cfg_scale, args.report) for folder in args.runs))
+    folders = [Path(folder) for folder in args.runs]
+    per_run, samplings = zip(*(run_tables(folder, args.cfg_scale, args.report, run)
+                               for folder, run in zip(folders, run_names(folders))))
     tables = {name: [run[name] for run in per_run if name in run] for name in per_run[0]}
     drawn = " / ".join(sorted(set(samplings)))  # one sampler, unless the runs' reports differ
     for name, rows in tables.items():

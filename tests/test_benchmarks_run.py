@@ -83,7 +83,8 @@ def check_peer_comparison(rows: list[dict], tmp_path) -> None:
     # of the two runs' means; each is shown to 0.01, as is the summary: they agree to the two roundings
     assert abs(float(summary[0][fd].split(" ± ")[0]) - mean) <= 0.0100001
     ahead = [r for r in summary if r["model"].endswith("runs ahead of the peer (pixel)")]
-    assert [r["model"].split(":")[0] for r in ahead] == ["ours (latent)", "ours (latent), s_noise 1.1, autoguidance 0.3"]
+    ours = ["ours (latent)", "ours (latent), s_noise 1.1, autoguidance 0.3"]
+    assert [r["model"].split(":")[0] for r in ahead] == ours
     assert all(r[fd] in ("0 of 2", "1 of 2", "2 of 2") for r in ahead)
     for seed in (3, 4):  # every run in its own folder, with its grids
         grids = {path.name for path in (tmp_path / "runs" / f"seed-{seed}").glob("real_vs_*.png")}

@@ -82,6 +82,15 @@ def test_a_report_with_several_draws_of_the_samples_is_read_as_their_mean(tmp_pa
     assert float(rows[1]["FD / floor"]) == pytest.approx(1.0)
 
 
+def test_runs_in_folders_of_one_name_are_named_by_their_path_below_the_common_parent(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    runs = [fake_run(tmp_path / f"seed-{s}", "digits-1", 0.1, 0.9, 1.0, 100) for s in (0, 1)]  # peer_equal_time's
+    assert demo_seeds.main(runs) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results" / "demo_seeds.csv")))
+    assert [r["run"] for r in rows[:2]] == ["seed-0/digits-1", "seed-1/digits-1"]
+    assert [r["run"] for r in rows[3:5]] == ["seed-0/digits-1", "seed-1/digits-1"]  # the class table too
+
+
 def test_the_tables_name_how_the_samples_were_drawn_and_runs_drawn_otherwise(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     dpm = "DPM-Solver++(2M) 10 steps, noise-dense"
