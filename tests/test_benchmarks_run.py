@@ -26,6 +26,7 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
     "memory_knobs": ["--repeats", "1", "--warmup", "0", "--vae-batch", "2", "--unet-batch", "2", "--knobs", "fp32"],
     "sampler_overhead": ["--repeats", "1", "--warmup", "0", "--ddpm-steps", "10", "--batch-sizes", "1",
                          "--overhead-repeats", "1"],
+    "small_maps": ["--repeats", "1", "--warmup", "0", "--batch", "2"],
     "speed_knobs": ["--repeats", "1", "--warmup", "0", "--batch", "2", "--steps", "2", "--knobs", "fp32",
                     "channels_last"],
     "train_throughput": ["--repeats", "1", "--warmup", "0", "--steps", "1", "--no-memory"],

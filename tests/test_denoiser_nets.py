@@ -27,6 +27,7 @@ from model.denoiser import (
     build_network,
     sinusoidal_embedding,
 )
+from model.denoiser.unet import depthwise, padded_depthwise
 from model.errors import UserError
 
 
@@ -318,6 +319,41 @@ def test_convnext_block_shapes_and_identity_start():
     torch.testing.assert_close(out, x, atol=1e-4, rtol=0)  # gamma = 1e-6: the block starts near identity
     wider = ConvNeXtBlock(8, 12, embed_dim=16)
     assert wider(x, torch.randn(2, 16)).shape == (2, 12, 4, 4)
+
+
+@pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((1, 1), 3), ((1, 2), 3), ((2, 2), 7), ((2, 1), 5), ((4, 4), 3),
+                                         ((3, 5), 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_padded_depthwise_is_the_convolution_with_its_gradients(size, kernel, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, kernel, padding=kernel // 2, groups=6)
+    x = torch.randn(3, 6, *size)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(3, 6, *size)
+    runs = []
+    for fn in (conv, lambda a: padded_depthwise(conv, a)):
+        conv.zero_grad()
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        out.backward(grad_out)
+        runs.append((out.detach(), leaf.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for reference, ours in zip(*runs):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert conv.weight.grad.abs().sum() > 0 and runs[1][0].shape == x.shape
+
+
+def test_depthwise_pads_beforehand_only_on_maps_of_at_most_2x2(monkeypatch):
+    import model.denoiser.unet as unet
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    padded = []
+    monkeypatch.setattr(unet, "padded_depthwise", lambda c, x: padded.append(tuple(x.shape[-2:])) or conv(x))
+    for size in [(1, 1), (2, 2), (2, 1), (3, 3), (2, 5), (4, 4)]:
+        x = torch.randn(2, 4, *size)
+        assert torch.equal(depthwise(conv, x), conv(x))
+    assert padded == [(1, 1), (2, 2), (2, 1)]
 
 
 def test_self_attention_shape_and_permutation_equivariance():

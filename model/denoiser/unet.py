@@ -21,6 +21,22 @@ def group_count(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
 
 
+def depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """conv(x) for a depthwise convolution with "same" padding, through `padded_depthwise` on a map of at most 2x2:
+    oneDNN's depthwise kernels take 1.2 to 8 times longer there with implicit padding (forward and backward), and
+    mostly longer with explicit padding on larger maps (`python -m benchmarks.small_maps`, docs/benchmarks.md)."""
+    return padded_depthwise(conv, x) if max(x.shape[-2:]) <= 2 else conv(x)
+
+
+def padded_depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """The same sums as conv(x), from x padded with zeros beforehand and the kernel's taps that can reach the map."""
+    height, width = x.shape[-2:]
+    c = conv.kernel_size[0] // 2
+    rh, rw = min(c, height - 1), min(c, width - 1)  # reach of a tap that can touch the map
+    weight = conv.weight[:, :, c - rh:c + rh + 1, c - rw:c + rw + 1]
+    return F.conv2d(F.pad(x, (rw, rw, rh, rh)), weight, conv.bias, groups=conv.groups)
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block (Liu et al. 2022, fig. 4) with FiLM conditioning (Perez et al. 2018).
 
@@ -55,7 +71,7 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """x (B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
-        h = self.dwconv(x)  # (B, C_in, H, W)
+        h = depthwise(self.dwconv, x)  # (B, C_in, H, W)
         h = rearrange(h, "b c h w -> b h w c")  # channels-last for LayerNorm and Linear
         scale, shift = rearrange(self.film(emb), "b (two c) -> two b 1 1 c", two=2)  # each (B, 1, 1, C_in)
         h = self.norm(h) * (1 + scale) + shift  # (B, H, W, C_in)
