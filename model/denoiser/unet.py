@@ -21,11 +21,14 @@ def group_count(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
 
 
+SMALL_MAP = 2  # maps of at most SMALL_MAP x SMALL_MAP take `padded_depthwise`
+
+
 def depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """conv(x) for a depthwise convolution with "same" padding, through `padded_depthwise` on a map of at most 2x2:
     oneDNN's depthwise kernels take 1.2 to 8 times longer there with implicit padding (forward and backward), and
     mostly longer with explicit padding on larger maps (`python -m benchmarks.small_maps`, docs/benchmarks.md)."""
-    return padded_depthwise(conv, x) if max(x.shape[-2:]) <= 2 else conv(x)
+    return padded_depthwise(conv, x) if max(x.shape[-2:]) <= SMALL_MAP else conv(x)
 
 
 def padded_depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
