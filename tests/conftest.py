@@ -2,17 +2,22 @@
 trained runs."""
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tiny import DIGITS, ROOT, tiny
 
+# torch is imported where it is needed, not here: `pytest -n N` starts its workers only after this file is read, and
+# importing torch first would delay them by 1-2 s
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n N`: N workers share the cores, so each takes one thread, and so do the commands it starts;
     # several threads per worker spin-wait on each other (see one_thread) and made the fast tier 4x slower
+    import torch
+
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
@@ -22,7 +27,8 @@ _monkeypatch_setattr = pytest.MonkeyPatch.setattr
 def _setattr_refusing_modules(self, target, *args, **kwargs):
     """`monkeypatch.setattr` on an `nn.Module` instance is refused: pytest >= 9.2 undoes it by deleting children,
     parameters and buffers (it looks for the old value in the instance `__dict__` only). Use `wrap.swapped`."""
-    if isinstance(target, torch.nn.Module):
+    torch = sys.modules.get("torch")  # no torch loaded: the target cannot be a module
+    if torch is not None and isinstance(target, torch.nn.Module):
         raise TypeError(f"monkeypatch.setattr on a {type(target).__name__} instance cannot be undone safely; "
                         f"use tests/wrap.py swapped(obj, name, value)")
     return _monkeypatch_setattr(self, target, *args, **kwargs)
@@ -31,10 +37,19 @@ def _setattr_refusing_modules(self, target, *args, **kwargs):
 pytest.MonkeyPatch.setattr = _setattr_refusing_modules
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Python's garbage collections at exit walk every object torch, sympy and dynamo made (about half a million) and
+    free nothing a finished run needs: frozen, they are skipped, which saves 1-2 s of each process's exit."""
+    gc.freeze()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tiny tensors: with more, the OpenMP threads' spin-waits on a busy 2-core
     machine made test_base.py 10x slower (114 s instead of 12 s). Restored afterwards for the other files."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -5,6 +5,7 @@ The one-line answers to bad input are in test_bad_inputs.py.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -121,6 +122,25 @@ def test_main_reuses_one_parser_and_an_override_does_not_reach_the_next_command(
     plain = build_config(parser, parse(parser, ["-cfg", DIGITS, "--train-vae"]))
     assert overridden.vae.optim.lr == 0.5
     assert plain.vae.optim.lr == json.loads(Path(DIGITS).read_text())["vae"]["optim"]["lr"]
+
+
+def test_a_checked_config_reaches_its_system_without_a_second_check(monkeypatch):
+    """`checked_dict`: a training system skips the check of a Config this process already checked and gets a copy
+    of it (tests/test_configs.py checks, for every shipped config, that checking its dict again gives the same)."""
+    from jsonargparse import ArgumentParser
+
+    from model.cli_config import checked_dict, from_dict
+
+    cfg = from_dict(json.loads(Path(DIGITS).read_text()))
+    cfg.name = "checked-by-its-parser"  # a Config no other test has stored in this process
+    checks = []
+    parse_object = ArgumentParser.parse_object
+    monkeypatch.setattr(ArgumentParser, "parse_object", lambda self, *a, **k: checks.append(1) or
+                        parse_object(self, *a, **k))
+    stored = checked_dict(cfg)
+    expected = copy.deepcopy(cfg)
+    cfg.seed += 1  # the caller's Config is not the remembered one
+    assert from_dict(stored) == expected and not checks
 
 
 def test_a_stored_config_is_checked_once_and_every_caller_gets_its_own_copy(monkeypatch):

@@ -1,24 +1,31 @@
 """Every shipped config parses, validates, and builds networks whose shapes fit its data."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 from model.autoencoder import BetaVAE
-from model.cli_config import add_config_arguments, build_config, new_parser, parse
+from model.cli_config import add_config_arguments, build_config, from_dict, new_parser, parse
 from model.conditioning import Conditioner
-from model.config import check_denoiser_shapes
+from model.config import check_denoiser_shapes, to_dict
 from model.denoiser import denoiser_network
 from model.text import prompt_encoder
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.json"))
 
 
-def load(path: Path):
+@functools.cache  # building the parser costs more than parsing a file with it, and parsing leaves it unchanged
+def config_parser():
     parser = new_parser("test", "test")
     add_config_arguments(parser)
+    return parser
+
+
+def load(path: Path):
+    parser = config_parser()
     return build_config(parser, parse(parser, ["-cfg", str(path)]))
 
 
@@ -27,9 +34,11 @@ def is_vae_only(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_builds_and_shapes_fit(path):
+def test_config_builds_and_shapes_fit(path, monkeypatch):
     cfg = load(path)
     assert cfg.name == path.stem  # the run folder is named after the file
+    monkeypatch.setattr("model.cli_config._CHECKED", {})  # check the dict itself, not a remembered Config
+    assert from_dict(to_dict(cfg)) == cfg  # what lets a training system keep its Config unchecked (checked_dict)
     torch.manual_seed(0)
     if cfg.data.name == "toy2d":
         check_denoiser_shapes(cfg)

@@ -196,6 +196,20 @@ def test_digits_unlabelled_and_max_items():
     assert torch.all(first_batch(dm)[1] == -1)
 
 
+def test_digits_are_read_once_and_each_data_module_owns_its_copy():
+    from sklearn.datasets import load_digits
+
+    first = make_datamodule(DataConfig(name="digits"))
+    first.setup("fit")
+    first._images.fill_(0.5)  # what one module does to its tensors must not reach the next (they share one read)
+    first._labels.fill_(3)
+    second = make_datamodule(DataConfig(name="digits"))
+    second.setup("fit")
+    bunch = load_digits()
+    assert torch.equal(second._images[:, 0], torch.as_tensor(bunch.images, dtype=torch.float32) / 16.0)
+    assert torch.equal(second._labels, torch.as_tensor(bunch.target))
+
+
 def test_split_indices_partition():
     train, val = split_indices(10, 0.01, seed=3)
     assert len(val) == 1 and sorted(train + val) == list(range(10))

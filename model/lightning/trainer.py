@@ -16,7 +16,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from data import make_datamodule
 from data.sources import kind_of
 from model.checkpoint import checkpoint_step
-from model.config import HIGHER_IS_BETTER, QUALITY_MONITORS, Config, TrainerConfig, to_dict, write_json
+from model.cli_config import checked_dict
+from model.config import HIGHER_IS_BETTER, QUALITY_MONITORS, Config, TrainerConfig, write_json
 from model.denoiser import NETWORKS, network_config
 from model.errors import UserError
 from model.lightning.checkpoint_io import AtomicCheckpointIO
@@ -198,7 +199,7 @@ def train_stage(stage: str, cfg: Config, folder: Path, load: Optional[str] = Non
     tc = stage_trainer(cfg, stage)
     dm = stage_data(cfg, tc)
     if stage == "vae":
-        system = VAESystem(to_dict(cfg))
+        system = VAESystem(checked_dict(cfg))
     else:
         system = make_denoiser(cfg, dm, load, load_vae)
         if kind_of(cfg.data.name) == "latents":
@@ -311,7 +312,7 @@ def make_denoiser(cfg: Config, dm, load: Optional[str], load_vae: Optional[str])
 
     check_classes(cfg, dm)
     num_classes = dm.num_classes if network_config(cfg.denoiser).num_classes else 0
-    system = DenoiserSystem(to_dict(cfg), num_classes=num_classes)
+    system = DenoiserSystem(checked_dict(cfg), num_classes=num_classes)
     if cfg.denoiser.autoencoder != "vae":
         return system
     if load is not None:  # now, not when Lightning restores the rest: cached latents are encoded before that
