@@ -12,7 +12,7 @@ import pytest
 from tiny import DIGITS, ROOT, tiny
 
 # torch is imported where it is needed, not here: `pytest -n N` starts its workers only after this file is read, and
-# importing torch first would delay them by 1-2 s
+# importing torch first delayed them by about 2 s
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n N`: N workers share the cores, so each takes one thread, and so do the commands it starts;
     # several threads per worker spin-wait on each other (see one_thread) and made the fast tier 4x slower

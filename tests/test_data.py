@@ -199,8 +199,11 @@ def test_digits_unlabelled_and_max_items():
 def test_digits_are_read_once_and_each_data_module_owns_its_copy():
     from sklearn.datasets import load_digits
 
+    from data.digits import bundled_digits
+
     first = make_datamodule(DataConfig(name="digits"))
     first.setup("fit")
+    reads = bundled_digits.cache_info().misses  # 1: this process has read the file once, here or before
     first._images.fill_(0.5)  # what one module does to its tensors must not reach the next (they share one read)
     first._labels.fill_(3)
     second = make_datamodule(DataConfig(name="digits"))
@@ -208,6 +211,7 @@ def test_digits_are_read_once_and_each_data_module_owns_its_copy():
     bunch = load_digits()
     assert torch.equal(second._images[:, 0], torch.as_tensor(bunch.images, dtype=torch.float32) / 16.0)
     assert torch.equal(second._labels, torch.as_tensor(bunch.target))
+    assert reads == 1 and bundled_digits.cache_info().misses == 1
 
 
 def test_split_indices_partition():
