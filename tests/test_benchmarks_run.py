@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import common
 from model.sampling import SAMPLERS
-from tiny import tiny
+from tiny import ROOT, tiny
 
 SMALL = {  # the smallest arguments that still run every table of the benchmark
     "demo_profile": ["--output", "{tmp}/runs", "--", *tiny(val_every=2), "--vae.trainer.max_steps", "2",
@@ -22,6 +22,7 @@ SMALL = {  # the smallest arguments that still run every table of the benchmark
                         "--sample-draws", "2", "--seeds", "2", "--seed", "3",
                         "--", *tiny(val_every=2),
                         "--vae.trainer.max_steps", "2", "--denoiser.trainer.max_steps", "2"],
+    "edit_loop": ["--repeats", "1", "--baseline", str(ROOT), "--", "tests/test_wrap.py"],
     "latent_vs_pixel": ["--repeats", "1", "--warmup", "0", "--train-batch", "2", "--sample-batch", "2", "--steps", "2"],
     "memory_knobs": ["--repeats", "1", "--warmup", "0", "--vae-batch", "2", "--unet-batch", "2", "--knobs", "fp32"],
     "sampler_overhead": ["--repeats", "1", "--warmup", "0", "--ddpm-steps", "10", "--batch-sizes", "1",
@@ -58,6 +59,19 @@ def test_the_benchmark_runs_and_writes_its_table(name, tmp_path, monkeypatch):
     assert rows and all(r["machine"].startswith("machine:") for r in rows)
     if name == "peer_equal_time":
         check_peer_comparison(rows, tmp_path)
+    if name == "edit_loop":
+        check_edit_loop(rows)
+
+
+def check_edit_loop(rows: list[dict]) -> None:
+    """Both trees ran the selection once, each worker stamped by the plugin, in the order a run goes through."""
+    runs = [r for r in rows if r["table"].startswith("The edit-loop tier")]
+    assert [r["tree"] for r in runs] == ["this checkout", "baseline"] and all(r["tests"] == "3 passed" for r in runs)
+    for r in runs:
+        stamps = [float(r[k]) for k in ("workers started s", "collected s", "first test s", "last test s", "wall s")]
+        assert 0 < stamps[0] and stamps == sorted(stamps), stamps
+    summary = {r["tree"]: r for r in rows if r["table"] == "Wall time"}
+    assert float(summary["baseline"]["× the baseline's mean"]) == 1.0
 
 
 def check_peer_comparison(rows: list[dict], tmp_path) -> None:
@@ -102,6 +116,15 @@ def test_a_bad_peer_size_is_refused_before_anything_trains(flag, value, tmp_path
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--baseline", "{tmp}")])
+def test_a_bad_edit_loop_setting_is_refused_in_one_line(flag, value, tmp_path, capsys):
+    from benchmarks import edit_loop
+
+    assert edit_loop.main([flag, value.replace("{tmp}", str(tmp_path))]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
 
 
 def test_our_training_seed_is_the_benchmarks_own(tmp_path, capsys):
