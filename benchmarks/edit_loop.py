@@ -52,7 +52,7 @@ def parse_args(argv: list[str]):
 
 def command(workers: int, selection: list[str]) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", *selection, "-n", str(workers), "--dist", "loadscope",
-            "-p", "tier_timeline", "-p", "no:cacheprovider"]
+            "-p", "tier_timeline"]
 
 
 def timed_run(tree: Path, cmd: list[str]) -> dict[str, Any]:
