@@ -99,7 +99,7 @@ def convolution_row(shape: tuple[int, int, int, int], args) -> dict:
     return {"map, kernel": f"{args.batch}×{channels}×{height}×{width}, {kernel}×{kernel}",
             "nn.Conv2d µs": implicit * 1e6, "padded_depthwise µs": explicit * 1e6, "speed-up": implicit / explicit,
             "largest difference": difference,
-            "depthwise takes": "padded_depthwise" if max(height, width) <= unet.SMALL_MAP else "nn.Conv2d"}
+            "depthwise takes": "padded_depthwise" if unet.is_small_map(height, width) else "nn.Conv2d"}
 
 
 def step_rows(cfg, args) -> list[dict]:

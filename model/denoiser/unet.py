@@ -24,11 +24,17 @@ def group_count(channels: int, max_groups: int = 32) -> int:
 SMALL_MAP = 2  # maps of at most SMALL_MAP x SMALL_MAP take `padded_depthwise`
 
 
+def is_small_map(height: int, width: int) -> bool:
+    """Whether `depthwise` pads a map of this size beforehand."""
+    return max(height, width) <= SMALL_MAP
+
+
 def depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """conv(x) for a depthwise convolution with "same" padding, through `padded_depthwise` on a map of at most 2x2:
-    oneDNN's depthwise kernels take 1.2 to 8 times longer there with implicit padding (forward and backward), and
-    mostly longer with explicit padding on larger maps (`python -m benchmarks.small_maps`, docs/benchmarks.md)."""
-    return padded_depthwise(conv, x) if max(x.shape[-2:]) <= SMALL_MAP else conv(x)
+    """conv(x) for a depthwise convolution with "same" padding, through `padded_depthwise` on a small map (at most
+    SMALL_MAP on a side): oneDNN's depthwise kernels take 1.2 to 8 times longer there with implicit padding (forward
+    and backward), and mostly longer with explicit padding on larger maps (`python -m benchmarks.small_maps`,
+    docs/benchmarks.md)."""
+    return padded_depthwise(conv, x) if is_small_map(*x.shape[-2:]) else conv(x)
 
 
 def padded_depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
