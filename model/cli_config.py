@@ -15,7 +15,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from model.config import Config
+from model.config import Config, to_dict
 from model.errors import UserError
 
 DEFAULT_NAME = Config.name
@@ -105,10 +105,10 @@ def checked_dict(cfg: Config) -> dict[str, Any]:
     training system that stores it in its checkpoint: `from_dict` of it then hands back a copy of `cfg` instead of
     checking the same values again, about 70 ms a system (tests/test_configs.py checks that checking the dict of each
     shipped config gives that config back)."""
-    from model.config import to_dict
-
     d = to_dict(cfg)
-    _CHECKED.setdefault(_key(d), copy.deepcopy(cfg))
+    key = _key(d)
+    if key not in _CHECKED:
+        _CHECKED[key] = copy.deepcopy(cfg)
     return d
 
 
