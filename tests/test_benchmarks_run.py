@@ -91,7 +91,10 @@ def check_peer_comparison(rows: list[dict], tmp_path) -> None:
         assert noisier[0]["steps"] == run[0]["steps"] and noisier[0][fd] != run[0][fd]
         # --sample-draws 2: every model's figures are the mean ± std over its two draws
         assert all(" ± " in r[fd] and " ± " in r["class accuracy"] for r in run), [r[fd] for r in run]
-        assert all(float(r[fd].split(" ± ")[1]) > 0 for r in run), [r[fd] for r in run]  # two different draws
+        # two different draws, seen on our rows: the peers train for 2 s of wall time, and one that has learned
+        # little can decode every draw to the same saturated images (std 0 at the table's rounding)
+        ours = [r for r in run if r["model"].startswith("ours")]
+        assert len(ours) == 2 and all(float(r[fd].split(" ± ")[1]) > 0 for r in ours), [r[fd] for r in ours]
     # --seeds 2: another training seed trains other networks, and the summary is their mean ± std per model
     assert runs[0][0][fd] != runs[1][0][fd]
     mean = statistics.fmean(float(run[0][fd].split(" ± ")[0]) for run in runs)
